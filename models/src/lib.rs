@@ -1,0 +1,1 @@
+//! kiln-models: the Step-3 and sPI-GeM workloads.

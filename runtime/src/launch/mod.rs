@@ -1,0 +1,4 @@
+//! One typed, safe launch per family. Each module holds the family's only
+//! `unsafe` launch, with a `SAFETY:` note tying the argument list to the kernel.
+
+pub mod gemm_bf16;

@@ -1,0 +1,112 @@
+//! NVRTC compile-only tier: every variant of every family compiles for
+//! sm_90a with no GPU, without spills, and a second pass is served from the
+//! compile cache. Needs NVRTC (`./setup.sh` installs it); fails otherwise.
+
+use kiln_codegen::cache::CompileCache;
+use kiln_codegen::{all_families, CachePolicy, CompileOptions, Compiler, DeviceLimits, KernelSource};
+
+fn compiler_with_fresh_cache(dir: &std::path::Path, policy: CachePolicy) -> Compiler {
+    let tc = kiln_codegen::toolchain::toolchain().unwrap_or_else(|e| panic!("{e}"));
+    Compiler::with(tc, CompileCache::new(dir), policy)
+}
+
+fn all_sources() -> Vec<KernelSource> {
+    let limits = DeviceLimits::HOPPER;
+    let mut out = Vec::new();
+    for f in all_families() {
+        let variants = f.variants(&limits);
+        assert!(!variants.is_empty(), "{} has no legal variant", f.name());
+        for v in variants {
+            out.push(f.render(&v).unwrap_or_else(|e| panic!("{e}")));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_variant_of_every_family_compiles_then_hits_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let compiler = compiler_with_fresh_cache(dir.path(), CachePolicy::Compile);
+    let sources = all_sources();
+    let opts = CompileOptions::default();
+
+    let t0 = std::time::Instant::now();
+    let first = compiler.compile_many(&sources, &opts);
+    let cold = t0.elapsed();
+    let mut failures = Vec::new();
+    for (src, r) in sources.iter().zip(&first) {
+        match r {
+            Ok(k) => {
+                assert!(!k.cache_hit, "{} hit a fresh cache", k.entry);
+                assert!(!k.cubin.is_empty());
+                assert!(k.resources.registers > 0, "{}: no ptxas report parsed:\n{}", k.entry, k.log);
+                assert!(!k.resources.spills(), "{} spills: {:?}", k.entry, k.resources);
+            }
+            Err(e) => failures.push(format!("{}: {e}", src.entry)),
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} variants failed:\n{}", failures.len(), sources.len(), failures.join("\n"));
+
+    // Nothing may compile on the second pass.
+    let no_jit = compiler_with_fresh_cache(dir.path(), CachePolicy::NoCompile);
+    let t1 = std::time::Instant::now();
+    let second = no_jit.compile_many(&sources, &opts);
+    let warm = t1.elapsed();
+    for r in &second {
+        let k = r.as_ref().unwrap_or_else(|e| panic!("{e}"));
+        assert!(k.cache_hit);
+    }
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(a.as_ref().unwrap().cubin, b.as_ref().unwrap().cubin);
+    }
+    eprintln!("{} variants: cold {:.2?}, from cache {:.2?}", sources.len(), cold, warm);
+}
+
+#[test]
+fn a_broken_template_reports_the_log_and_the_dumped_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let compiler = compiler_with_fresh_cache(dir.path(), CachePolicy::Compile);
+    let src = KernelSource {
+        family: "broken".into(),
+        entry: "kiln_broken".into(),
+        source: "extern \"C\" __global__ void kiln_broken(float* x) { x[0] = undeclared_name; }".into(),
+    };
+    let err = compiler.compile(&src, &CompileOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("undeclared_name"), "no NVRTC log in: {msg}");
+    let kiln_codegen::CodegenError::CompileFailed { dumped: Some(path), .. } = &err else {
+        panic!("expected CompileFailed with a dump, got {err:?}");
+    };
+    let dumped = std::fs::read_to_string(path).unwrap();
+    assert!(dumped.contains("undeclared_name") && dumped.starts_with("// kiln: family broken"));
+    assert!(msg.contains(&path.display().to_string()));
+}
+
+#[test]
+fn no_compile_policy_refuses_a_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let compiler = compiler_with_fresh_cache(dir.path(), CachePolicy::NoCompile);
+    let src = KernelSource {
+        family: "t".into(),
+        entry: "kiln_t".into(),
+        source: "extern \"C\" __global__ void kiln_t(float* x) { x[0] = 1.0f; }".into(),
+    };
+    let err = compiler.compile(&src, &CompileOptions::default()).unwrap_err();
+    assert!(matches!(err, kiln_codegen::CodegenError::CacheMissForbidden { .. }), "{err}");
+}
+
+#[test]
+fn the_key_ignores_machine_paths_but_not_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let compiler = compiler_with_fresh_cache(dir.path(), CachePolicy::Compile);
+    let a = KernelSource { family: "t".into(), entry: "k".into(), source: "int a;".into() };
+    let b = KernelSource { family: "t".into(), entry: "k".into(), source: "int b;".into() };
+    let o = CompileOptions::default();
+    assert_eq!(compiler.key(&a, &o), compiler.key(&a, &o));
+    assert_ne!(compiler.key(&a, &o), compiler.key(&b, &o));
+    let lineinfo = CompileOptions { extra: vec!["-lineinfo".into()], ..Default::default() };
+    assert_ne!(compiler.key(&a, &o), compiler.key(&a, &lineinfo));
+    let annotated = Compiler::annotated_source(&a, &o);
+    let root = compiler.toolchain().root.display().to_string();
+    assert!(!annotated.contains(&root), "machine path in the source header");
+}

@@ -1,0 +1,200 @@
+//! GPU tier: run on the GPU machine by `scripts/gpu.sh` (`--ignored`); CI
+//! has no GPU and skips these. Every kernel is validated on fresh random
+//! inputs against an f64 CPU reference (small shapes) or the naive GPU
+//! reference kernel (large shapes), with the output poisoned (NaN) first so
+//! an unwritten element fails.
+//!
+//! Set KILN_GPU_REPORT to a folder to get a JSON summary of each test there.
+
+use std::collections::BTreeMap;
+
+use half::bf16;
+use kiln_codegen::families::gemm_bf16::{self as fam, GemmBf16, GemmBf16Config, GemmBf16Problem};
+use kiln_codegen::{CompileOptions, Compiler, DeviceLimits, Family};
+use kiln_runtime::launch::gemm_bf16::{GemmBf16Kernel, GemmBf16Reference};
+use kiln_runtime::Device;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde_json::json;
+
+const GPU: &str = "needs an NVIDIA GPU: run scripts/gpu.sh";
+/// Norm-wise relative error allowed for BF16 outputs (fp32 accumulation, one BF16 rounding).
+const BF16_TOL: f64 = 1e-2;
+
+fn seed() -> u64 {
+    std::env::var("KILN_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    })
+}
+
+fn random_bf16(rng: &mut impl Rng, len: usize) -> Vec<bf16> {
+    (0..len).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0))).collect()
+}
+
+fn report(name: &str, value: &serde_json::Value) {
+    if let Some(dir) = std::env::var_os("KILN_GPU_REPORT") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.json")), serde_json::to_vec_pretty(value).unwrap()).unwrap();
+    }
+}
+
+/// ||out - ref|| / ||ref||, and whether any output is NaN or infinite.
+fn rel_err(out: &[bf16], reference: &[f64]) -> (f64, bool) {
+    let mut num = 0.0;
+    let mut den = 0.0;
+    let mut bad = false;
+    for (o, r) in out.iter().zip(reference) {
+        let o = o.to_f64();
+        bad |= !o.is_finite();
+        num += (o - r) * (o - r);
+        den += r * r;
+    }
+    ((num / den.max(1e-300)).sqrt(), bad)
+}
+
+struct Case {
+    problem: GemmBf16Problem,
+    a: Vec<bf16>,
+    b: Vec<bf16>,
+    reference: Vec<f64>,
+    by: &'static str,
+}
+
+fn cpu_case(rng: &mut impl Rng, m: u32, n: u32, k: u32) -> Case {
+    let problem = GemmBf16Problem { m, n, k };
+    let a = random_bf16(rng, (m * k) as usize);
+    let b = random_bf16(rng, (n * k) as usize);
+    let af: Vec<f32> = a.iter().map(|x| x.to_f32()).collect();
+    let bf: Vec<f32> = b.iter().map(|x| x.to_f32()).collect();
+    let reference = fam::reference_cpu(&af, &bf, m as usize, n as usize, k as usize);
+    Case { problem, a, b, reference, by: "cpu-f64" }
+}
+
+fn gpu_case(dev: &Device, refk: &GemmBf16Reference, rng: &mut impl Rng, m: u32, n: u32, k: u32) -> Case {
+    let problem = GemmBf16Problem { m, n, k };
+    let a = random_bf16(rng, (m * k) as usize);
+    let b = random_bf16(rng, (n * k) as usize);
+    let da = dev.upload(&a, "A").unwrap();
+    let db = dev.upload(&b, "B").unwrap();
+    let mut dc = dev.upload(&vec![bf16::NAN; (m * n) as usize], "C").unwrap();
+    refk.launch(&dev.stream, &problem, &da, &db, &mut dc).unwrap();
+    let out = dev.download(&dc).unwrap();
+    assert!(out.iter().all(|x| x.is_finite()), "reference kernel left NaN");
+    Case { problem, a, b, reference: out.iter().map(|x| x.to_f64()).collect(), by: "gpu-naive" }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu.sh"]
+fn gemm_bf16_every_config_matches_the_references() {
+    let _ = GPU;
+    let dev = Device::open(0).unwrap_or_else(|e| panic!("{e}"));
+    let compiler = Compiler::new().unwrap_or_else(|e| panic!("{e}"));
+    let seed = seed();
+    eprintln!("seed {seed} (KILN_SEED reproduces)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    // The shapes: M in {1, 7, 128, 1000}, N and K not multiples of 64
+    // (K both 8-aligned and not, to reach both template branches).
+    let mut cases = Vec::new();
+    for m in [1u32, 7, 128, 1000] {
+        for (n, k) in [(75u32, 77u32), (200, 136), (130, 1000)] {
+            cases.push(cpu_case(&mut rng, m, n, k));
+        }
+    }
+    // A large shape checked against the naive GPU kernel.
+    let refk = GemmBf16Reference::compile(&dev, &compiler).unwrap_or_else(|e| panic!("{e}"));
+    cases.push(gpu_case(&dev, &refk, &mut rng, 1000, 2563, 2056));
+    cases.push(gpu_case(&dev, &refk, &mut rng, 33, 4099, 2051));
+
+    let limits = dev.info.limits();
+    let configs: Vec<GemmBf16Config> = GemmBf16::legal_space(&limits);
+    // Compile every (config, branch) in parallel first.
+    let branches: Vec<GemmBf16Problem> = GemmBf16::branch_problems();
+    let work: Vec<(GemmBf16Config, GemmBf16Problem)> =
+        configs.iter().flat_map(|c| branches.iter().map(move |p| (c.clone(), p.clone()))).collect();
+    let opts = CompileOptions::default();
+    let compiled: Vec<_> = work
+        .par_iter()
+        .map(|(c, p)| {
+            let src = kiln_codegen::render::render::<GemmBf16>(p, c).unwrap();
+            compiler.compile(&src, &opts).map(|k| k.cubin)
+        })
+        .collect();
+    let mut kernels: BTreeMap<(String, bool), GemmBf16Kernel> = BTreeMap::new();
+    for ((c, p), cubin) in work.iter().zip(compiled) {
+        let cubin = cubin.unwrap_or_else(|e| panic!("{e}"));
+        let k = GemmBf16Kernel::from_cubin(&dev, &cubin, p, c).unwrap_or_else(|e| panic!("{e}"));
+        kernels.insert((GemmBf16::entry(&p.clone(), c), fam::is_aligned(p)), k);
+    }
+
+    let mut failures = Vec::new();
+    let mut per_config = Vec::new();
+    let mut launches = 0usize;
+    let mut worst = 0.0f64;
+    for c in &configs {
+        let mut max_err = 0.0f64;
+        let mut tested = 0;
+        for case in &cases {
+            let p = &case.problem;
+            if GemmBf16::check_problem(p, c).is_err() {
+                continue;
+            }
+            let branch = branches.iter().find(|b| fam::is_aligned(b) == fam::is_aligned(p)).unwrap();
+            let k = &kernels[&(GemmBf16::entry(branch, c), fam::is_aligned(p))];
+            let da = dev.upload(&case.a, "A").unwrap();
+            let db = dev.upload(&case.b, "B").unwrap();
+            let mut dc = dev.upload(&vec![bf16::NAN; (p.m * p.n) as usize], "C").unwrap();
+            let mut ws = k.workspace(&dev, p).unwrap();
+            // Twice: the second launch proves split-K counters were left clean.
+            for rep in 0..2 {
+                if rep == 1 {
+                    dev.stream.memcpy_htod(&vec![bf16::NAN; (p.m * p.n) as usize], &mut dc).unwrap();
+                }
+                k.launch(&dev.stream, p, &da, &db, &mut dc, &mut ws).unwrap_or_else(|e| panic!("{e}"));
+                let out = dev.download(&dc).unwrap_or_else(|e| panic!("{:?} {:?}: {e}", c, p));
+                launches += 1;
+                let (err, bad) = rel_err(&out, &case.reference);
+                max_err = max_err.max(err);
+                if bad || !(err <= BF16_TOL) {
+                    failures.push(json!({"config": c, "problem": p, "rep": rep, "rel_err": err, "non_finite": bad, "reference": case.by}));
+                }
+            }
+            tested += 1;
+        }
+        worst = worst.max(max_err);
+        per_config.push(json!({"config": c, "shapes": tested, "max_rel_err": max_err}));
+    }
+    let summary = json!({
+        "test": "gemm_bf16_every_config_matches_the_references",
+        "device": dev.info,
+        "seed": seed,
+        "configs": configs.len(),
+        "shapes": cases.iter().map(|c| json!({"problem": c.problem, "reference": c.by})).collect::<Vec<_>>(),
+        "launches": launches,
+        "worst_rel_err": worst,
+        "tolerance": BF16_TOL,
+        "failures": failures,
+        "per_config": per_config,
+    });
+    report("gemm_bf16_validation", &summary);
+    eprintln!(
+        "gemm_bf16: {} configs x {} shapes, {} launches, worst rel err {:.3e}, {} failures",
+        configs.len(),
+        cases.len(),
+        launches,
+        worst,
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{} failures, first: {}", failures.len(), failures[0]);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu.sh"]
+fn device_info_is_read() {
+    let dev = Device::open(0).unwrap_or_else(|e| panic!("{e}"));
+    assert!(dev.info.sms > 0 && dev.info.l2_bytes > 0 && dev.info.cc[0] >= 7, "{:?}", dev.info);
+    let limits: DeviceLimits = dev.info.limits();
+    assert!(limits.max_dynamic_smem_per_block >= 48 * 1024);
+    report("device", &json!(dev.info));
+}

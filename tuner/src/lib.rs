@@ -1,0 +1,1 @@
+//! kiln-tuner: search, validation, timing and tuned artifacts.
