@@ -151,6 +151,13 @@ pub trait Family: Send + Sync + 'static {
     /// better); used to order a large space before measuring.
     fn estimate_us(problem: &Self::Problem, config: &Self::Config, limits: &DeviceLimits) -> f64;
 
+    /// How far a problem tuned for `tuned` is from `wanted`, for the runtime's
+    /// nearest-bucket lookup; `None` when a config tuned for one says nothing
+    /// about the other. Default: exact matches only.
+    fn bucket_distance(tuned: &Self::Problem, wanted: &Self::Problem) -> Option<f64> {
+        (tuned == wanted).then_some(0.0)
+    }
+
     /// Problems that, together with `space()`, reach every branch of the template.
     fn branch_problems() -> Vec<Self::Problem>;
 

@@ -5,10 +5,13 @@
 //! on the spot (through kiln-codegen); without it the runtime launches
 //! prebuilt cubins only, and never links tera or NVRTC.
 
+pub mod artifact;
 pub mod device;
+pub mod dispatch;
 pub mod error;
 pub mod kernel;
 pub mod launch;
+pub mod measure;
 pub mod timing;
 
 pub use device::{driver_present, gpu_slug, Device, DeviceInfo};

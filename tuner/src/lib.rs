@@ -1,1 +1,3 @@
 //! kiln-tuner: search, validation, timing and tuned artifacts.
+
+pub mod search;
