@@ -1,8 +1,12 @@
 //! `kiln`: the command line. Thin: every command is a few calls into the crates.
 
 mod cmd_compile;
+mod cmd_export;
 mod cmd_info;
+mod cmd_tune;
 mod table;
+
+use std::path::PathBuf;
 
 use std::process::ExitCode;
 
@@ -44,6 +48,64 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Autotune a family on this GPU and write tuned/<gpu>/<family>.json (resumable).
+    Tune {
+        #[arg(long)]
+        family: Option<String>,
+        /// JSON file: an array of problems (e.g. [{"m":1,"n":48,"k":7168}]).
+        #[arg(long, conflicts_with = "preset", required_unless_present = "preset")]
+        problems: Option<PathBuf>,
+        /// A named problem list, e.g. step3-bf16.
+        #[arg(long)]
+        preset: Option<String>,
+        /// Stop starting new problems after this long (e.g. 5m).
+        #[arg(long)]
+        budget: Option<String>,
+        /// Re-tune problems already in the artifact (and replace an unreadable or foreign one).
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = "tuned")]
+        tuned_dir: PathBuf,
+        /// Write the full report (every candidate's outcome) here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Seed for the random validation inputs (default: time-based).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Time every tuned kernel against its baseline, side by side; optionally
+    /// compare with an earlier run and fail on a regression.
+    Bench {
+        #[arg(long)]
+        family: Option<String>,
+        #[arg(long, default_value = "tuned")]
+        tuned_dir: PathBuf,
+        /// Write the results here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// An earlier `--json` file; exit non-zero when a kernel got slower past --threshold.
+        #[arg(long)]
+        compare: Option<PathBuf>,
+        #[arg(long, default_value = "5%")]
+        threshold: String,
+        /// Use results from this file instead of measuring (no GPU needed).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Timed runs per kernel.
+        #[arg(long, default_value_t = 50)]
+        reps: usize,
+    },
+    /// Write cubins + manifest.json for every tuned kernel (NVRTC needed, no GPU).
+    Export {
+        dir: PathBuf,
+        #[arg(long, default_value = "tuned")]
+        tuned_dir: PathBuf,
+        /// GPU slug under tuned/ (default: this GPU, else the only one there).
+        #[arg(long)]
+        gpu: Option<String>,
+        #[arg(long, default_value = "sm_90a")]
+        arch: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +114,13 @@ fn main() -> ExitCode {
         Command::Info { json } => cmd_info::info(json),
         Command::List { json } => cmd_info::list(json),
         Command::Compile { family, all: _, arch, limit, json } => cmd_compile::compile(family, &arch, limit, json),
+        Command::Tune { family, problems, preset, budget, force, tuned_dir, json, seed } => {
+            cmd_tune::tune(family, problems, preset, budget, force, tuned_dir, json, seed)
+        }
+        Command::Bench { family, tuned_dir, json, compare, threshold, from, reps } => {
+            cmd_tune::bench(family, tuned_dir, json, compare, threshold, from, reps)
+        }
+        Command::Export { dir, tuned_dir, gpu, arch } => cmd_export::export(dir, tuned_dir, gpu, &arch),
     };
     match result {
         Ok(code) => code,

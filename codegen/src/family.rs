@@ -93,6 +93,16 @@ pub struct KernelArg {
     pub c_type: &'static str,
 }
 
+/// One device scratch buffer a launch needs, bound to a kernel argument.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Scratch {
+    /// The kernel argument it is passed as.
+    pub arg: &'static str,
+    pub bytes: usize,
+    /// Must be zero before the first launch (the kernel leaves it zero again).
+    pub zero_init: bool,
+}
+
 /// Template variables: a JSON object, turned into a tera context when rendering.
 pub type RenderVars = serde_json::Map<String, serde_json::Value>;
 
@@ -137,6 +147,12 @@ pub trait Family: Send + Sync + 'static {
     fn workspace_bytes(problem: &Self::Problem, config: &Self::Config) -> usize {
         let _ = (problem, config);
         0
+    }
+
+    /// Every scratch buffer of a launch, for callers that allocate their own
+    /// (the export manifest, the C ABI). Default: one `workspace` argument.
+    fn scratch(problem: &Self::Problem, config: &Self::Config) -> Vec<Scratch> {
+        vec![Scratch { arg: "workspace", bytes: Self::workspace_bytes(problem, config), zero_init: false }]
     }
 
     /// Floating-point operations of one call.

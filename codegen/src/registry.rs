@@ -16,6 +16,20 @@ pub struct Variant {
     pub entry: String,
 }
 
+/// Everything a caller needs to launch one (problem, config) without kiln's types.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KernelDescription {
+    pub family: String,
+    pub entry: String,
+    pub problem: Value,
+    pub config: Value,
+    pub args: Vec<crate::family::KernelArg>,
+    pub geometry: crate::family::LaunchGeometry,
+    pub scratch: Vec<crate::family::Scratch>,
+    pub flops: f64,
+    pub min_bytes: f64,
+}
+
 /// A family seen without its Rust types.
 pub trait AnyFamily: Send + Sync {
     fn name(&self) -> &'static str;
@@ -25,6 +39,13 @@ pub trait AnyFamily: Send + Sync {
     fn space_size(&self, limits: &DeviceLimits) -> usize;
     /// sha256 of the template text (artifacts record it to detect staleness).
     fn template_sha256(&self) -> String;
+    /// Describe the launch of `config` on `problem` (both as JSON); checks both.
+    fn describe(&self, problem: &Value, config: &Value, limits: &DeviceLimits) -> Result<KernelDescription>;
+    /// The family's heuristic default config for `problem`.
+    fn default_config(&self, problem: &Value) -> Result<Value>;
+    /// Render the kernel for (problem, config) given as JSON.
+    #[cfg(feature = "jit")]
+    fn render_json(&self, problem: &Value, config: &Value) -> Result<crate::compile::KernelSource>;
     /// Every legal config x every template branch, deduplicated by entry.
     fn variants(&self, limits: &DeviceLimits) -> Vec<Variant>;
     /// Render one variant.
@@ -34,7 +55,51 @@ pub trait AnyFamily: Send + Sync {
 
 struct Erased<F>(PhantomData<F>);
 
+impl<F: Family> Erased<F> {
+    fn parse(problem: &Value, config: Option<&Value>) -> Result<(F::Problem, Option<F::Config>)> {
+        let bad = |what: &str, e: serde_json::Error| CodegenError::Invalid {
+            what: format!("{} {what}", F::NAME),
+            reason: e.to_string(),
+        };
+        let p: F::Problem = serde_json::from_value(problem.clone()).map_err(|e| bad("problem", e))?;
+        let c = match config {
+            Some(c) => Some(serde_json::from_value::<F::Config>(c.clone()).map_err(|e| bad("config", e))?),
+            None => None,
+        };
+        Ok((p, c))
+    }
+}
+
 impl<F: Family> AnyFamily for Erased<F> {
+    fn describe(&self, problem: &Value, config: &Value, limits: &DeviceLimits) -> Result<KernelDescription> {
+        let (p, c) = Self::parse(problem, Some(config))?;
+        let c = c.expect("parsed with a config");
+        F::supports(&p).map_err(|e| CodegenError::Invalid { what: "problem".into(), reason: e.to_string() })?;
+        F::check_config(&c, limits)
+            .and_then(|_| F::check_problem(&p, &c))
+            .map_err(|e| CodegenError::Invalid { what: format!("{} config {config}", F::NAME), reason: e.0 })?;
+        Ok(KernelDescription {
+            family: F::NAME.to_string(),
+            entry: F::entry(&p, &c),
+            problem: problem.clone(),
+            config: config.clone(),
+            args: F::args(),
+            geometry: F::geometry(&p, &c),
+            scratch: F::scratch(&p, &c),
+            flops: F::flops(&p),
+            min_bytes: F::min_bytes(&p),
+        })
+    }
+    fn default_config(&self, problem: &Value) -> Result<Value> {
+        let (p, _) = Self::parse(problem, None)?;
+        F::supports(&p).map_err(|e| CodegenError::Invalid { what: "problem".into(), reason: e.to_string() })?;
+        Ok(serde_json::to_value(F::default_config(&p)).expect("configs serialise"))
+    }
+    #[cfg(feature = "jit")]
+    fn render_json(&self, problem: &Value, config: &Value) -> Result<crate::compile::KernelSource> {
+        let (p, c) = Self::parse(problem, Some(config))?;
+        crate::render::render::<F>(&p, &c.expect("parsed with a config"))
+    }
     fn name(&self) -> &'static str {
         F::NAME
     }
@@ -69,13 +134,7 @@ impl<F: Family> AnyFamily for Erased<F> {
     }
     #[cfg(feature = "jit")]
     fn render(&self, v: &Variant) -> Result<crate::compile::KernelSource> {
-        let bad = |what: &str, e: serde_json::Error| CodegenError::Invalid {
-            what: format!("{} {what}", F::NAME),
-            reason: e.to_string(),
-        };
-        let config: F::Config = serde_json::from_value(v.config.clone()).map_err(|e| bad("config", e))?;
-        let problem: F::Problem = serde_json::from_value(v.problem.clone()).map_err(|e| bad("problem", e))?;
-        crate::render::render::<F>(&problem, &config)
+        self.render_json(&v.problem, &v.config)
     }
 }
 

@@ -34,6 +34,12 @@ pub enum RuntimeError {
     #[error("{0}")]
     Codegen(#[from] kiln_codegen::CodegenError),
 
+    #[error("baseline {name}: {reason}")]
+    Baseline { name: String, reason: String },
+
+    #[error("another kiln process holds the GPU lock {path}: {reason}")]
+    Busy { path: String, reason: String },
+
     #[error("artifact {path}: {reason}")]
     Artifact { path: String, reason: String },
 }

@@ -6,11 +6,13 @@
 //! prebuilt cubins only, and never links tera or NVRTC.
 
 pub mod artifact;
+pub mod cudalib;
 pub mod device;
 pub mod dispatch;
 pub mod error;
 pub mod kernel;
 pub mod launch;
+pub mod manifest;
 pub mod measure;
 pub mod timing;
 

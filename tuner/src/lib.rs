@@ -1,3 +1,8 @@
 //! kiln-tuner: search, validation, timing and tuned artifacts.
 
+pub mod baseline;
+pub mod gemm_bf16;
+pub mod lock;
+pub mod roofline;
 pub mod search;
+pub mod tune;

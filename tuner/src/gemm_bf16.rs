@@ -1,0 +1,153 @@
+//! Tuning `gemm_bf16` on the GPU: compile, validate against the naive GPU
+//! reference on fresh random inputs (output poisoned first), time with the
+//! shared measurement module, and time cuBLAS on the same buffers.
+
+use std::collections::HashMap;
+
+use cudarc::driver::CudaSlice;
+use half::bf16;
+use kiln_codegen::families::gemm_bf16::{GemmBf16, GemmBf16Config, GemmBf16Problem};
+use kiln_codegen::{CompileOptions, Compiler, Family};
+use kiln_runtime::launch::gemm_bf16::{GemmBf16Kernel, GemmBf16Reference, GemmWorkspace};
+use kiln_runtime::measure::{Bench, MeasureOptions, Measurement};
+use kiln_runtime::{Device, Result};
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+
+use crate::search::{Evaluator, Failure, Prepared};
+
+/// Relative (norm-wise) error a BF16-output GEMM may show against the reference.
+pub const TOLERANCE: f64 = 1e-2;
+
+/// One problem's buffers and reference output on the device.
+pub struct GemmBf16Bench<'a> {
+    pub device: &'a Device,
+    pub compiler: &'a Compiler,
+    pub bench: &'a mut Bench,
+    pub problem: GemmBf16Problem,
+    a: CudaSlice<bf16>,
+    b: CudaSlice<bf16>,
+    c: CudaSlice<bf16>,
+    reference: Vec<f64>,
+    kernels: HashMap<String, (GemmBf16Kernel, GemmWorkspace)>,
+    poison: Vec<bf16>,
+}
+
+/// ||out - ref|| / ||ref|| and whether anything is NaN or infinite.
+pub fn rel_err(out: &[bf16], reference: &[f64]) -> (f64, bool) {
+    let (mut num, mut den, mut bad) = (0.0f64, 0.0f64, false);
+    for (o, r) in out.iter().zip(reference) {
+        let o = o.to_f64();
+        bad |= !o.is_finite();
+        num += (o - r) * (o - r);
+        den += r * r;
+    }
+    ((num / den.max(1e-300)).sqrt(), bad)
+}
+
+fn key(c: &GemmBf16Config) -> String {
+    serde_json::to_string(c).expect("configs serialise")
+}
+
+impl<'a> GemmBf16Bench<'a> {
+    /// Fresh random inputs (uniform in [-1, 1)) and the reference output.
+    pub fn new(
+        device: &'a Device,
+        compiler: &'a Compiler,
+        bench: &'a mut Bench,
+        reference: &GemmBf16Reference,
+        problem: GemmBf16Problem,
+        seed: u64,
+    ) -> Result<Self> {
+        GemmBf16::supports(&problem)?;
+        let (m, n, k) = (problem.m as usize, problem.n as usize, problem.k as usize);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let host_a: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0))).collect();
+        let host_b: Vec<bf16> = (0..n * k).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0))).collect();
+        let a = device.upload(&host_a, "A")?;
+        let b = device.upload(&host_b, "B")?;
+        let poison = vec![bf16::NAN; m * n];
+        let mut c = device.upload(&poison, "C")?;
+        reference.launch(&device.stream, &problem, &a, &b, &mut c)?;
+        let reference: Vec<f64> = device.download(&c)?.iter().map(|x| x.to_f64()).collect();
+        Ok(GemmBf16Bench { device, compiler, bench, problem, a, b, c, reference, kernels: HashMap::new(), poison })
+    }
+
+    /// Launch `kernel` once into the poisoned output and compare with the reference.
+    fn validate(&mut self, kernel: &GemmBf16Kernel, ws: &mut GemmWorkspace) -> std::result::Result<f64, Failure> {
+        let launch_failed = |e: kiln_runtime::RuntimeError| Failure { outcome: "launch_failed", reason: e.to_string() };
+        let mut worst = 0.0f64;
+        // Twice: the second run shows that split-K counters were left clean.
+        for _ in 0..2 {
+            self.device.stream.memcpy_htod(&self.poison, &mut self.c).map_err(|e| Failure {
+                outcome: "launch_failed",
+                reason: format!("poisoning C: {e:?}"),
+            })?;
+            kernel.launch(&self.device.stream, &self.problem, &self.a, &self.b, &mut self.c, ws).map_err(launch_failed)?;
+            let out = self.device.download(&self.c).map_err(launch_failed)?;
+            let (err, bad) = rel_err(&out, &self.reference);
+            if bad || !(err <= TOLERANCE) {
+                return Err(Failure {
+                    outcome: "invalid",
+                    reason: format!("relative error {err:.3e} (tolerance {TOLERANCE:.0e}), non-finite output: {bad}"),
+                });
+            }
+            worst = worst.max(err);
+        }
+        Ok(worst)
+    }
+
+    /// Time cuBLAS on the same buffers; also checks its result.
+    pub fn time_cublas(&mut self, blas: &crate::baseline::CublasBf16, opts: &MeasureOptions) -> Result<(Measurement, f64)> {
+        let p = self.problem.clone();
+        blas.gemm(p.m, p.n, p.k, &self.a, &self.b, &mut self.c)?;
+        let (err, _) = rel_err(&self.device.download(&self.c)?, &self.reference);
+        let (a, b, c) = (&self.a, &self.b, &mut self.c);
+        let m = self.bench.measure(opts, || blas.gemm(p.m, p.n, p.k, a, b, c))?;
+        Ok((m, err))
+    }
+}
+
+impl Evaluator<GemmBf16Config> for GemmBf16Bench<'_> {
+    fn prepare(&mut self, configs: &[GemmBf16Config]) -> Vec<std::result::Result<Prepared, Failure>> {
+        let opts = CompileOptions::default();
+        let problem = self.problem.clone();
+        let compiler = self.compiler;
+        let compiled: Vec<_> = configs
+            .par_iter()
+            .map(|c| {
+                kiln_codegen::render::render::<GemmBf16>(&problem, c)
+                    .and_then(|src| compiler.compile(&src, &opts))
+                    .map_err(|e| Failure { outcome: "compile_failed", reason: e.to_string() })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(configs.len());
+        for (c, compiled) in configs.iter().zip(compiled) {
+            let res = compiled.and_then(|k| {
+                let kernel = GemmBf16Kernel::from_cubin(self.device, &k.cubin, &problem, c)
+                    .map_err(|e| Failure { outcome: "launch_failed", reason: e.to_string() })?;
+                let mut ws = kernel
+                    .workspace(self.device, &problem)
+                    .map_err(|e| Failure { outcome: "launch_failed", reason: e.to_string() })?;
+                let err = self.validate(&kernel, &mut ws)?;
+                self.kernels.insert(key(c), (kernel, ws));
+                Ok(Prepared { max_rel_err: err, registers: Some(k.resources.registers) })
+            });
+            out.push(res);
+        }
+        out
+    }
+
+    fn time(&mut self, config: &GemmBf16Config, reps: usize) -> std::result::Result<Measurement, Failure> {
+        let (kernel, ws) = self
+            .kernels
+            .get_mut(&key(config))
+            .ok_or_else(|| Failure { outcome: "launch_failed", reason: "not prepared".into() })?;
+        let opts = MeasureOptions { warmup: 2, reps, flush_l2: true };
+        let stream = self.device.stream.clone();
+        let (p, a, b, c) = (&self.problem, &self.a, &self.b, &mut self.c);
+        self.bench
+            .measure(&opts, || kernel.launch(&stream, p, a, b, c, ws))
+            .map_err(|e| Failure { outcome: "launch_failed", reason: e.to_string() })
+    }
+}
