@@ -210,6 +210,9 @@ impl Family for GemmBf16 {
         illegal(c.smem_bytes() > limits.max_dynamic_smem_per_block, || format!("{} B of shared memory exceed {}", c.smem_bytes(), limits.max_dynamic_smem_per_block))?;
         // Register pressure: at most 128 fp32 accumulators per thread (a 64x64 warp tile).
         illegal(c.acc_per_thread() > 128, || format!("{} accumulators per thread exceed 128", c.acc_per_thread()))?;
+        // Two-warp CTAs carry at most 64 accumulators: with 128 the loader's 16 chunks per
+        // operand push the unaligned branch past 255 registers.
+        illegal(threads == 64 && c.acc_per_thread() > 64, || format!("64 threads with {} accumulators each", c.acc_per_thread()))?;
         // Warp tiles above 64 in either dimension need more accumulators than registers allow.
         illegal(wtm > 64 || wtn > 64, || format!("warp tile {wtm}x{wtn} exceeds 64 in a dimension"))?;
         // Thin warp tiles starve the tensor cores on ldmatrix traffic: at least 32 columns, and
