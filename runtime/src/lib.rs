@@ -6,6 +6,7 @@
 //! prebuilt cubins only, and never links tera or NVRTC.
 
 pub mod artifact;
+pub mod capi;
 pub mod cudalib;
 pub mod device;
 pub mod dispatch;
