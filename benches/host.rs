@@ -22,16 +22,24 @@ fn h200() -> DeviceInfo {
 }
 
 fn benches(c: &mut Criterion) {
-    let p = GemmBf16Problem { m: 32, n: 2560, k: 7168 };
+    let p = GemmBf16Problem {
+        m: 32,
+        n: 2560,
+        k: 7168,
+    };
     let cfg = GemmBf16::default_config(&p);
-    c.bench_function("render gemm_bf16", |b| b.iter(|| kiln_codegen::render::render::<GemmBf16>(&p, &cfg).unwrap()));
+    c.bench_function("render gemm_bf16", |b| {
+        b.iter(|| kiln_codegen::render::render::<GemmBf16>(&p, &cfg).unwrap())
+    });
 
     match Compiler::new() {
         Ok(compiler) => {
             let src = kiln_codegen::render::render::<GemmBf16>(&p, &cfg).unwrap();
             let opts = CompileOptions::default();
             compiler.compile(&src, &opts).unwrap();
-            c.bench_function("compile-cache hit gemm_bf16", |b| b.iter(|| compiler.compile(&src, &opts).unwrap()));
+            c.bench_function("compile-cache hit gemm_bf16", |b| {
+                b.iter(|| compiler.compile(&src, &opts).unwrap())
+            });
         }
         Err(e) => eprintln!("skipping the compile-cache bench: {e}"),
     }
@@ -48,7 +56,11 @@ fn benches(c: &mut Criterion) {
         },
     );
     for m in 1..=100u32 {
-        let prob = GemmBf16Problem { m, n: 2560, k: 7168 };
+        let prob = GemmBf16Problem {
+            m,
+            n: 2560,
+            k: 7168,
+        };
         art.upsert(Entry {
             problem: serde_json::to_value(&prob).unwrap(),
             config: serde_json::to_value(GemmBf16::default_config(&prob)).unwrap(),
@@ -65,7 +77,11 @@ fn benches(c: &mut Criterion) {
         });
     }
     let d = Dispatch::<GemmBf16>::from_artifact(art, &dev);
-    let q = GemmBf16Problem { m: 77, n: 2560, k: 7168 };
+    let q = GemmBf16Problem {
+        m: 77,
+        n: 2560,
+        k: 7168,
+    };
     c.bench_function("dispatch select (100 entries)", |b| b.iter(|| d.select(&q)));
     let _ = DeviceLimits::HOPPER;
 }

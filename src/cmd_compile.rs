@@ -11,13 +11,21 @@ use serde_json::json;
 use crate::table::Table;
 use crate::CliResult;
 
-pub fn compile(family: Option<String>, arch: &str, limit: Option<usize>, json_out: bool) -> CliResult {
+pub fn compile(
+    family: Option<String>,
+    arch: &str,
+    limit: Option<usize>,
+    json_out: bool,
+) -> CliResult {
     let families = match family {
         Some(name) => vec![find_family(&name)?],
         None => all_families(),
     };
     let compiler = Compiler::new()?;
-    let opts = CompileOptions { arch: Arch(arch.to_string()), ..Default::default() };
+    let opts = CompileOptions {
+        arch: Arch(arch.to_string()),
+        ..Default::default()
+    };
     let limits = DeviceLimits::HOPPER;
 
     // Render everything first: a template error is reported before any compile.
@@ -32,7 +40,11 @@ pub fn compile(family: Option<String>, arch: &str, limit: Option<usize>, json_ou
     }
 
     let t0 = Instant::now();
-    let bar = if json_out { ProgressBar::hidden() } else { ProgressBar::new(units.len() as u64) };
+    let bar = if json_out {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(units.len() as u64)
+    };
     bar.set_style(
         ProgressStyle::with_template("compile {bar:40} {pos}/{len} [{elapsed_precise}] {msg}")
             .expect("valid progress template"),
@@ -62,7 +74,8 @@ pub fn compile(family: Option<String>, arch: &str, limit: Option<usize>, json_ou
                 "static_smem_bytes": k.resources.static_smem_bytes,
                 "cubin_bytes": k.cubin.len(),
             })),
-            Err(e) => failures.push(json!({"family": family, "entry": variant.entry, "error": e.to_string()})),
+            Err(e) => failures
+                .push(json!({"family": family, "entry": variant.entry, "error": e.to_string()})),
         }
     }
     let hits = rows.iter().filter(|r| r["cache_hit"] == true).count();
@@ -73,7 +86,10 @@ pub fn compile(family: Option<String>, arch: &str, limit: Option<usize>, json_ou
         .collect();
     compiled_ms.sort_by(|a, b| a.total_cmp(b));
     let median = compiled_ms.get(compiled_ms.len() / 2).copied();
-    let spilling = rows.iter().filter(|r| r["spill_store_bytes"].as_u64().unwrap_or(0) > 0).count();
+    let spilling = rows
+        .iter()
+        .filter(|r| r["spill_store_bytes"].as_u64().unwrap_or(0) > 0)
+        .count();
     let summary = json!({
         "variants": units.len(),
         "compiled": rows.len() - hits,
@@ -88,15 +104,40 @@ pub fn compile(family: Option<String>, arch: &str, limit: Option<usize>, json_ou
     });
 
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&json!({"summary": summary, "kernels": rows, "failures": failures}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"summary": summary, "kernels": rows, "failures": failures})
+            )?
+        );
     } else {
-        let mut t = Table::new(&["family", "entry", "cache", "ms", "regs", "spill st/ld", "smem"]);
+        let mut t = Table::new(&[
+            "family",
+            "entry",
+            "cache",
+            "ms",
+            "regs",
+            "spill st/ld",
+            "smem",
+        ]);
         for r in &rows {
             t.row(vec![
                 r["family"].as_str().unwrap_or("").into(),
                 r["entry"].as_str().unwrap_or("").into(),
-                if r["cache_hit"] == true { "hit".into() } else { "miss".into() },
-                format!("{:.0}", if r["cache_hit"] == true { r["wall_ms"].as_f64() } else { r["compile_ms"].as_f64() }.unwrap_or(0.0)),
+                if r["cache_hit"] == true {
+                    "hit".into()
+                } else {
+                    "miss".into()
+                },
+                format!(
+                    "{:.0}",
+                    if r["cache_hit"] == true {
+                        r["wall_ms"].as_f64()
+                    } else {
+                        r["compile_ms"].as_f64()
+                    }
+                    .unwrap_or(0.0)
+                ),
                 r["registers"].to_string(),
                 format!("{}/{}", r["spill_store_bytes"], r["spill_load_bytes"]),
                 r["static_smem_bytes"].to_string(),
@@ -104,7 +145,12 @@ pub fn compile(family: Option<String>, arch: &str, limit: Option<usize>, json_ou
         }
         println!("{}", t.render());
         for f in &failures {
-            eprintln!("FAILED {} {}:\n{}\n", f["family"].as_str().unwrap_or(""), f["entry"].as_str().unwrap_or(""), f["error"].as_str().unwrap_or(""));
+            eprintln!(
+                "FAILED {} {}:\n{}\n",
+                f["family"].as_str().unwrap_or(""),
+                f["entry"].as_str().unwrap_or(""),
+                f["error"].as_str().unwrap_or("")
+            );
         }
         println!(
             "{} variants in {:.2} s: {} compiled (median {} ms), {} served from the compile cache ({}), {} failed, {} spilling; NVRTC {} for {}",
@@ -120,5 +166,9 @@ pub fn compile(family: Option<String>, arch: &str, limit: Option<usize>, json_ou
             arch
         );
     }
-    Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use kiln_codegen::{all_families, CompileOptions, Compiler, DeviceLimits};
 use kiln_runtime::artifact::Artifact;
-use kiln_runtime::manifest::{Manifest, ManifestArg, ManifestKernel, ManifestScratch, MANIFEST_SCHEMA};
+use kiln_runtime::manifest::{
+    Manifest, ManifestArg, ManifestKernel, ManifestScratch, MANIFEST_SCHEMA,
+};
 
 use crate::CliResult;
 
@@ -27,15 +29,27 @@ pub fn pick_gpu(tuned: &Path, gpu: Option<String>) -> Result<String, Box<dyn std
         .collect();
     match dirs.as_slice() {
         [one] => Ok(one.clone()),
-        [] => Err(format!("no tuned artifacts under {}: run `kiln tune` on a GPU first", tuned.display()).into()),
-        many => Err(format!("several GPUs under {} ({}): pick one with --gpu", tuned.display(), many.join(", ")).into()),
+        [] => Err(format!(
+            "no tuned artifacts under {}: run `kiln tune` on a GPU first",
+            tuned.display()
+        )
+        .into()),
+        many => Err(format!(
+            "several GPUs under {} ({}): pick one with --gpu",
+            tuned.display(),
+            many.join(", ")
+        )
+        .into()),
     }
 }
 
 pub fn export(dir: PathBuf, tuned: PathBuf, gpu: Option<String>, arch: &str) -> CliResult {
     let gpu = pick_gpu(&tuned, gpu)?;
     let compiler = Compiler::new()?;
-    let opts = CompileOptions { arch: kiln_codegen::Arch(arch.to_string()), ..Default::default() };
+    let opts = CompileOptions {
+        arch: kiln_codegen::Arch(arch.to_string()),
+        ..Default::default()
+    };
     let limits = DeviceLimits::HOPPER;
     std::fs::create_dir_all(&dir)?;
     let mut kernels = Vec::new();
@@ -53,7 +67,11 @@ pub fn export(dir: PathBuf, tuned: PathBuf, gpu: Option<String>, arch: &str) -> 
             let (config, source) = match fam.describe(&e.problem, &e.config, &limits) {
                 Ok(_) => (e.config.clone(), "tuned"),
                 Err(err) => {
-                    eprintln!("note: {} {}: {err}; exporting the default config", fam.name(), e.problem);
+                    eprintln!(
+                        "note: {} {}: {err}; exporting the default config",
+                        fam.name(),
+                        e.problem
+                    );
                     (fam.default_config(&e.problem)?, "default")
                 }
             };
@@ -71,12 +89,23 @@ pub fn export(dir: PathBuf, tuned: PathBuf, gpu: Option<String>, arch: &str) -> 
                 entry: desc.entry,
                 cubin: file,
                 cubin_sha256: kiln_codegen::cache::sha256_hex(&compiled.cubin),
-                args: desc.args.iter().map(|a| ManifestArg { name: a.name.into(), c_type: a.c_type.into() }).collect(),
+                args: desc
+                    .args
+                    .iter()
+                    .map(|a| ManifestArg {
+                        name: a.name.into(),
+                        c_type: a.c_type.into(),
+                    })
+                    .collect(),
                 geometry: desc.geometry,
                 scratch: desc
                     .scratch
                     .iter()
-                    .map(|s| ManifestScratch { arg: s.arg.into(), bytes: s.bytes, zero_init: s.zero_init })
+                    .map(|s| ManifestScratch {
+                        arg: s.arg.into(),
+                        bytes: s.bytes,
+                        zero_init: s.zero_init,
+                    })
                     .collect(),
                 source: source.into(),
                 median_us: (source == "tuned").then_some(e.median_us),
@@ -94,7 +123,10 @@ pub fn export(dir: PathBuf, tuned: PathBuf, gpu: Option<String>, arch: &str) -> 
         gpu,
         kernels,
     };
-    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest)?,
+    )?;
     println!(
         "exported {} kernels ({} cubins) for {} to {}",
         manifest.kernels.len(),

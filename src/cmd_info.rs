@@ -50,17 +50,27 @@ pub fn info(json_out: bool) -> CliResult {
             i["driver"]
         );
     } else {
-        println!("device:    none ({})", out["device"]["error"].as_str().unwrap_or("?"));
+        println!(
+            "device:    none ({})",
+            out["device"]["error"].as_str().unwrap_or("?")
+        );
     }
     if out["toolchain"]["ok"] == true {
         let t = &out["toolchain"];
-        println!("nvrtc:     {} (found by {})", t["nvrtc_version"].as_str().unwrap_or("?"), t["found_by"].as_str().unwrap_or("?"));
+        println!(
+            "nvrtc:     {} (found by {})",
+            t["nvrtc_version"].as_str().unwrap_or("?"),
+            t["found_by"].as_str().unwrap_or("?")
+        );
         println!("library:   {}", t["nvrtc_lib"].as_str().unwrap_or("?"));
         for d in t["include_dirs"].as_array().into_iter().flatten() {
             println!("headers:   {}", d.as_str().unwrap_or("?"));
         }
     } else {
-        println!("nvrtc:     not available: {}", out["toolchain"]["error"].as_str().unwrap_or("?"));
+        println!(
+            "nvrtc:     not available: {}",
+            out["toolchain"]["error"].as_str().unwrap_or("?")
+        );
     }
     println!("cache:     {}", cache.display());
     Ok(ExitCode::SUCCESS)
@@ -84,7 +94,13 @@ pub fn list(json_out: bool) -> CliResult {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut t = Table::new(&["family", "space", "legal (sm_90a)", "variants (x template branches)", "template sha256"]);
+    let mut t = Table::new(&[
+        "family",
+        "space",
+        "legal (sm_90a)",
+        "variants (x template branches)",
+        "template sha256",
+    ]);
     for r in &rows {
         t.row(vec![
             r["family"].as_str().unwrap_or("").to_string(),

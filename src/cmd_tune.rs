@@ -31,33 +31,59 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some('h') => (&s[..s.len() - 1], 3600.0),
         _ => (s, 1.0),
     };
-    let v: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (e.g. 90s, 5m)"))?;
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 90s, 5m)"))?;
     Ok(Duration::from_secs_f64(v * mult))
 }
 
 /// `5%`, `0.05` or `5` (percent when > 1).
 pub fn parse_threshold(s: &str) -> Result<f64, String> {
     let t = s.trim().trim_end_matches('%');
-    let v: f64 = t.parse().map_err(|_| format!("`{s}` is not a threshold (e.g. 5%)"))?;
-    Ok(if s.contains('%') || v > 1.0 { v / 100.0 } else { v })
+    let v: f64 = t
+        .parse()
+        .map_err(|_| format!("`{s}` is not a threshold (e.g. 5%)"))?;
+    Ok(if s.contains('%') || v > 1.0 {
+        v / 100.0
+    } else {
+        v
+    })
 }
 
-fn load_problems(family: &str, file: Option<&Path>, preset: Option<&str>) -> Result<(String, Vec<Value>), Box<dyn std::error::Error>> {
+fn load_problems(
+    family: &str,
+    file: Option<&Path>,
+    preset: Option<&str>,
+) -> Result<(String, Vec<Value>), Box<dyn std::error::Error>> {
     if let Some(name) = preset {
         let p = kiln_models::step3::presets::find(name).ok_or_else(|| {
-            let names: Vec<_> = kiln_models::step3::presets::all().iter().map(|p| p.name).collect();
+            let names: Vec<_> = kiln_models::step3::presets::all()
+                .iter()
+                .map(|p| p.name)
+                .collect();
             format!("unknown preset `{name}`; presets: {}", names.join(", "))
         })?;
-        return Ok((p.family.to_string(), p.problems.into_iter().map(|(_, v)| v).collect()));
+        return Ok((
+            p.family.to_string(),
+            p.problems.into_iter().map(|(_, v)| v).collect(),
+        ));
     }
     let file = file.ok_or("give --problems FILE or --preset NAME")?;
-    let v: Value = serde_json::from_slice(&std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?)
-        .map_err(|e| format!("{}: not JSON ({e})", file.display()))?;
+    let v: Value = serde_json::from_slice(
+        &std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?,
+    )
+    .map_err(|e| format!("{}: not JSON ({e})", file.display()))?;
     let list = match v {
         Value::Array(a) => a,
         Value::Object(mut o) => match o.remove("problems") {
             Some(Value::Array(a)) => a,
-            _ => return Err(format!("{}: expected a JSON array of problems or {{\"problems\": [...]}}", file.display()).into()),
+            _ => {
+                return Err(format!(
+                    "{}: expected a JSON array of problems or {{\"problems\": [...]}}",
+                    file.display()
+                )
+                .into())
+            }
         },
         _ => return Err(format!("{}: expected a JSON array of problems", file.display()).into()),
     };
@@ -66,7 +92,11 @@ fn load_problems(family: &str, file: Option<&Path>, preset: Option<&str>) -> Res
 
 fn gemm_problems(list: &[Value]) -> Result<Vec<GemmBf16Problem>, Box<dyn std::error::Error>> {
     list.iter()
-        .map(|v| serde_json::from_value(v.clone()).map_err(|e| format!("problem {v}: {e} (gemm_bf16 problems are {{\"m\", \"n\", \"k\"}})").into()))
+        .map(|v| {
+            serde_json::from_value(v.clone()).map_err(|e| {
+                format!("problem {v}: {e} (gemm_bf16 problems are {{\"m\", \"n\", \"k\"}})").into()
+            })
+        })
         .collect()
 }
 
@@ -81,7 +111,11 @@ pub fn tune(
     json: Option<PathBuf>,
     seed: Option<u64>,
 ) -> CliResult {
-    let (fam, list) = load_problems(family.as_deref().unwrap_or("gemm_bf16"), problems.as_deref(), preset.as_deref())?;
+    let (fam, list) = load_problems(
+        family.as_deref().unwrap_or("gemm_bf16"),
+        problems.as_deref(),
+        preset.as_deref(),
+    )?;
     if let Some(f) = &family {
         if *f != fam {
             return Err(format!("preset is for family {fam}, not {f}").into());
@@ -102,7 +136,10 @@ pub fn tune(
         search: Default::default(),
         baseline_reps: 40,
         seed: seed.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
         }),
         progress: true,
     };
@@ -110,28 +147,53 @@ pub fn tune(
     for n in &report.notes {
         eprintln!("note: {n}");
     }
-    let mut t = Table::new(&["problem", "status", "kiln us", "cuBLAS us", "speedup", "% roofline", "max rel err", "tried", "s"]);
+    let mut t = Table::new(&[
+        "problem",
+        "status",
+        "kiln us",
+        "cuBLAS us",
+        "speedup",
+        "% roofline",
+        "max rel err",
+        "tried",
+        "s",
+    ]);
     for p in &report.problems {
         let e = p.entry.as_ref();
         t.row(vec![
             compact(&p.problem),
             p.status.clone(),
             e.map(|e| format!("{:.2}", e.median_us)).unwrap_or_default(),
-            e.and_then(|e| e.baseline.as_ref()).map(|b| format!("{:.2}", b.median_us)).unwrap_or_default(),
-            e.and_then(|e| e.speedup).map(|s| format!("{s:.2}")).unwrap_or_default(),
-            e.map(|e| format!("{:.1}", e.pct_of_roofline)).unwrap_or_default(),
-            e.map(|e| format!("{:.1e}", e.max_rel_err)).unwrap_or_default(),
-            e.map(|e| e.candidates_tried.to_string()).unwrap_or_default(),
+            e.and_then(|e| e.baseline.as_ref())
+                .map(|b| format!("{:.2}", b.median_us))
+                .unwrap_or_default(),
+            e.and_then(|e| e.speedup)
+                .map(|s| format!("{s:.2}"))
+                .unwrap_or_default(),
+            e.map(|e| format!("{:.1}", e.pct_of_roofline))
+                .unwrap_or_default(),
+            e.map(|e| format!("{:.1e}", e.max_rel_err))
+                .unwrap_or_default(),
+            e.map(|e| e.candidates_tried.to_string())
+                .unwrap_or_default(),
             format!("{:.1}", p.seconds),
         ]);
     }
     println!("{}", t.render());
     for p in report.problems.iter().filter(|p| p.status == "failed") {
-        eprintln!("failed {}: {}", compact(&p.problem), p.reason.as_deref().unwrap_or(""));
+        eprintln!(
+            "failed {}: {}",
+            compact(&p.problem),
+            p.reason.as_deref().unwrap_or("")
+        );
     }
     println!(
         "tuned {} problems in {:.1} s -> {}",
-        report.problems.iter().filter(|p| p.status == "tuned").count(),
+        report
+            .problems
+            .iter()
+            .filter(|p| p.status == "tuned")
+            .count(),
         report.elapsed_s,
         report.artifact.display()
     );
@@ -139,7 +201,11 @@ pub fn tune(
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
     }
     let failed = report.problems.iter().any(|p| p.status == "failed");
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// One row of `kiln bench`.
@@ -183,26 +249,41 @@ pub fn bench(
         kiln_codegen::find_family(f)?;
     }
     let file = match &from {
-        Some(path) => serde_json::from_slice::<BenchFile>(&std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?)
-            .map_err(|e| format!("{}: not a kiln bench file ({e})", path.display()))?,
+        Some(path) => serde_json::from_slice::<BenchFile>(
+            &std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        )
+        .map_err(|e| format!("{}: not a kiln bench file ({e})", path.display()))?,
         None => measure_all(&tuned_dir, reps)?,
     };
     print_bench(&file);
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_vec_pretty(&file)?)?;
     }
-    let Some(old_path) = compare else { return Ok(ExitCode::SUCCESS) };
-    let old: BenchFile = serde_json::from_slice(&std::fs::read(&old_path).map_err(|e| format!("{}: {e}", old_path.display()))?)
-        .map_err(|e| format!("{}: not a kiln bench file ({e})", old_path.display()))?;
+    let Some(old_path) = compare else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let old: BenchFile = serde_json::from_slice(
+        &std::fs::read(&old_path).map_err(|e| format!("{}: {e}", old_path.display()))?,
+    )
+    .map_err(|e| format!("{}: not a kiln bench file ({e})", old_path.display()))?;
     let regressions = compare_bench(&old, &file, threshold);
     if regressions.is_empty() {
-        println!("no regression past {:.1}% against {}", threshold * 100.0, old_path.display());
+        println!(
+            "no regression past {:.1}% against {}",
+            threshold * 100.0,
+            old_path.display()
+        );
         Ok(ExitCode::SUCCESS)
     } else {
         for r in &regressions {
             eprintln!("REGRESSION {r}");
         }
-        eprintln!("{} regression(s) past {:.1}% against {}", regressions.len(), threshold * 100.0, old_path.display());
+        eprintln!(
+            "{} regression(s) past {:.1}% against {}",
+            regressions.len(),
+            threshold * 100.0,
+            old_path.display()
+        );
         Ok(ExitCode::FAILURE)
     }
 }
@@ -211,7 +292,13 @@ pub fn bench(
 pub fn compare_bench(old: &BenchFile, new: &BenchFile, threshold: f64) -> Vec<String> {
     let mut out = Vec::new();
     for n in &new.rows {
-        let Some(o) = old.rows.iter().find(|o| o.family == n.family && o.problem == n.problem) else { continue };
+        let Some(o) = old
+            .rows
+            .iter()
+            .find(|o| o.family == n.family && o.problem == n.problem)
+        else {
+            continue;
+        };
         let ratio = n.kiln_us / o.kiln_us;
         if ratio > 1.0 + threshold {
             out.push(format!(
@@ -231,12 +318,25 @@ fn measure_all(tuned_dir: &Path, reps: usize) -> Result<BenchFile, Box<dyn std::
     let device = Device::open(0)?;
     let compiler = Compiler::new()?;
     let path = Artifact::path(tuned_dir, &device.info.slug(), GemmBf16::NAME);
-    let dispatch = Dispatch::<GemmBf16>::load(tuned_dir, &device.info, Some(&compiler.toolchain().version_string()));
+    let dispatch = Dispatch::<GemmBf16>::load(
+        tuned_dir,
+        &device.info,
+        Some(&compiler.toolchain().version_string()),
+    );
     for n in &dispatch.notes {
         eprintln!("note: {n}");
     }
-    let art = dispatch.artifact().ok_or_else(|| format!("no usable artifact at {}: run `kiln tune` first", path.display()))?;
-    let problems: Vec<GemmBf16Problem> = art.entries.iter().filter_map(|e| serde_json::from_value(e.problem.clone()).ok()).collect();
+    let art = dispatch.artifact().ok_or_else(|| {
+        format!(
+            "no usable artifact at {}: run `kiln tune` first",
+            path.display()
+        )
+    })?;
+    let problems: Vec<GemmBf16Problem> = art
+        .entries
+        .iter()
+        .filter_map(|e| serde_json::from_value(e.problem.clone()).ok())
+        .collect();
     let reference = GemmBf16Reference::compile(&device, &compiler)?;
     let blas = CublasBf16::new(&device)?;
     let mut bench = Bench::new(&device)?;
@@ -244,11 +344,31 @@ fn measure_all(tuned_dir: &Path, reps: usize) -> Result<BenchFile, Box<dyn std::
     for (i, p) in problems.iter().enumerate() {
         let sel = dispatch.select(p);
         let config: GemmBf16Config = sel.config;
-        let mut b = GemmBf16Bench::new(&device, &compiler, &mut bench, &reference, p.clone(), 0x5eed + i as u64)?;
-        let prepared = b.prepare(std::slice::from_ref(&config)).pop().expect("one result");
-        let prepared = prepared.map_err(|f| format!("{p:?} {config:?}: {}: {}", f.outcome, f.reason))?;
-        let m = b.time(&config, reps).map_err(|f| format!("{p:?}: {}", f.reason))?;
-        let (base, _) = b.time_cublas(&blas, &MeasureOptions { warmup: 3, reps, flush_l2: true })?;
+        let mut b = GemmBf16Bench::new(
+            &device,
+            &compiler,
+            &mut bench,
+            &reference,
+            p.clone(),
+            0x5eed + i as u64,
+        )?;
+        let prepared = b
+            .prepare(std::slice::from_ref(&config))
+            .pop()
+            .expect("one result");
+        let prepared =
+            prepared.map_err(|f| format!("{p:?} {config:?}: {}: {}", f.outcome, f.reason))?;
+        let m = b
+            .time(&config, reps)
+            .map_err(|f| format!("{p:?}: {}", f.reason))?;
+        let (base, _) = b.time_cublas(
+            &blas,
+            &MeasureOptions {
+                warmup: 3,
+                reps,
+                flush_l2: true,
+            },
+        )?;
         let flops = GemmBf16::flops(p);
         let bytes = GemmBf16::min_bytes(p);
         rows.push(BenchRow {
@@ -261,7 +381,12 @@ fn measure_all(tuned_dir: &Path, reps: usize) -> Result<BenchFile, Box<dyn std::
             baseline: CUBLAS_BF16.into(),
             baseline_us: base.median_us,
             speedup: base.median_us / m.median_us,
-            pct_of_roofline: roofline::pct_of_roofline(flops, bytes, roofline::BF16_FLOPS, m.median_us),
+            pct_of_roofline: roofline::pct_of_roofline(
+                flops,
+                bytes,
+                roofline::BF16_FLOPS,
+                m.median_us,
+            ),
             weight_tb_s: (p.n as f64 * p.k as f64 * 2.0) / (m.median_us * 1e-6) / 1e12,
             tflops: flops / (m.median_us * 1e-6) / 1e12,
             max_rel_err: prepared.max_rel_err,
@@ -276,7 +401,17 @@ fn measure_all(tuned_dir: &Path, reps: usize) -> Result<BenchFile, Box<dyn std::
 }
 
 fn print_bench(f: &BenchFile) {
-    let mut t = Table::new(&["family", "problem", "kiln us", "baseline us", "speedup", "% roofline", "W TB/s", "TFLOP/s", "rel err"]);
+    let mut t = Table::new(&[
+        "family",
+        "problem",
+        "kiln us",
+        "baseline us",
+        "speedup",
+        "% roofline",
+        "W TB/s",
+        "TFLOP/s",
+        "rel err",
+    ]);
     for r in &f.rows {
         t.row(vec![
             r.family.clone(),
@@ -297,10 +432,17 @@ fn print_bench(f: &BenchFile) {
         }
         (rows.iter().map(|r| r.speedup.ln()).sum::<f64>() / rows.len() as f64).exp()
     };
-    let small: Vec<&BenchRow> = f.rows.iter().filter(|r| r.problem["m"].as_u64().is_some_and(|m| m <= 32)).collect();
+    let small: Vec<&BenchRow> = f
+        .rows
+        .iter()
+        .filter(|r| r.problem["m"].as_u64().is_some_and(|m| m <= 32))
+        .collect();
     println!(
         "geometric-mean speedup over {}: {:.3} (all {} rows), {:.3} (M <= 32, {} rows). {}",
-        f.rows.first().map(|r| r.baseline.as_str()).unwrap_or("baseline"),
+        f.rows
+            .first()
+            .map(|r| r.baseline.as_str())
+            .unwrap_or("baseline"),
         geo(f.rows.iter().collect()),
         f.rows.len(),
         geo(small.clone()),
@@ -312,7 +454,11 @@ fn print_bench(f: &BenchFile) {
 /// `{"m":1,"n":48}` -> `m=1 n=48`.
 pub fn compact(v: &Value) -> String {
     match v.as_object() {
-        Some(o) => o.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+        Some(o) => o
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
         None => v.to_string(),
     }
 }
@@ -340,7 +486,12 @@ mod tests {
     }
 
     fn file(rows: Vec<BenchRow>) -> BenchFile {
-        BenchFile { schema: 1, device: Value::Null, method: String::new(), rows }
+        BenchFile {
+            schema: 1,
+            device: Value::Null,
+            method: String::new(),
+            rows,
+        }
     }
 
     #[test]

@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Kernel compiler and autotuner for NVIDIA Hopper GPUs")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Kernel compiler and autotuner for NVIDIA Hopper GPUs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -113,14 +117,40 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info { json } => cmd_info::info(json),
         Command::List { json } => cmd_info::list(json),
-        Command::Compile { family, all: _, arch, limit, json } => cmd_compile::compile(family, &arch, limit, json),
-        Command::Tune { family, problems, preset, budget, force, tuned_dir, json, seed } => {
-            cmd_tune::tune(family, problems, preset, budget, force, tuned_dir, json, seed)
-        }
-        Command::Bench { family, tuned_dir, json, compare, threshold, from, reps } => {
-            cmd_tune::bench(family, tuned_dir, json, compare, threshold, from, reps)
-        }
-        Command::Export { dir, tuned_dir, gpu, arch } => cmd_export::export(dir, tuned_dir, gpu, &arch),
+        Command::Compile {
+            family,
+            all: _,
+            arch,
+            limit,
+            json,
+        } => cmd_compile::compile(family, &arch, limit, json),
+        Command::Tune {
+            family,
+            problems,
+            preset,
+            budget,
+            force,
+            tuned_dir,
+            json,
+            seed,
+        } => cmd_tune::tune(
+            family, problems, preset, budget, force, tuned_dir, json, seed,
+        ),
+        Command::Bench {
+            family,
+            tuned_dir,
+            json,
+            compare,
+            threshold,
+            from,
+            reps,
+        } => cmd_tune::bench(family, tuned_dir, json, compare, threshold, from, reps),
+        Command::Export {
+            dir,
+            tuned_dir,
+            gpu,
+            arch,
+        } => cmd_export::export(dir, tuned_dir, gpu, &arch),
     };
     match result {
         Ok(code) => code,

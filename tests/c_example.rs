@@ -15,7 +15,11 @@ fn root() -> &'static Path {
 fn runtime_lib_dir() -> PathBuf {
     // target/<profile>/deps/c_example-<hash>
     let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).expect("the test runs from target/<profile>/deps").to_path_buf();
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps")
+        .to_path_buf();
     let profile = match profile_dir.file_name().and_then(|s| s.to_str()) {
         Some("debug") => "dev".to_string(),
         Some(other) => other.to_string(),
@@ -23,19 +27,38 @@ fn runtime_lib_dir() -> PathBuf {
     };
     let target_dir = profile_dir.parent().unwrap();
     let out = Command::new(env!("CARGO"))
-        .args(["build", "-p", "kiln-runtime", "--lib", "--profile", &profile])
+        .args([
+            "build",
+            "-p",
+            "kiln-runtime",
+            "--lib",
+            "--profile",
+            &profile,
+        ])
         .arg("--target-dir")
         .arg(target_dir)
         .current_dir(root())
         .output()
         .unwrap();
-    assert!(out.status.success(), "cargo build -p kiln-runtime failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(profile_dir.join("libkiln_runtime.so").is_file(), "no libkiln_runtime.so in {}", profile_dir.display());
+    assert!(
+        out.status.success(),
+        "cargo build -p kiln-runtime failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        profile_dir.join("libkiln_runtime.so").is_file(),
+        "no libkiln_runtime.so in {}",
+        profile_dir.display()
+    );
     profile_dir
 }
 
 fn text(out: &Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[test]
@@ -54,20 +77,32 @@ fn c_example_builds_and_reaches_kiln() {
         .current_dir(tmp.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "examples/c/build.sh failed\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "examples/c/build.sh failed\n{}",
+        text(&out)
+    );
     assert!(exe.is_file() && exe.with_file_name("libkiln_runtime.so").is_file());
 
     // Both libraries load (rpath $ORIGIN + the CUDA runtime's folder) and the usage is printed.
     let out = Command::new(&exe).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("usage:"),
+        "{}",
+        text(&out)
+    );
 
     // kiln_open's failure and kiln_last_error come back through the C ABI.
     let missing = tmp.path().join("no-export");
     let out = Command::new(&exe).arg(&missing).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("kiln_open failed (status 5)") && err.contains("manifest.json"), "{}", text(&out));
+    assert!(
+        err.contains("kiln_open failed (status 5)") && err.contains("manifest.json"),
+        "{}",
+        text(&out)
+    );
 
     // A readable manifest opens; the run then stops at the GPU (none here) or at the fake cubin.
     let export = tmp.path().join("export");
@@ -76,7 +111,11 @@ fn c_example_builds_and_reaches_kiln() {
     let out = Command::new(&exe).arg(&export).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("kiln_open failed") && err.contains("failed"), "{}", text(&out));
+    assert!(
+        !err.contains("kiln_open failed") && err.contains("failed"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// A manifest with one gemm_bf16 kernel for the example's default problem, whose cubin is not one.
@@ -84,7 +123,16 @@ fn write_fake_export(dir: &Path) {
     let cubin = b"not a cubin";
     std::fs::write(dir.join("k.cubin"), cubin).unwrap();
     let sha = kiln_codegen::cache::sha256_hex(cubin);
-    let types = ["const __nv_bfloat16*", "const __nv_bfloat16*", "__nv_bfloat16*", "float*", "unsigned int*", "int", "int", "int"];
+    let types = [
+        "const __nv_bfloat16*",
+        "const __nv_bfloat16*",
+        "__nv_bfloat16*",
+        "float*",
+        "unsigned int*",
+        "int",
+        "int",
+        "int",
+    ];
     let args: Vec<serde_json::Value> = ["A", "B", "C", "workspace", "counters", "M", "N", "K"]
         .iter()
         .zip(types)
@@ -106,5 +154,9 @@ fn write_fake_export(dir: &Path) {
             "source": "default"
         }]
     });
-    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
 }

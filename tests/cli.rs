@@ -9,16 +9,29 @@ fn kiln() -> Command {
 #[test]
 fn list_shows_gemm_bf16_with_at_least_20_legal_configs() {
     let out = kiln().args(["list", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let g = v.as_array().unwrap().iter().find(|f| f["family"] == "gemm_bf16").expect("gemm_bf16 listed");
+    let g = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["family"] == "gemm_bf16")
+        .expect("gemm_bf16 listed");
     assert!(g["legal"].as_u64().unwrap() >= 20, "{g}");
 }
 
 #[test]
 fn info_works_without_a_gpu() {
     let out = kiln().args(["info", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     if v["device"]["ok"] == false {
         let msg = v["device"]["error"].as_str().unwrap();
@@ -48,12 +61,18 @@ fn compile_without_nvrtc_says_to_run_setup() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("NVRTC was not found") && err.contains("./setup.sh"), "{err}");
+    assert!(
+        err.contains("NVRTC was not found") && err.contains("./setup.sh"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_family_is_a_clear_error() {
-    let out = kiln().args(["compile", "--family", "nope"]).output().unwrap();
+    let out = kiln()
+        .args(["compile", "--family", "nope"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown kernel family `nope`"), "{err}");

@@ -3,7 +3,9 @@
 //! compile cache. Needs NVRTC (`./setup.sh` installs it); fails otherwise.
 
 use kiln_codegen::cache::CompileCache;
-use kiln_codegen::{all_families, CachePolicy, CompileOptions, Compiler, DeviceLimits, KernelSource};
+use kiln_codegen::{
+    all_families, CachePolicy, CompileOptions, Compiler, DeviceLimits, KernelSource,
+};
 
 fn compiler_with_fresh_cache(dir: &std::path::Path, policy: CachePolicy) -> Compiler {
     let tc = kiln_codegen::toolchain::toolchain().unwrap_or_else(|e| panic!("{e}"));
@@ -39,13 +41,29 @@ fn every_variant_of_every_family_compiles_then_hits_the_cache() {
             Ok(k) => {
                 assert!(!k.cache_hit, "{} hit a fresh cache", k.entry);
                 assert!(!k.cubin.is_empty());
-                assert!(k.resources.registers > 0, "{}: no ptxas report parsed:\n{}", k.entry, k.log);
-                assert!(!k.resources.spills(), "{} spills: {:?}", k.entry, k.resources);
+                assert!(
+                    k.resources.registers > 0,
+                    "{}: no ptxas report parsed:\n{}",
+                    k.entry,
+                    k.log
+                );
+                assert!(
+                    !k.resources.spills(),
+                    "{} spills: {:?}",
+                    k.entry,
+                    k.resources
+                );
             }
             Err(e) => failures.push(format!("{}: {e}", src.entry)),
         }
     }
-    assert!(failures.is_empty(), "{} of {} variants failed:\n{}", failures.len(), sources.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} variants failed:\n{}",
+        failures.len(),
+        sources.len(),
+        failures.join("\n")
+    );
 
     // Nothing may compile on the second pass.
     let no_jit = compiler_with_fresh_cache(dir.path(), CachePolicy::NoCompile);
@@ -59,7 +77,12 @@ fn every_variant_of_every_family_compiles_then_hits_the_cache() {
     for (a, b) in first.iter().zip(&second) {
         assert_eq!(a.as_ref().unwrap().cubin, b.as_ref().unwrap().cubin);
     }
-    eprintln!("{} variants: cold {:.2?}, from cache {:.2?}", sources.len(), cold, warm);
+    eprintln!(
+        "{} variants: cold {:.2?}, from cache {:.2?}",
+        sources.len(),
+        cold,
+        warm
+    );
 }
 
 #[test]
@@ -69,12 +92,18 @@ fn a_broken_template_reports_the_log_and_the_dumped_source() {
     let src = KernelSource {
         family: "broken".into(),
         entry: "kiln_broken".into(),
-        source: "extern \"C\" __global__ void kiln_broken(float* x) { x[0] = undeclared_name; }".into(),
+        source: "extern \"C\" __global__ void kiln_broken(float* x) { x[0] = undeclared_name; }"
+            .into(),
     };
-    let err = compiler.compile(&src, &CompileOptions::default()).unwrap_err();
+    let err = compiler
+        .compile(&src, &CompileOptions::default())
+        .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("undeclared_name"), "no NVRTC log in: {msg}");
-    let kiln_codegen::CodegenError::CompileFailed { dumped: Some(path), .. } = &err else {
+    let kiln_codegen::CodegenError::CompileFailed {
+        dumped: Some(path), ..
+    } = &err
+    else {
         panic!("expected CompileFailed with a dump, got {err:?}");
     };
     let dumped = std::fs::read_to_string(path).unwrap();
@@ -91,22 +120,41 @@ fn no_compile_policy_refuses_a_miss() {
         entry: "kiln_t".into(),
         source: "extern \"C\" __global__ void kiln_t(float* x) { x[0] = 1.0f; }".into(),
     };
-    let err = compiler.compile(&src, &CompileOptions::default()).unwrap_err();
-    assert!(matches!(err, kiln_codegen::CodegenError::CacheMissForbidden { .. }), "{err}");
+    let err = compiler
+        .compile(&src, &CompileOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(err, kiln_codegen::CodegenError::CacheMissForbidden { .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn the_key_ignores_machine_paths_but_not_the_source() {
     let dir = tempfile::tempdir().unwrap();
     let compiler = compiler_with_fresh_cache(dir.path(), CachePolicy::Compile);
-    let a = KernelSource { family: "t".into(), entry: "k".into(), source: "int a;".into() };
-    let b = KernelSource { family: "t".into(), entry: "k".into(), source: "int b;".into() };
+    let a = KernelSource {
+        family: "t".into(),
+        entry: "k".into(),
+        source: "int a;".into(),
+    };
+    let b = KernelSource {
+        family: "t".into(),
+        entry: "k".into(),
+        source: "int b;".into(),
+    };
     let o = CompileOptions::default();
     assert_eq!(compiler.key(&a, &o), compiler.key(&a, &o));
     assert_ne!(compiler.key(&a, &o), compiler.key(&b, &o));
-    let lineinfo = CompileOptions { extra: vec!["-lineinfo".into()], ..Default::default() };
+    let lineinfo = CompileOptions {
+        extra: vec!["-lineinfo".into()],
+        ..Default::default()
+    };
     assert_ne!(compiler.key(&a, &o), compiler.key(&a, &lineinfo));
     let annotated = Compiler::annotated_source(&a, &o);
     let root = compiler.toolchain().root.display().to_string();
-    assert!(!annotated.contains(&root), "machine path in the source header");
+    assert!(
+        !annotated.contains(&root),
+        "machine path in the source header"
+    );
 }

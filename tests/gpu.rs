@@ -22,20 +22,32 @@ const GPU: &str = "needs an NVIDIA GPU: run scripts/gpu.sh";
 const BF16_TOL: f64 = 1e-2;
 
 fn seed() -> u64 {
-    std::env::var("KILN_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    })
+    std::env::var("KILN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
 }
 
 fn random_bf16(rng: &mut impl Rng, len: usize) -> Vec<bf16> {
-    (0..len).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0))).collect()
+    (0..len)
+        .map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)))
+        .collect()
 }
 
 fn report(name: &str, value: &serde_json::Value) {
     if let Some(dir) = std::env::var_os("KILN_GPU_REPORT") {
         let dir = std::path::PathBuf::from(dir);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("{name}.json")), serde_json::to_vec_pretty(value).unwrap()).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.json")),
+            serde_json::to_vec_pretty(value).unwrap(),
+        )
+        .unwrap();
     }
 }
 
@@ -68,20 +80,43 @@ fn cpu_case(rng: &mut impl Rng, m: u32, n: u32, k: u32) -> Case {
     let af: Vec<f32> = a.iter().map(|x| x.to_f32()).collect();
     let bf: Vec<f32> = b.iter().map(|x| x.to_f32()).collect();
     let reference = fam::reference_cpu(&af, &bf, m as usize, n as usize, k as usize);
-    Case { problem, a, b, reference, by: "cpu-f64" }
+    Case {
+        problem,
+        a,
+        b,
+        reference,
+        by: "cpu-f64",
+    }
 }
 
-fn gpu_case(dev: &Device, refk: &GemmBf16Reference, rng: &mut impl Rng, m: u32, n: u32, k: u32) -> Case {
+fn gpu_case(
+    dev: &Device,
+    refk: &GemmBf16Reference,
+    rng: &mut impl Rng,
+    m: u32,
+    n: u32,
+    k: u32,
+) -> Case {
     let problem = GemmBf16Problem { m, n, k };
     let a = random_bf16(rng, (m * k) as usize);
     let b = random_bf16(rng, (n * k) as usize);
     let da = dev.upload(&a, "A").unwrap();
     let db = dev.upload(&b, "B").unwrap();
     let mut dc = dev.upload(&vec![bf16::NAN; (m * n) as usize], "C").unwrap();
-    refk.launch(&dev.stream, &problem, &da, &db, &mut dc).unwrap();
+    refk.launch(&dev.stream, &problem, &da, &db, &mut dc)
+        .unwrap();
     let out = dev.download(&dc).unwrap();
-    assert!(out.iter().all(|x| x.is_finite()), "reference kernel left NaN");
-    Case { problem, a, b, reference: out.iter().map(|x| x.to_f64()).collect(), by: "gpu-naive" }
+    assert!(
+        out.iter().all(|x| x.is_finite()),
+        "reference kernel left NaN"
+    );
+    Case {
+        problem,
+        a,
+        b,
+        reference: out.iter().map(|x| x.to_f64()).collect(),
+        by: "gpu-naive",
+    }
 }
 
 #[test]
@@ -111,8 +146,10 @@ fn gemm_bf16_every_config_matches_the_references() {
     let configs: Vec<GemmBf16Config> = GemmBf16::legal_space(&limits);
     // Compile every (config, branch) in parallel first.
     let branches: Vec<GemmBf16Problem> = GemmBf16::branch_problems();
-    let work: Vec<(GemmBf16Config, GemmBf16Problem)> =
-        configs.iter().flat_map(|c| branches.iter().map(move |p| (c.clone(), p.clone()))).collect();
+    let work: Vec<(GemmBf16Config, GemmBf16Problem)> = configs
+        .iter()
+        .flat_map(|c| branches.iter().map(move |p| (c.clone(), p.clone())))
+        .collect();
     let opts = CompileOptions::default();
     let compiled: Vec<_> = work
         .par_iter()
@@ -140,19 +177,29 @@ fn gemm_bf16_every_config_matches_the_references() {
             if GemmBf16::check_problem(p, c).is_err() {
                 continue;
             }
-            let branch = branches.iter().find(|b| fam::is_aligned(b) == fam::is_aligned(p)).unwrap();
+            let branch = branches
+                .iter()
+                .find(|b| fam::is_aligned(b) == fam::is_aligned(p))
+                .unwrap();
             let k = &kernels[&(GemmBf16::entry(branch, c), fam::is_aligned(p))];
             let da = dev.upload(&case.a, "A").unwrap();
             let db = dev.upload(&case.b, "B").unwrap();
-            let mut dc = dev.upload(&vec![bf16::NAN; (p.m * p.n) as usize], "C").unwrap();
+            let mut dc = dev
+                .upload(&vec![bf16::NAN; (p.m * p.n) as usize], "C")
+                .unwrap();
             let mut ws = k.workspace(&dev, p).unwrap();
             // Twice: the second launch proves split-K counters were left clean.
             for rep in 0..2 {
                 if rep == 1 {
-                    dev.stream.memcpy_htod(&vec![bf16::NAN; (p.m * p.n) as usize], &mut dc).unwrap();
+                    dev.stream
+                        .memcpy_htod(&vec![bf16::NAN; (p.m * p.n) as usize], &mut dc)
+                        .unwrap();
                 }
-                k.launch(&dev.stream, p, &da, &db, &mut dc, &mut ws).unwrap_or_else(|e| panic!("{e}"));
-                let out = dev.download(&dc).unwrap_or_else(|e| panic!("{:?} {:?}: {e}", c, p));
+                k.launch(&dev.stream, p, &da, &db, &mut dc, &mut ws)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let out = dev
+                    .download(&dc)
+                    .unwrap_or_else(|e| panic!("{:?} {:?}: {e}", c, p));
                 launches += 1;
                 let (err, bad) = rel_err(&out, &case.reference);
                 max_err = max_err.max(err);
@@ -186,14 +233,23 @@ fn gemm_bf16_every_config_matches_the_references() {
         worst,
         failures.len()
     );
-    assert!(failures.is_empty(), "{} failures, first: {}", failures.len(), failures[0]);
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {}",
+        failures.len(),
+        failures[0]
+    );
 }
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: run scripts/gpu.sh"]
 fn device_info_is_read() {
     let dev = Device::open(0).unwrap_or_else(|e| panic!("{e}"));
-    assert!(dev.info.sms > 0 && dev.info.l2_bytes > 0 && dev.info.cc[0] >= 7, "{:?}", dev.info);
+    assert!(
+        dev.info.sms > 0 && dev.info.l2_bytes > 0 && dev.info.cc[0] >= 7,
+        "{:?}",
+        dev.info
+    );
     let limits: DeviceLimits = dev.info.limits();
     assert!(limits.max_dynamic_smem_per_block >= 48 * 1024);
     report("device", &json!(dev.info));

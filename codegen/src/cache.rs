@@ -43,7 +43,10 @@ impl CompileCache {
     }
 
     fn paths(&self, key: &str) -> (PathBuf, PathBuf) {
-        (self.dir.join(format!("{key}.cubin")), self.dir.join(format!("{key}.json")))
+        (
+            self.dir.join(format!("{key}.cubin")),
+            self.dir.join(format!("{key}.json")),
+        )
     }
 
     /// The cached cubin and its metadata, or `None` on a miss (absent or corrupt).
@@ -65,7 +68,10 @@ impl CompileCache {
     }
 
     fn err(&self, e: std::io::Error) -> CodegenError {
-        CodegenError::Cache { path: self.dir.clone(), reason: e.to_string() }
+        CodegenError::Cache {
+            path: self.dir.clone(),
+            reason: e.to_string(),
+        }
     }
 }
 
@@ -85,7 +91,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, fs::File)> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let stem = target.file_name().and_then(|s| s.to_str()).unwrap_or("kiln");
+    let stem = target
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or("kiln");
     loop {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
@@ -120,7 +129,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = CompileCache::new(dir.path());
         assert!(cache.get("abc").is_none());
-        cache.put("abc", b"cubin-bytes", &meta(b"cubin-bytes")).unwrap();
+        cache
+            .put("abc", b"cubin-bytes", &meta(b"cubin-bytes"))
+            .unwrap();
         let (bytes, m) = cache.get("abc").unwrap();
         assert_eq!(bytes, b"cubin-bytes");
         assert_eq!(m.entry, "k");
@@ -130,7 +141,9 @@ mod tests {
     fn corrupt_entry_is_a_miss() {
         let dir = tempfile::tempdir().unwrap();
         let cache = CompileCache::new(dir.path());
-        cache.put("abc", b"cubin-bytes", &meta(b"cubin-bytes")).unwrap();
+        cache
+            .put("abc", b"cubin-bytes", &meta(b"cubin-bytes"))
+            .unwrap();
         fs::write(dir.path().join("abc.cubin"), b"cubin-byt").unwrap();
         assert!(cache.get("abc").is_none());
         fs::write(dir.path().join("abc.json"), b"{not json").unwrap();
@@ -157,7 +170,11 @@ mod tests {
         }
         assert!(CompileCache::new(&path).get("same").is_some());
         let leftovers = fs::read_dir(&path).unwrap().filter(|e| {
-            e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp.")
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".tmp.")
         });
         assert_eq!(leftovers.count(), 0);
     }

@@ -40,7 +40,10 @@ pub struct CompileOptions {
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { arch: Arch::sm90a(), extra: Vec::new() }
+        CompileOptions {
+            arch: Arch::sm90a(),
+            extra: Vec::new(),
+        }
     }
 }
 
@@ -96,16 +99,26 @@ pub struct Compiler {
 impl Compiler {
     /// Find NVRTC (see [`toolchain`]) and use the default cache folder.
     pub fn new() -> Result<Self> {
-        let policy = if std::env::var_os("KILN_NO_COMPILE").is_some_and(|v| v != "0" && !v.is_empty()) {
-            CachePolicy::NoCompile
-        } else {
-            CachePolicy::Compile
-        };
-        Ok(Self::with(toolchain::toolchain()?, CompileCache::new(toolchain::cache_dir()), policy))
+        let policy =
+            if std::env::var_os("KILN_NO_COMPILE").is_some_and(|v| v != "0" && !v.is_empty()) {
+                CachePolicy::NoCompile
+            } else {
+                CachePolicy::Compile
+            };
+        Ok(Self::with(
+            toolchain::toolchain()?,
+            CompileCache::new(toolchain::cache_dir()),
+            policy,
+        ))
     }
 
     pub fn with(toolchain: Toolchain, cache: CompileCache, policy: CachePolicy) -> Self {
-        Compiler { toolchain, cache, policy, header_hashes: Mutex::new(HashMap::new()) }
+        Compiler {
+            toolchain,
+            cache,
+            policy,
+            header_hashes: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn toolchain(&self) -> &Toolchain {
@@ -158,16 +171,21 @@ impl Compiler {
             return h.clone();
         }
         let mut seen: BTreeSet<PathBuf> = BTreeSet::new();
-        let mut stack: Vec<(String, Option<PathBuf>)> = top.into_iter().map(|n| (n, None)).collect();
+        let mut stack: Vec<(String, Option<PathBuf>)> =
+            top.into_iter().map(|n| (n, None)).collect();
         let mut h = Sha256::new();
         while let Some((name, from_dir)) = stack.pop() {
-            let Some(path) = resolve_header(&name, from_dir.as_deref(), &self.toolchain.include_dirs) else {
+            let Some(path) =
+                resolve_header(&name, from_dir.as_deref(), &self.toolchain.include_dirs)
+            else {
                 continue;
             };
             if !seen.insert(path.clone()) {
                 continue;
             }
-            let Ok(text) = std::fs::read(&path) else { continue };
+            let Ok(text) = std::fs::read(&path) else {
+                continue;
+            };
             let rel = self
                 .toolchain
                 .include_dirs
@@ -184,7 +202,10 @@ impl Compiler {
             }
         }
         let out = hex::encode(h.finalize());
-        self.header_hashes.lock().unwrap().insert(memo_key, out.clone());
+        self.header_hashes
+            .lock()
+            .unwrap()
+            .insert(memo_key, out.clone());
         out
     }
 
@@ -206,7 +227,10 @@ impl Compiler {
             });
         }
         if self.policy == CachePolicy::NoCompile {
-            return Err(CodegenError::CacheMissForbidden { entry: src.entry.clone(), key });
+            return Err(CodegenError::CacheMissForbidden {
+                entry: src.entry.clone(),
+                key,
+            });
         }
         let annotated = Self::annotated_source(src, opts);
         let (cubin, log) = self.nvrtc(src, &annotated, opts)?;
@@ -214,7 +238,10 @@ impl Compiler {
         let resources = parse_ptxas_log(&log)
             .into_iter()
             .find(|r| r.name == src.entry)
-            .unwrap_or_else(|| KernelResources { name: src.entry.clone(), ..Default::default() });
+            .unwrap_or_else(|| KernelResources {
+                name: src.entry.clone(),
+                ..Default::default()
+            });
         let meta = CacheMeta {
             entry: src.entry.clone(),
             resources: resources.clone(),
@@ -240,7 +267,11 @@ impl Compiler {
     }
 
     /// Compile many sources in parallel (rayon); results keep the input order.
-    pub fn compile_many(&self, srcs: &[KernelSource], opts: &CompileOptions) -> Vec<Result<CompiledKernel>> {
+    pub fn compile_many(
+        &self,
+        srcs: &[KernelSource],
+        opts: &CompileOptions,
+    ) -> Vec<Result<CompiledKernel>> {
         srcs.par_iter().map(|s| self.compile(s, opts)).collect()
     }
 
@@ -251,7 +282,8 @@ impl Compiler {
         let res = self.run_compile(prog, src, &annotated, opts, false);
         let out = res.and_then(|_| {
             // SAFETY: prog is a live program that compiled successfully.
-            let ptx = unsafe { cudarc::nvrtc::result::get_ptx(prog) }.map_err(|e| nvrtc_err("nvrtcGetPTX", src, e))?;
+            let ptx = unsafe { cudarc::nvrtc::result::get_ptx(prog) }
+                .map_err(|e| nvrtc_err("nvrtcGetPTX", src, e))?;
             Ok(c_chars_to_string(&ptx))
         });
         // SAFETY: prog came from create_program and is destroyed once.
@@ -276,13 +308,18 @@ impl Compiler {
         v
     }
 
-    fn create(&self, src: &KernelSource, annotated: &str) -> Result<cudarc::nvrtc::sys::nvrtcProgram> {
+    fn create(
+        &self,
+        src: &KernelSource,
+        annotated: &str,
+    ) -> Result<cudarc::nvrtc::sys::nvrtcProgram> {
         let c_src = CString::new(annotated).map_err(|_| CodegenError::Invalid {
             what: format!("source of {}", src.entry),
             reason: "contains a NUL byte".into(),
         })?;
         let name = CString::new(format!("{}.cu", src.entry)).expect("entry names have no NUL");
-        cudarc::nvrtc::result::create_program(&c_src, Some(&name)).map_err(|e| nvrtc_err("nvrtcCreateProgram", src, e))
+        cudarc::nvrtc::result::create_program(&c_src, Some(&name))
+            .map_err(|e| nvrtc_err("nvrtcCreateProgram", src, e))
     }
 
     fn run_compile(
@@ -313,19 +350,28 @@ impl Compiler {
         Ok(log)
     }
 
-    fn nvrtc(&self, src: &KernelSource, annotated: &str, opts: &CompileOptions) -> Result<(Vec<u8>, String)> {
+    fn nvrtc(
+        &self,
+        src: &KernelSource,
+        annotated: &str,
+        opts: &CompileOptions,
+    ) -> Result<(Vec<u8>, String)> {
         let prog = self.create(src, annotated)?;
-        let out = self.run_compile(prog, src, annotated, opts, true).and_then(|log| {
-            let mut size = 0usize;
-            // SAFETY: prog compiled successfully; size is an out-parameter.
-            let rc = unsafe { cudarc::nvrtc::sys::nvrtcGetCUBINSize(prog, &mut size) };
-            check(rc, "nvrtcGetCUBINSize", src)?;
-            let mut cubin = vec![0u8; size];
-            // SAFETY: the buffer holds exactly `size` bytes as NVRTC asked.
-            let rc = unsafe { cudarc::nvrtc::sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char) };
-            check(rc, "nvrtcGetCUBIN", src)?;
-            Ok((cubin, log))
-        });
+        let out = self
+            .run_compile(prog, src, annotated, opts, true)
+            .and_then(|log| {
+                let mut size = 0usize;
+                // SAFETY: prog compiled successfully; size is an out-parameter.
+                let rc = unsafe { cudarc::nvrtc::sys::nvrtcGetCUBINSize(prog, &mut size) };
+                check(rc, "nvrtcGetCUBINSize", src)?;
+                let mut cubin = vec![0u8; size];
+                // SAFETY: the buffer holds exactly `size` bytes as NVRTC asked.
+                let rc = unsafe {
+                    cudarc::nvrtc::sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char)
+                };
+                check(rc, "nvrtcGetCUBIN", src)?;
+                Ok((cubin, log))
+            });
         // SAFETY: prog came from create_program and is destroyed once.
         let _ = unsafe { cudarc::nvrtc::result::destroy_program(prog) };
         out
@@ -342,21 +388,37 @@ impl Compiler {
     }
 }
 
-fn check(rc: cudarc::nvrtc::sys::nvrtcResult, call: &'static str, src: &KernelSource) -> Result<()> {
+fn check(
+    rc: cudarc::nvrtc::sys::nvrtcResult,
+    call: &'static str,
+    src: &KernelSource,
+) -> Result<()> {
     if rc == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
         Ok(())
     } else {
-        Err(CodegenError::Nvrtc { call, entry: src.entry.clone(), reason: format!("{rc:?}") })
+        Err(CodegenError::Nvrtc {
+            call,
+            entry: src.entry.clone(),
+            reason: format!("{rc:?}"),
+        })
     }
 }
 
 fn nvrtc_err(call: &'static str, src: &KernelSource, e: impl std::fmt::Debug) -> CodegenError {
-    CodegenError::Nvrtc { call, entry: src.entry.clone(), reason: format!("{e:?}") }
+    CodegenError::Nvrtc {
+        call,
+        entry: src.entry.clone(),
+        reason: format!("{e:?}"),
+    }
 }
 
 /// NVRTC strings end in NUL bytes; keep the text only.
 fn c_chars_to_string(chars: &[c_char]) -> String {
-    let bytes: Vec<u8> = chars.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
+    let bytes: Vec<u8> = chars
+        .iter()
+        .map(|&c| c as u8)
+        .take_while(|&b| b != 0)
+        .collect();
     String::from_utf8_lossy(&bytes).trim_end().to_string()
 }
 
@@ -365,7 +427,11 @@ fn includes_of(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|l| {
             let l = l.trim_start();
-            let rest = l.strip_prefix('#')?.trim_start().strip_prefix("include")?.trim();
+            let rest = l
+                .strip_prefix('#')?
+                .trim_start()
+                .strip_prefix("include")?
+                .trim();
             let (open, close) = match rest.chars().next()? {
                 '<' => ('<', '>'),
                 '"' => ('"', '"'),
@@ -377,7 +443,11 @@ fn includes_of(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn resolve_header(name: &str, from_dir: Option<&Path>, include_dirs: &[PathBuf]) -> Option<PathBuf> {
+fn resolve_header(
+    name: &str,
+    from_dir: Option<&Path>,
+    include_dirs: &[PathBuf],
+) -> Option<PathBuf> {
     from_dir
         .into_iter()
         .map(Path::to_path_buf)
@@ -393,12 +463,18 @@ mod tests {
     #[test]
     fn include_lines_are_found() {
         let src = "#include <cuda_bf16.h>\n  #  include \"local.cuh\"\n// #include <no>\nint x;";
-        assert_eq!(includes_of(src), vec!["cuda_bf16.h".to_string(), "local.cuh".to_string()]);
+        assert_eq!(
+            includes_of(src),
+            vec!["cuda_bf16.h".to_string(), "local.cuh".to_string()]
+        );
     }
 
     #[test]
     fn normalised_options_are_sorted_and_path_free() {
-        let o = CompileOptions { extra: vec!["-lineinfo".into(), "-lineinfo".into()], ..Default::default() };
+        let o = CompileOptions {
+            extra: vec!["-lineinfo".into(), "-lineinfo".into()],
+            ..Default::default()
+        };
         let n = o.normalised();
         let mut sorted = n.clone();
         sorted.sort();

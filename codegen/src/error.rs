@@ -33,7 +33,11 @@ pub enum CodegenError {
     },
 
     #[error("NVRTC call {call} failed for {entry}: {reason}")]
-    Nvrtc { call: &'static str, entry: String, reason: String },
+    Nvrtc {
+        call: &'static str,
+        entry: String,
+        reason: String,
+    },
 
     #[error("template {family} failed to render: {reason}")]
     Render { family: String, reason: String },

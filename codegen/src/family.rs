@@ -152,7 +152,11 @@ pub trait Family: Send + Sync + 'static {
     /// Every scratch buffer of a launch, for callers that allocate their own
     /// (the export manifest, the C ABI). Default: one `workspace` argument.
     fn scratch(problem: &Self::Problem, config: &Self::Config) -> Vec<Scratch> {
-        vec![Scratch { arg: "workspace", bytes: Self::workspace_bytes(problem, config), zero_init: false }]
+        vec![Scratch {
+            arg: "workspace",
+            bytes: Self::workspace_bytes(problem, config),
+            zero_init: false,
+        }]
     }
 
     /// Floating-point operations of one call.
@@ -179,7 +183,10 @@ pub trait Family: Send + Sync + 'static {
 
     /// The legal configs of the space.
     fn legal_space(limits: &DeviceLimits) -> Vec<Self::Config> {
-        Self::space().into_iter().filter(|c| Self::check_config(c, limits).is_ok()).collect()
+        Self::space()
+            .into_iter()
+            .filter(|c| Self::check_config(c, limits).is_ok())
+            .collect()
     }
 
     /// The legal configs that can serve `problem`.

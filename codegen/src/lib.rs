@@ -22,8 +22,13 @@ pub mod render;
 pub mod toolchain;
 
 pub use error::{CodegenError, Result};
-pub use family::{Arch, DeviceLimits, Family, Illegal, KernelArg, LaunchGeometry, RenderVars, Scratch, Unsupported};
-pub use registry::{families as all_families, family as find_family, AnyFamily, KernelDescription, Variant};
+pub use family::{
+    Arch, DeviceLimits, Family, Illegal, KernelArg, LaunchGeometry, RenderVars, Scratch,
+    Unsupported,
+};
+pub use registry::{
+    families as all_families, family as find_family, AnyFamily, KernelDescription, Variant,
+};
 
 #[cfg(feature = "jit")]
 pub use compile::{CachePolicy, CompileOptions, CompiledKernel, Compiler, KernelSource};

@@ -36,10 +36,15 @@ pub fn parse_ptxas_log(log: &str) -> Vec<KernelResources> {
             if let Some(done) = current.take() {
                 out.push(done);
             }
-            current = Some(KernelResources { name, ..Default::default() });
+            current = Some(KernelResources {
+                name,
+                ..Default::default()
+            });
             continue;
         }
-        let Some(cur) = current.as_mut() else { continue };
+        let Some(cur) = current.as_mut() else {
+            continue;
+        };
         if line.contains("bytes stack frame") {
             cur.stack_frame_bytes = number_before(line, "bytes stack frame").unwrap_or(0);
             cur.spill_store_bytes = number_before(line, "bytes spill stores").unwrap_or(0);

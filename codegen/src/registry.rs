@@ -40,7 +40,12 @@ pub trait AnyFamily: Send + Sync {
     /// sha256 of the template text (artifacts record it to detect staleness).
     fn template_sha256(&self) -> String;
     /// Describe the launch of `config` on `problem` (both as JSON); checks both.
-    fn describe(&self, problem: &Value, config: &Value, limits: &DeviceLimits) -> Result<KernelDescription>;
+    fn describe(
+        &self,
+        problem: &Value,
+        config: &Value,
+        limits: &DeviceLimits,
+    ) -> Result<KernelDescription>;
     /// The family's heuristic default config for `problem`.
     fn default_config(&self, problem: &Value) -> Result<Value>;
     /// Render the kernel for (problem, config) given as JSON.
@@ -61,9 +66,12 @@ impl<F: Family> Erased<F> {
             what: format!("{} {what}", F::NAME),
             reason: e.to_string(),
         };
-        let p: F::Problem = serde_json::from_value(problem.clone()).map_err(|e| bad("problem", e))?;
+        let p: F::Problem =
+            serde_json::from_value(problem.clone()).map_err(|e| bad("problem", e))?;
         let c = match config {
-            Some(c) => Some(serde_json::from_value::<F::Config>(c.clone()).map_err(|e| bad("config", e))?),
+            Some(c) => {
+                Some(serde_json::from_value::<F::Config>(c.clone()).map_err(|e| bad("config", e))?)
+            }
             None => None,
         };
         Ok((p, c))
@@ -71,13 +79,24 @@ impl<F: Family> Erased<F> {
 }
 
 impl<F: Family> AnyFamily for Erased<F> {
-    fn describe(&self, problem: &Value, config: &Value, limits: &DeviceLimits) -> Result<KernelDescription> {
+    fn describe(
+        &self,
+        problem: &Value,
+        config: &Value,
+        limits: &DeviceLimits,
+    ) -> Result<KernelDescription> {
         let (p, c) = Self::parse(problem, Some(config))?;
         let c = c.expect("parsed with a config");
-        F::supports(&p).map_err(|e| CodegenError::Invalid { what: "problem".into(), reason: e.to_string() })?;
+        F::supports(&p).map_err(|e| CodegenError::Invalid {
+            what: "problem".into(),
+            reason: e.to_string(),
+        })?;
         F::check_config(&c, limits)
             .and_then(|_| F::check_problem(&p, &c))
-            .map_err(|e| CodegenError::Invalid { what: format!("{} config {config}", F::NAME), reason: e.0 })?;
+            .map_err(|e| CodegenError::Invalid {
+                what: format!("{} config {config}", F::NAME),
+                reason: e.0,
+            })?;
         Ok(KernelDescription {
             family: F::NAME.to_string(),
             entry: F::entry(&p, &c),
@@ -92,7 +111,10 @@ impl<F: Family> AnyFamily for Erased<F> {
     }
     fn default_config(&self, problem: &Value) -> Result<Value> {
         let (p, _) = Self::parse(problem, None)?;
-        F::supports(&p).map_err(|e| CodegenError::Invalid { what: "problem".into(), reason: e.to_string() })?;
+        F::supports(&p).map_err(|e| CodegenError::Invalid {
+            what: "problem".into(),
+            reason: e.to_string(),
+        })?;
         Ok(serde_json::to_value(F::default_config(&p)).expect("configs serialise"))
     }
     #[cfg(feature = "jit")]
@@ -152,5 +174,8 @@ pub fn families() -> Vec<&'static dyn AnyFamily> {
 }
 
 pub fn family(name: &str) -> Result<&'static dyn AnyFamily> {
-    families().into_iter().find(|f| f.name() == name).ok_or_else(|| CodegenError::UnknownFamily(name.to_string()))
+    families()
+        .into_iter()
+        .find(|f| f.name() == name)
+        .ok_or_else(|| CodegenError::UnknownFamily(name.to_string()))
 }

@@ -52,7 +52,10 @@ fn candidates() -> Vec<(String, PathBuf)> {
             out.push((var.to_string(), PathBuf::from(v)));
         }
     }
-    out.push(("/usr/local/cuda".to_string(), PathBuf::from("/usr/local/cuda")));
+    out.push((
+        "/usr/local/cuda".to_string(),
+        PathBuf::from("/usr/local/cuda"),
+    ));
     let mut starts = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
         starts.push(cwd);
@@ -81,9 +84,12 @@ fn find_lib(root: &Path) -> Option<PathBuf> {
 }
 
 fn find_include(root: &Path) -> Option<PathBuf> {
-    [root.join("include"), root.join("targets/x86_64-linux/include")]
-        .into_iter()
-        .find(|p| p.join(HEADER_PROBE).is_file())
+    [
+        root.join("include"),
+        root.join("targets/x86_64-linux/include"),
+    ]
+    .into_iter()
+    .find(|p| p.join(HEADER_PROBE).is_file())
 }
 
 /// Locate NVRTC and headers without loading anything.
@@ -104,9 +110,13 @@ pub fn locate_in(cands: Vec<(String, PathBuf)>) -> Result<(String, PathBuf, Path
         }
     }
     if let Some(root) = lib_without_headers {
-        return Err(CodegenError::HeadersNotFound { searched: root.display().to_string() });
+        return Err(CodegenError::HeadersNotFound {
+            searched: root.display().to_string(),
+        });
     }
-    Err(CodegenError::NvrtcNotFound { searched: searched.join(", ") })
+    Err(CodegenError::NvrtcNotFound {
+        searched: searched.join(", "),
+    })
 }
 
 static LOADED: OnceLock<std::result::Result<Toolchain, String>> = OnceLock::new();
@@ -143,7 +153,10 @@ fn load() -> Result<Toolchain> {
     // SAFETY: plain out-parameters; the library is present (checked above).
     let rc = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
     if rc != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
-        return Err(CodegenError::NvrtcLoad { lib, reason: format!("nvrtcVersion returned {rc:?}") });
+        return Err(CodegenError::NvrtcLoad {
+            lib,
+            reason: format!("nvrtcVersion returned {rc:?}"),
+        });
     }
     let mut include_dirs = vec![include.clone()];
     // CCCL headers live beside the runtime headers in newer toolkits.
@@ -151,7 +164,13 @@ fn load() -> Result<Toolchain> {
     if cccl.is_dir() {
         include_dirs.push(cccl);
     }
-    Ok(Toolchain { root, found_by, nvrtc_lib: lib, include_dirs, nvrtc_version: (major, minor) })
+    Ok(Toolchain {
+        root,
+        found_by,
+        nvrtc_lib: lib,
+        include_dirs,
+        nvrtc_version: (major, minor),
+    })
 }
 
 /// `libnvrtc-builtins.so.*` in the library's folder (the real file, not a link).
@@ -181,7 +200,10 @@ fn preload(path: &Path) -> Result<()> {
             libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
         )
     }
-    .map_err(|e| CodegenError::NvrtcLoad { lib: path.to_path_buf(), reason: e.to_string() })?;
+    .map_err(|e| CodegenError::NvrtcLoad {
+        lib: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     std::mem::forget(handle);
     Ok(())
 }
@@ -191,7 +213,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(v) = std::env::var_os("KILN_CACHE").filter(|v| !v.is_empty()) {
         return PathBuf::from(v);
     }
-    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("kiln")
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("kiln")
 }
 
 #[cfg(test)]

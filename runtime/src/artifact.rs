@@ -27,7 +27,11 @@ pub struct ArtifactDevice {
 }
 
 impl ArtifactDevice {
-    pub fn from_info(info: &DeviceInfo, clock_mhz: Option<u32>, temperature_c: Option<u32>) -> Self {
+    pub fn from_info(
+        info: &DeviceInfo,
+        clock_mhz: Option<u32>,
+        temperature_c: Option<u32>,
+    ) -> Self {
         ArtifactDevice {
             name: info.name.clone(),
             cc: info.cc,
@@ -112,7 +116,10 @@ impl std::fmt::Display for Staleness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Staleness::OtherGpu { artifact, device } => {
-                write!(f, "tuned on {artifact}, this device is {device}: run `kiln tune` on this GPU")
+                write!(
+                    f,
+                    "tuned on {artifact}, this device is {device}: run `kiln tune` on this GPU"
+                )
             }
             Staleness::TemplateChanged => {
                 write!(f, "the family's template changed since tuning: its configs are re-checked and recompiled; re-run `kiln tune` for fresh timings")
@@ -126,7 +133,13 @@ impl std::fmt::Display for Staleness {
 
 impl Artifact {
     pub fn new(family: &str, device: ArtifactDevice, toolchain: ArtifactToolchain) -> Self {
-        Artifact { schema: SCHEMA, family: family.to_string(), device, toolchain, entries: Vec::new() }
+        Artifact {
+            schema: SCHEMA,
+            family: family.to_string(),
+            device,
+            toolchain,
+            entries: Vec::new(),
+        }
     }
 
     /// `<root>/<gpu-slug>/<family>.json`.
@@ -136,7 +149,10 @@ impl Artifact {
 
     /// Read and check an artifact; every failure names the file and the fix.
     pub fn load(path: &Path) -> Result<Artifact> {
-        let err = |reason: String| RuntimeError::Artifact { path: path.display().to_string(), reason };
+        let err = |reason: String| RuntimeError::Artifact {
+            path: path.display().to_string(),
+            reason,
+        };
         let bytes = std::fs::read(path).map_err(|e| err(format!("cannot be read ({e})")))?;
         let value: Value = serde_json::from_slice(&bytes)
             .map_err(|e| err(format!("is not valid JSON ({e}); it may be truncated: restore it from git or re-run `kiln tune --force`")))?;
@@ -150,7 +166,9 @@ impl Artifact {
             .map_err(|e| err(format!("does not match the artifact schema ({e}); restore it from git or re-run `kiln tune --force`")))?;
         for (i, e) in art.entries.iter().enumerate() {
             if !(e.median_us.is_finite() && e.median_us > 0.0) || !e.max_rel_err.is_finite() {
-                return Err(err(format!("entry {i} has a non-finite or non-positive time or error")));
+                return Err(err(format!(
+                    "entry {i} has a non-finite or non-positive time or error"
+                )));
             }
         }
         Ok(art)
@@ -159,14 +177,24 @@ impl Artifact {
     /// Write atomically (temp file + rename) as pretty JSON.
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self).expect("artifacts serialise");
-        write_atomic(path, &bytes)
-            .map_err(|e| RuntimeError::Artifact { path: path.display().to_string(), reason: format!("cannot be written ({e})") })
+        write_atomic(path, &bytes).map_err(|e| RuntimeError::Artifact {
+            path: path.display().to_string(),
+            reason: format!("cannot be written ({e})"),
+        })
     }
 
     /// Why this artifact does not fit `device` / `template_sha256` / `nvrtc`, if it does not.
-    pub fn staleness(&self, device: &DeviceInfo, template_sha256: &str, nvrtc: Option<&str>) -> Vec<Staleness> {
+    pub fn staleness(
+        &self,
+        device: &DeviceInfo,
+        template_sha256: &str,
+        nvrtc: Option<&str>,
+    ) -> Vec<Staleness> {
         let mut out = Vec::new();
-        if self.device.name != device.name || self.device.sms != device.sms || self.device.cc != device.cc {
+        if self.device.name != device.name
+            || self.device.sms != device.sms
+            || self.device.cc != device.cc
+        {
             out.push(Staleness::OtherGpu {
                 artifact: format!("{} ({} SMs)", self.device.name, self.device.sms),
                 device: format!("{} ({} SMs)", device.name, device.sms),
@@ -177,7 +205,10 @@ impl Artifact {
         }
         if let Some(v) = nvrtc {
             if self.toolchain.nvrtc != v {
-                out.push(Staleness::Toolchain { artifact: self.toolchain.nvrtc.clone(), current: v.to_string() });
+                out.push(Staleness::Toolchain {
+                    artifact: self.toolchain.nvrtc.clone(),
+                    current: v.to_string(),
+                });
             }
         }
         out
@@ -202,9 +233,14 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp.{}.{}",
-        path.file_name().and_then(|s| s.to_str()).unwrap_or("artifact"),
+        path.file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("artifact"),
         std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
     ));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;

@@ -65,7 +65,8 @@ const DEFAULT_SMEM_LIMIT: u32 = 48 * 1024;
 /// The argument list `kiln_gemm_bf16` passes, in order.
 const GEMM_BF16_ARGS: [&str; 8] = ["A", "B", "C", "workspace", "counters", "M", "N", "K"];
 
-const NO_CONTEXT: &str = "the calling thread has no current CUDA context: call cudaSetDevice(dev) and \
+const NO_CONTEXT: &str =
+    "the calling thread has no current CUDA context: call cudaSetDevice(dev) and \
      cudaFree(0) (CUDA runtime) or cuCtxSetCurrent (driver API) on this thread first; kiln loads \
      kernels into the caller's context and never creates one";
 
@@ -120,7 +121,10 @@ fn guard(what: &str, f: impl FnOnce() -> Res<()>) -> KilnStatus {
             status
         }
         Err(panic) => {
-            set_last_error(&format!("{what}: internal error (a kiln bug, please report it): {}", panic_text(&*panic)));
+            set_last_error(&format!(
+                "{what}: internal error (a kiln bug, please report it): {}",
+                panic_text(&*panic)
+            ));
             KilnStatus::Internal
         }
     }
@@ -142,7 +146,8 @@ unsafe fn str_arg<'a>(p: *const c_char, name: &str) -> Res<&'a CStr> {
 }
 
 fn utf8<'a>(s: &'a CStr, name: &str) -> Res<&'a str> {
-    s.to_str().map_err(|_| Fail(KilnStatus::InvalidArgument, format!("{name} is not UTF-8")))
+    s.to_str()
+        .map_err(|_| Fail(KilnStatus::InvalidArgument, format!("{name} is not UTF-8")))
 }
 
 fn to_path(s: &CStr) -> Res<PathBuf> {
@@ -260,7 +265,12 @@ fn check_kernel(k: &ManifestKernel, dir: &Path) -> std::result::Result<KernelMet
     let args = k
         .args
         .iter()
-        .map(|a| Ok((cstring(&a.name, "argument name")?, cstring(&a.c_type, "argument type")?)))
+        .map(|a| {
+            Ok((
+                cstring(&a.name, "argument name")?,
+                cstring(&a.c_type, "argument type")?,
+            ))
+        })
         .collect::<std::result::Result<Vec<_>, String>>()?;
     if args.is_empty() {
         return Err("has no arguments".into());
@@ -271,37 +281,63 @@ fn check_kernel(k: &ManifestKernel, dir: &Path) -> std::result::Result<KernelMet
         }
     }
     let g = &k.geometry;
-    if g.grid.iter().chain(&g.block).chain(&g.cluster).any(|&d| d == 0) {
+    if g.grid
+        .iter()
+        .chain(&g.block)
+        .chain(&g.cluster)
+        .any(|&d| d == 0)
+    {
         return Err(format!("geometry has a zero dimension: {g:?}"));
     }
-    #[allow(clippy::manual_is_multiple_of)] // is_multiple_of is newer than the workspace's rust-version
+    #[allow(clippy::manual_is_multiple_of)]
+    // is_multiple_of is newer than the workspace's rust-version
     if (0..3).any(|i| g.grid[i] % g.cluster[i] != 0) {
-        return Err(format!("grid {:?} is not a whole number of clusters {:?}", g.grid, g.cluster));
+        return Err(format!(
+            "grid {:?} is not a whole number of clusters {:?}",
+            g.grid, g.cluster
+        ));
     }
     let scratch = k
         .scratch
         .iter()
         .map(|s| {
             let arg_index = k.args.iter().position(|a| a.name == s.arg).ok_or_else(|| {
-                format!("scratch buffer {:?} is not one of the kernel's arguments", s.arg)
+                format!(
+                    "scratch buffer {:?} is not one of the kernel's arguments",
+                    s.arg
+                )
             })?;
             if !k.args[arg_index].c_type.trim_end().ends_with('*') {
-                return Err(format!("scratch buffer {:?} is passed as a {}, not a pointer", s.arg, k.args[arg_index].c_type));
+                return Err(format!(
+                    "scratch buffer {:?} is passed as a {}, not a pointer",
+                    s.arg, k.args[arg_index].c_type
+                ));
             }
-            Ok(ScratchMeta { arg: cstring(&s.arg, "scratch name")?, arg_index, bytes: s.bytes, zero_init: s.zero_init })
+            Ok(ScratchMeta {
+                arg: cstring(&s.arg, "scratch name")?,
+                arg_index,
+                bytes: s.bytes,
+                zero_init: s.zero_init,
+            })
         })
         .collect::<std::result::Result<Vec<_>, String>>()?;
     if !dir.join(&k.cubin).is_file() {
-        return Err(format!("its cubin {} is missing", dir.join(&k.cubin).display()));
+        return Err(format!(
+            "its cubin {} is missing",
+            dir.join(&k.cubin).display()
+        ));
     }
-    let gemm = if k.family == "gemm_bf16" && k.args.iter().map(|a| a.name.as_str()).eq(GEMM_BF16_ARGS) {
-        let p: GemmBf16Problem =
-            serde_json::from_value(k.problem.clone()).map_err(|e| format!("problem {} is not a gemm_bf16 problem ({e})", k.problem))?;
-        let dim = |d: u32| c_int::try_from(d).map_err(|_| format!("problem {} does not fit int", k.problem));
-        Some([dim(p.m)?, dim(p.n)?, dim(p.k)?])
-    } else {
-        None
-    };
+    let gemm =
+        if k.family == "gemm_bf16" && k.args.iter().map(|a| a.name.as_str()).eq(GEMM_BF16_ARGS) {
+            let p: GemmBf16Problem = serde_json::from_value(k.problem.clone())
+                .map_err(|e| format!("problem {} is not a gemm_bf16 problem ({e})", k.problem))?;
+            let dim = |d: u32| {
+                c_int::try_from(d).map_err(|_| format!("problem {} does not fit int", k.problem))
+            };
+            Some([dim(p.m)?, dim(p.n)?, dim(p.k)?])
+        } else {
+            None
+        };
     Ok(KernelMeta {
         entry: cstring(&k.entry, "entry")?,
         family: cstring(&k.family, "family")?,
@@ -320,11 +356,23 @@ fn open(dir: PathBuf) -> Res<KilnSet> {
         .map(|k| {
             check_kernel(k, &dir).map_err(|reason| {
                 let path = dir.join("manifest.json");
-                Fail(KilnStatus::Manifest, format!("{}: kernel {}: {reason}; re-export", path.display(), k.entry))
+                Fail(
+                    KilnStatus::Manifest,
+                    format!(
+                        "{}: kernel {}: {reason}; re-export",
+                        path.display(),
+                        k.entry
+                    ),
+                )
             })
         })
         .collect::<Res<Vec<_>>>()?;
-    Ok(KilnSet { dir, manifest, meta, loaded: Mutex::new(Vec::new()) })
+    Ok(KilnSet {
+        dir,
+        manifest,
+        meta,
+        loaded: Mutex::new(Vec::new()),
+    })
 }
 
 /// Whether libcuda can be loaded; asked once, since cudarc panics on a driver call without it.
@@ -346,8 +394,13 @@ fn current_context() -> Res<cu::CUcontext> {
     let r = unsafe { cu::cuCtxGetCurrent(&mut ctx) };
     match r {
         CuErr::CUDA_SUCCESS if !ctx.is_null() => Ok(ctx),
-        CuErr::CUDA_SUCCESS | CuErr::CUDA_ERROR_NOT_INITIALIZED => fail(KilnStatus::NoContext, NO_CONTEXT),
-        e => fail(KilnStatus::NoContext, format!("cuCtxGetCurrent failed ({e:?}); {NO_CONTEXT}")),
+        CuErr::CUDA_SUCCESS | CuErr::CUDA_ERROR_NOT_INITIALIZED => {
+            fail(KilnStatus::NoContext, NO_CONTEXT)
+        }
+        e => fail(
+            KilnStatus::NoContext,
+            format!("cuCtxGetCurrent failed ({e:?}); {NO_CONTEXT}"),
+        ),
     }
 }
 
@@ -355,19 +408,30 @@ fn current_context() -> Res<cu::CUcontext> {
 fn load(set: &KilnSet, index: usize, ctx: cu::CUcontext) -> Res<KilnKernel> {
     let mk = &set.manifest.kernels[index];
     let meta = set.meta[index].clone();
-    let cubin = set.manifest.cubin(&set.dir, mk).map_err(|e| Fail(KilnStatus::Manifest, e.to_string()))?;
+    let cubin = set
+        .manifest
+        .cubin(&set.dir, mk)
+        .map_err(|e| Fail(KilnStatus::Manifest, e.to_string()))?;
     let mut module = ptr::null_mut();
     // SAFETY: `cubin` is a whole ELF image (hash-checked against the manifest) that lives across
     // the call; the driver copies what it keeps. `ctx` is current on this thread.
     let r = unsafe { cu::cuModuleLoadData(&mut module, cubin.as_ptr().cast()) };
     if r != CuErr::CUDA_SUCCESS {
         let hint = match r {
-            CuErr::CUDA_ERROR_NO_BINARY_FOR_GPU | CuErr::CUDA_ERROR_INVALID_IMAGE | CuErr::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => {
-                format!(" (it was built for {}, tuned on {}: is this that GPU?)", set.manifest.arch, set.manifest.gpu)
+            CuErr::CUDA_ERROR_NO_BINARY_FOR_GPU
+            | CuErr::CUDA_ERROR_INVALID_IMAGE
+            | CuErr::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => {
+                format!(
+                    " (it was built for {}, tuned on {}: is this that GPU?)",
+                    set.manifest.arch, set.manifest.gpu
+                )
             }
             _ => String::new(),
         };
-        return fail(KilnStatus::Load, format!("cuModuleLoadData({}) failed: {r:?}{hint}", mk.cubin));
+        return fail(
+            KilnStatus::Load,
+            format!("cuModuleLoadData({}) failed: {r:?}{hint}", mk.cubin),
+        );
     }
     let unload_with = |status, msg: String| {
         // SAFETY: `module` was loaded just above into the current context and nothing uses it yet.
@@ -378,7 +442,10 @@ fn load(set: &KilnSet, index: usize, ctx: cu::CUcontext) -> Res<KilnKernel> {
     // SAFETY: `module` is loaded; `entry` is NUL-terminated.
     let r = unsafe { cu::cuModuleGetFunction(&mut func, module, meta.entry.as_ptr()) };
     if r != CuErr::CUDA_SUCCESS {
-        return unload_with(KilnStatus::Load, format!("{} has no entry {} ({r:?}); re-export", mk.cubin, mk.entry));
+        return unload_with(
+            KilnStatus::Load,
+            format!("{} has no entry {} ({r:?}); re-export", mk.cubin, mk.entry),
+        );
     }
     let smem = meta.geometry.dynamic_smem_bytes;
     if smem > DEFAULT_SMEM_LIMIT {
@@ -389,28 +456,69 @@ fn load(set: &KilnSet, index: usize, ctx: cu::CUcontext) -> Res<KilnKernel> {
         if r != CuErr::CUDA_SUCCESS {
             return unload_with(
                 KilnStatus::Load,
-                format!("{} needs {smem} B of dynamic shared memory, which this GPU refused ({r:?})", mk.entry),
+                format!(
+                    "{} needs {smem} B of dynamic shared memory, which this GPU refused ({r:?})",
+                    mk.entry
+                ),
             );
         }
     }
-    Ok(KilnKernel { index, ctx, module, func, meta })
+    Ok(KilnKernel {
+        index,
+        ctx,
+        module,
+        func,
+        meta,
+    })
 }
 
 fn find(set: &KilnSet, family: &str, problem_json: &str) -> Res<*const KilnKernel> {
-    let problem: Value = serde_json::from_str(problem_json)
-        .map_err(|e| Fail(KilnStatus::InvalidArgument, format!("problem_json is not JSON ({e}): {problem_json}")))?;
-    let Some(index) = set.manifest.kernels.iter().position(|k| k.family == family && k.problem == problem) else {
-        let of_family: Vec<String> =
-            set.manifest.kernels.iter().filter(|k| k.family == family).map(|k| k.problem.to_string()).collect();
+    let problem: Value = serde_json::from_str(problem_json).map_err(|e| {
+        Fail(
+            KilnStatus::InvalidArgument,
+            format!("problem_json is not JSON ({e}): {problem_json}"),
+        )
+    })?;
+    let Some(index) = set
+        .manifest
+        .kernels
+        .iter()
+        .position(|k| k.family == family && k.problem == problem)
+    else {
+        let of_family: Vec<String> = set
+            .manifest
+            .kernels
+            .iter()
+            .filter(|k| k.family == family)
+            .map(|k| k.problem.to_string())
+            .collect();
         let manifest = set.dir.join("manifest.json");
         let msg = if of_family.is_empty() {
-            let mut families: Vec<&str> = set.manifest.kernels.iter().map(|k| k.family.as_str()).collect();
+            let mut families: Vec<&str> = set
+                .manifest
+                .kernels
+                .iter()
+                .map(|k| k.family.as_str())
+                .collect();
             families.sort_unstable();
             families.dedup();
-            format!("{} has no {family} kernels (it has: {})", manifest.display(), families.join(", "))
+            format!(
+                "{} has no {family} kernels (it has: {})",
+                manifest.display(),
+                families.join(", ")
+            )
         } else {
-            let shown = of_family.iter().take(20).cloned().collect::<Vec<_>>().join(", ");
-            let more = if of_family.len() > 20 { format!(" and {} more", of_family.len() - 20) } else { String::new() };
+            let shown = of_family
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            let more = if of_family.len() > 20 {
+                format!(" and {} more", of_family.len() - 20)
+            } else {
+                String::new()
+            };
             format!(
                 "{} has no {family} kernel for {problem} (problems are matched exactly); it has {shown}{more}",
                 manifest.display()
@@ -436,14 +544,21 @@ fn launch(k: &KilnKernel, stream: *mut c_void, args: *mut *mut c_void) -> Res<()
     if args.is_null() {
         return fail(
             KilnStatus::InvalidArgument,
-            format!("args is NULL; pass {} pointers, one to each argument of {}", meta.args.len(), meta.entry.to_string_lossy()),
+            format!(
+                "args is NULL; pass {} pointers, one to each argument of {}",
+                meta.args.len(),
+                meta.entry.to_string_lossy()
+            ),
         );
     }
     // SAFETY: kiln.h asks for an array of one pointer per manifest argument.
     let slots = unsafe { std::slice::from_raw_parts(args, meta.args.len()) };
     if let Some(i) = slots.iter().position(|p| p.is_null()) {
         let name = meta.args[i].0.to_string_lossy();
-        return fail(KilnStatus::InvalidArgument, format!("args[{i}] (argument {name}) is NULL; it must point at the argument's value"));
+        return fail(
+            KilnStatus::InvalidArgument,
+            format!("args[{i}] (argument {name}) is NULL; it must point at the argument's value"),
+        );
     }
     for s in meta.scratch.iter().filter(|s| s.bytes > 0) {
         // SAFETY: a scratch argument is a pointer (checked by kiln_open), so its slot points at a
@@ -452,7 +567,11 @@ fn launch(k: &KilnKernel, stream: *mut c_void, args: *mut *mut c_void) -> Res<()
         if p.is_null() {
             return fail(
                 KilnStatus::InvalidArgument,
-                format!("scratch buffer {} is NULL; the kernel needs {} bytes there", s.arg.to_string_lossy(), s.bytes),
+                format!(
+                    "scratch buffer {} is NULL; the kernel needs {} bytes there",
+                    s.arg.to_string_lossy(),
+                    s.bytes
+                ),
             );
         }
     }
@@ -512,7 +631,13 @@ fn launch(k: &KilnKernel, stream: *mut c_void, args: *mut *mut c_void) -> Res<()
         }
         _ => "",
     };
-    fail(KilnStatus::Launch, format!("launching {} failed: {r:?}{hint}", meta.entry.to_string_lossy()))
+    fail(
+        KilnStatus::Launch,
+        format!(
+            "launching {} failed: {r:?}{hint}",
+            meta.entry.to_string_lossy()
+        ),
+    )
 }
 
 /// Unload a kernel's module from the context it was loaded into. Errors are ignored: with the
@@ -537,10 +662,18 @@ fn unload(k: &KilnKernel) {
 /// # Safety
 /// `export_dir` is a NUL-terminated string; `out` is writable.
 #[no_mangle]
-pub unsafe extern "C" fn kiln_open(export_dir: *const c_char, out: *mut *mut KilnSet) -> KilnStatus {
+pub unsafe extern "C" fn kiln_open(
+    export_dir: *const c_char,
+    out: *mut *mut KilnSet,
+) -> KilnStatus {
     guard("kiln_open", || {
         // SAFETY: the function's contract covers both pointers.
-        let (out, dir) = unsafe { (out_arg(out, "out", ptr::null_mut()), str_arg(export_dir, "export_dir")) };
+        let (out, dir) = unsafe {
+            (
+                out_arg(out, "out", ptr::null_mut()),
+                str_arg(export_dir, "export_dir"),
+            )
+        };
         let (out, dir) = (out?, to_path(dir?)?);
         *out = Box::into_raw(Box::new(open(dir)?));
         Ok(())
@@ -581,7 +714,12 @@ pub unsafe extern "C" fn kiln_find(
     guard("kiln_find", || {
         // SAFETY: the function's contract covers all four pointers.
         let (out, set, family, problem) = unsafe {
-            (out_arg(out, "out", ptr::null()), set_arg(set), str_arg(family, "family"), str_arg(problem_json, "problem_json"))
+            (
+                out_arg(out, "out", ptr::null()),
+                set_arg(set),
+                str_arg(family, "family"),
+                str_arg(problem_json, "problem_json"),
+            )
         };
         let (out, set) = (out?, set?);
         let (family, problem) = (utf8(family?, "family")?, utf8(problem?, "problem_json")?);
@@ -595,7 +733,10 @@ pub unsafe extern "C" fn kiln_find(
 /// # Safety
 /// `kernel` came from `kiln_find` and its set is open; `out` is writable.
 #[no_mangle]
-pub unsafe extern "C" fn kiln_kernel_info(kernel: *const KilnKernel, out: *mut KilnKernelDesc) -> KilnStatus {
+pub unsafe extern "C" fn kiln_kernel_info(
+    kernel: *const KilnKernel,
+    out: *mut KilnKernelDesc,
+) -> KilnStatus {
     guard("kiln_kernel_info", || {
         if out.is_null() {
             return fail(KilnStatus::InvalidArgument, "out is NULL");
@@ -634,7 +775,14 @@ pub unsafe extern "C" fn kiln_kernel_arg(
         // SAFETY: the function's contract.
         let k = unsafe { kernel_arg(kernel) }?;
         let Some((n, t)) = k.meta.args.get(i) else {
-            return fail(KilnStatus::InvalidArgument, format!("argument {i} of {}, which has {}", k.meta.entry.to_string_lossy(), k.meta.args.len()));
+            return fail(
+                KilnStatus::InvalidArgument,
+                format!(
+                    "argument {i} of {}, which has {}",
+                    k.meta.entry.to_string_lossy(),
+                    k.meta.args.len()
+                ),
+            );
         };
         // SAFETY: the function's contract covers both out-pointers.
         unsafe {
@@ -664,7 +812,11 @@ pub unsafe extern "C" fn kiln_kernel_scratch(
         let Some(s) = k.meta.scratch.get(i) else {
             return fail(
                 KilnStatus::InvalidArgument,
-                format!("scratch buffer {i} of {}, which has {}", k.meta.entry.to_string_lossy(), k.meta.scratch.len()),
+                format!(
+                    "scratch buffer {i} of {}, which has {}",
+                    k.meta.entry.to_string_lossy(),
+                    k.meta.scratch.len()
+                ),
             );
         };
         // SAFETY: the function's contract covers the three out-pointers.
@@ -685,7 +837,11 @@ pub unsafe extern "C" fn kiln_kernel_scratch(
 /// `kernel` came from `kiln_find` and its set is open; `args` holds one valid pointer per
 /// argument, each at a value of the argument's C type; device pointers are valid for the launch.
 #[no_mangle]
-pub unsafe extern "C" fn kiln_launch(kernel: *const KilnKernel, stream: *mut c_void, args: *mut *mut c_void) -> KilnStatus {
+pub unsafe extern "C" fn kiln_launch(
+    kernel: *const KilnKernel,
+    stream: *mut c_void,
+    args: *mut *mut c_void,
+) -> KilnStatus {
     guard("kiln_launch", || {
         // SAFETY: the function's contract.
         let k = unsafe { kernel_arg(kernel) }?;
@@ -756,7 +912,8 @@ pub unsafe extern "C" fn kiln_gemm_bf16(
                 ),
             );
         }
-        let (mut a, mut b, mut c, mut workspace, mut counters, mut m, mut n, mut k) = (a, b, c, workspace, counters, m, n, k);
+        let (mut a, mut b, mut c, mut workspace, mut counters, mut m, mut n, mut k) =
+            (a, b, c, workspace, counters, m, n, k);
         let mut slots: [*mut c_void; 8] = [
             (&mut a as *mut *const c_void).cast(),
             (&mut b as *mut *const c_void).cast(),
@@ -794,7 +951,8 @@ mod tests {
         fn new(tag: &str) -> TempDir {
             static N: AtomicUsize = AtomicUsize::new(0);
             let n = N.fetch_add(1, Ordering::Relaxed);
-            let p = std::env::temp_dir().join(format!("kiln-capi-{tag}-{}-{n}", std::process::id()));
+            let p =
+                std::env::temp_dir().join(format!("kiln-capi-{tag}-{}-{n}", std::process::id()));
             let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).unwrap();
             TempDir(p)
@@ -812,7 +970,9 @@ mod tests {
 
     fn last_error() -> String {
         // SAFETY: kiln_last_error returns a NUL-terminated string valid until the next kiln call.
-        unsafe { CStr::from_ptr(kiln_last_error()) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(kiln_last_error()) }
+            .to_string_lossy()
+            .into_owned()
     }
 
     fn gemm_kernel(dir: &Path, m: u32, n: u32, k: u32) -> ManifestKernel {
@@ -838,12 +998,28 @@ mod tests {
                     "int",
                     "int",
                 ])
-                .map(|(n, t)| ManifestArg { name: n.to_string(), c_type: t.to_string() })
+                .map(|(n, t)| ManifestArg {
+                    name: n.to_string(),
+                    c_type: t.to_string(),
+                })
                 .collect(),
-            geometry: LaunchGeometry { grid: [20, 1, 4], block: [64, 1, 1], dynamic_smem_bytes: 81920, cluster: [1, 1, 1] },
+            geometry: LaunchGeometry {
+                grid: [20, 1, 4],
+                block: [64, 1, 1],
+                dynamic_smem_bytes: 81920,
+                cluster: [1, 1, 1],
+            },
             scratch: vec![
-                ManifestScratch { arg: "workspace".into(), bytes: 4096, zero_init: false },
-                ManifestScratch { arg: "counters".into(), bytes: 80, zero_init: true },
+                ManifestScratch {
+                    arg: "workspace".into(),
+                    bytes: 4096,
+                    zero_init: false,
+                },
+                ManifestScratch {
+                    arg: "counters".into(),
+                    bytes: 80,
+                    zero_init: true,
+                },
             ],
             source: "tuned".into(),
             median_us: Some(10.0),
@@ -859,7 +1035,11 @@ mod tests {
             gpu: "nvidia-h200".into(),
             kernels,
         };
-        std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+        std::fs::write(
+            dir.join("manifest.json"),
+            serde_json::to_vec_pretty(&m).unwrap(),
+        )
+        .unwrap();
     }
 
     fn open_dir(dir: &TempDir) -> (KilnStatus, *mut KilnSet) {
@@ -892,19 +1072,40 @@ mod tests {
         let fam = c"gemm_bf16";
         let mut k: *const KilnKernel = ptr::null();
         // SAFETY (this and the calls below): valid set, C strings and out-pointers.
-        let s = unsafe { kiln_find(set, fam.as_ptr(), c"{\"m\": 2, \"n\": 2560, \"k\": 7168}".as_ptr(), &mut k) };
+        let s = unsafe {
+            kiln_find(
+                set,
+                fam.as_ptr(),
+                c"{\"m\": 2, \"n\": 2560, \"k\": 7168}".as_ptr(),
+                &mut k,
+            )
+        };
         assert_eq!(s, KilnStatus::NotFound);
         let e = last_error();
-        assert!(e.starts_with("kiln_find: ") && e.contains("\"m\":1") && e.contains("matched exactly"), "{e}");
+        assert!(
+            e.starts_with("kiln_find: ") && e.contains("\"m\":1") && e.contains("matched exactly"),
+            "{e}"
+        );
         let s = unsafe { kiln_find(set, c"gemm_fp8".as_ptr(), c"{}".as_ptr(), &mut k) };
         assert_eq!(s, KilnStatus::NotFound);
-        assert!(last_error().contains("it has: gemm_bf16"), "{}", last_error());
+        assert!(
+            last_error().contains("it has: gemm_bf16"),
+            "{}",
+            last_error()
+        );
         let s = unsafe { kiln_find(set, fam.as_ptr(), c"{\"m\": 1,".as_ptr(), &mut k) };
         assert_eq!(s, KilnStatus::InvalidArgument);
         assert!(last_error().contains("not JSON"), "{}", last_error());
 
         // Key order does not matter; without a driver (or a context) the answer is an error, not a panic.
-        let s = unsafe { kiln_find(set, fam.as_ptr(), c"{\"k\": 7168, \"n\": 2560, \"m\": 1}".as_ptr(), &mut k) };
+        let s = unsafe {
+            kiln_find(
+                set,
+                fam.as_ptr(),
+                c"{\"k\": 7168, \"n\": 2560, \"m\": 1}".as_ptr(),
+                &mut k,
+            )
+        };
         if crate::device::driver_present() {
             assert_eq!(s, KilnStatus::NoContext, "{}", last_error());
             assert!(last_error().contains("cudaSetDevice"), "{}", last_error());
@@ -924,23 +1125,44 @@ mod tests {
         assert_eq!(s, KilnStatus::Manifest);
         assert!(set.is_null());
         let e = last_error();
-        assert!(e.starts_with("kiln_open: ") && e.contains("manifest.json") && e.contains("kiln export"), "{e}");
+        assert!(
+            e.starts_with("kiln_open: ")
+                && e.contains("manifest.json")
+                && e.contains("kiln export"),
+            "{e}"
+        );
 
-        std::fs::write(dir.0.join("manifest.json"), "{\"schema\": 1, \"kernels\": [").unwrap();
+        std::fs::write(
+            dir.0.join("manifest.json"),
+            "{\"schema\": 1, \"kernels\": [",
+        )
+        .unwrap();
         assert_eq!(open_dir(&dir).0, KilnStatus::Manifest);
-        assert!(last_error().contains("not a kiln manifest"), "{}", last_error());
+        assert!(
+            last_error().contains("not a kiln manifest"),
+            "{}",
+            last_error()
+        );
 
         let mut k = gemm_kernel(&dir.0, 1, 2560, 7168);
         k.scratch[1].arg = "semaphores".into();
         write_manifest(&dir.0, vec![k]);
         assert_eq!(open_dir(&dir).0, KilnStatus::Manifest);
-        assert!(last_error().contains("\"semaphores\" is not one of the kernel's arguments"), "{}", last_error());
+        assert!(
+            last_error().contains("\"semaphores\" is not one of the kernel's arguments"),
+            "{}",
+            last_error()
+        );
 
         let mut k = gemm_kernel(&dir.0, 1, 2560, 7168);
         k.cubin = "gone.cubin".into();
         write_manifest(&dir.0, vec![k]);
         assert_eq!(open_dir(&dir).0, KilnStatus::Manifest);
-        assert!(last_error().contains("gone.cubin is missing"), "{}", last_error());
+        assert!(
+            last_error().contains("gone.cubin is missing"),
+            "{}",
+            last_error()
+        );
 
         let mut k = gemm_kernel(&dir.0, 1, 2560, 7168);
         k.geometry.grid = [0, 1, 1];
@@ -958,21 +1180,65 @@ mod tests {
         let p = c"{}".as_ptr();
         // SAFETY (all calls below): every pointer is NULL or valid.
         unsafe {
-            assert_eq!(kiln_open(ptr::null(), &mut set), KilnStatus::InvalidArgument);
+            assert_eq!(
+                kiln_open(ptr::null(), &mut set),
+                KilnStatus::InvalidArgument
+            );
             assert_eq!(last_error(), "kiln_open: export_dir is NULL");
-            assert_eq!(kiln_open(dir.c_path().as_ptr(), ptr::null_mut()), KilnStatus::InvalidArgument);
-            assert_eq!(kiln_find(ptr::null_mut(), p, p, &mut k), KilnStatus::InvalidArgument);
+            assert_eq!(
+                kiln_open(dir.c_path().as_ptr(), ptr::null_mut()),
+                KilnStatus::InvalidArgument
+            );
+            assert_eq!(
+                kiln_find(ptr::null_mut(), p, p, &mut k),
+                KilnStatus::InvalidArgument
+            );
             assert_eq!(kiln_open(dir.c_path().as_ptr(), &mut set), KilnStatus::Ok);
-            assert_eq!(kiln_find(set, ptr::null(), p, &mut k), KilnStatus::InvalidArgument);
-            assert_eq!(kiln_find(set, p, ptr::null(), &mut k), KilnStatus::InvalidArgument);
-            assert_eq!(kiln_find(set, p, p, ptr::null_mut()), KilnStatus::InvalidArgument);
+            assert_eq!(
+                kiln_find(set, ptr::null(), p, &mut k),
+                KilnStatus::InvalidArgument
+            );
+            assert_eq!(
+                kiln_find(set, p, ptr::null(), &mut k),
+                KilnStatus::InvalidArgument
+            );
+            assert_eq!(
+                kiln_find(set, p, p, ptr::null_mut()),
+                KilnStatus::InvalidArgument
+            );
             let mut info = std::mem::zeroed::<KilnKernelDesc>();
-            assert_eq!(kiln_kernel_info(ptr::null(), &mut info), KilnStatus::InvalidArgument);
-            assert_eq!(kiln_kernel_arg(ptr::null(), 0, ptr::null_mut(), ptr::null_mut()), KilnStatus::InvalidArgument);
-            let s = kiln_kernel_scratch(ptr::null(), 0, ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
+            assert_eq!(
+                kiln_kernel_info(ptr::null(), &mut info),
+                KilnStatus::InvalidArgument
+            );
+            assert_eq!(
+                kiln_kernel_arg(ptr::null(), 0, ptr::null_mut(), ptr::null_mut()),
+                KilnStatus::InvalidArgument
+            );
+            let s = kiln_kernel_scratch(
+                ptr::null(),
+                0,
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+            );
             assert_eq!(s, KilnStatus::InvalidArgument);
-            assert_eq!(kiln_launch(ptr::null(), ptr::null_mut(), ptr::null_mut()), KilnStatus::InvalidArgument);
-            let s = kiln_gemm_bf16(ptr::null(), ptr::null_mut(), p.cast(), p.cast(), ptr::null_mut(), ptr::null_mut(), ptr::null_mut(), 1, 2560, 7168);
+            assert_eq!(
+                kiln_launch(ptr::null(), ptr::null_mut(), ptr::null_mut()),
+                KilnStatus::InvalidArgument
+            );
+            let s = kiln_gemm_bf16(
+                ptr::null(),
+                ptr::null_mut(),
+                p.cast(),
+                p.cast(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                1,
+                2560,
+                7168,
+            );
             assert_eq!(s, KilnStatus::InvalidArgument);
             assert_eq!(last_error(), "kiln_gemm_bf16: kernel is NULL");
             kiln_close(set);
@@ -991,63 +1257,173 @@ mod tests {
             assert_eq!(kiln_kernel_info(h, &mut info), KilnStatus::Ok);
             assert_eq!(CStr::from_ptr(info.entry), c"kiln_gemm_bf16_test");
             assert_eq!(CStr::from_ptr(info.family), c"gemm_bf16");
-            assert_eq!((info.grid, info.block, info.cluster), ([20, 1, 4], [64, 1, 1], [1, 1, 1]));
-            assert_eq!((info.dynamic_smem_bytes, info.num_args, info.num_scratch), (81920, 8, 2));
+            assert_eq!(
+                (info.grid, info.block, info.cluster),
+                ([20, 1, 4], [64, 1, 1], [1, 1, 1])
+            );
+            assert_eq!(
+                (info.dynamic_smem_bytes, info.num_args, info.num_scratch),
+                (81920, 8, 2)
+            );
 
             let (mut name, mut ty) = (ptr::null(), ptr::null());
             assert_eq!(kiln_kernel_arg(h, 3, &mut name, &mut ty), KilnStatus::Ok);
-            assert_eq!((CStr::from_ptr(name), CStr::from_ptr(ty)), (c"workspace", c"float*"));
-            assert_eq!(kiln_kernel_arg(h, 8, &mut name, ptr::null_mut()), KilnStatus::InvalidArgument);
+            assert_eq!(
+                (CStr::from_ptr(name), CStr::from_ptr(ty)),
+                (c"workspace", c"float*")
+            );
+            assert_eq!(
+                kiln_kernel_arg(h, 8, &mut name, ptr::null_mut()),
+                KilnStatus::InvalidArgument
+            );
 
             let (mut bytes, mut zero) = (0usize, -1);
-            assert_eq!(kiln_kernel_scratch(h, 1, &mut name, &mut bytes, &mut zero), KilnStatus::Ok);
+            assert_eq!(
+                kiln_kernel_scratch(h, 1, &mut name, &mut bytes, &mut zero),
+                KilnStatus::Ok
+            );
             assert_eq!((CStr::from_ptr(name), bytes, zero), (c"counters", 80, 1));
-            assert_eq!(kiln_kernel_scratch(h, 2, ptr::null_mut(), &mut bytes, ptr::null_mut()), KilnStatus::InvalidArgument);
+            assert_eq!(
+                kiln_kernel_scratch(h, 2, ptr::null_mut(), &mut bytes, ptr::null_mut()),
+                KilnStatus::InvalidArgument
+            );
             assert!(last_error().contains("which has 2"), "{}", last_error());
 
             let buf = [0u64; 4];
             let d = buf.as_ptr().cast::<c_void>();
-            let s = kiln_gemm_bf16(h, ptr::null_mut(), d, d, d.cast_mut(), d.cast_mut(), d.cast_mut(), 2, 2560, 7168);
+            let s = kiln_gemm_bf16(
+                h,
+                ptr::null_mut(),
+                d,
+                d,
+                d.cast_mut(),
+                d.cast_mut(),
+                d.cast_mut(),
+                2,
+                2560,
+                7168,
+            );
             assert_eq!(s, KilnStatus::InvalidArgument);
-            assert!(last_error().contains("exported for 1, 2560, 7168"), "{}", last_error());
-            let s = kiln_gemm_bf16(h, ptr::null_mut(), d, d, d.cast_mut(), ptr::null_mut(), d.cast_mut(), 1, 2560, 7168);
+            assert!(
+                last_error().contains("exported for 1, 2560, 7168"),
+                "{}",
+                last_error()
+            );
+            let s = kiln_gemm_bf16(
+                h,
+                ptr::null_mut(),
+                d,
+                d,
+                d.cast_mut(),
+                ptr::null_mut(),
+                d.cast_mut(),
+                1,
+                2560,
+                7168,
+            );
             assert_eq!(s, KilnStatus::InvalidArgument);
-            assert!(last_error().contains("scratch buffer workspace is NULL"), "{}", last_error());
-            let s = kiln_gemm_bf16(h, ptr::null_mut(), ptr::null(), d, d.cast_mut(), d.cast_mut(), d.cast_mut(), 1, 2560, 7168);
+            assert!(
+                last_error().contains("scratch buffer workspace is NULL"),
+                "{}",
+                last_error()
+            );
+            let s = kiln_gemm_bf16(
+                h,
+                ptr::null_mut(),
+                ptr::null(),
+                d,
+                d.cast_mut(),
+                d.cast_mut(),
+                d.cast_mut(),
+                1,
+                2560,
+                7168,
+            );
             assert_eq!(s, KilnStatus::InvalidArgument);
 
             let mut slots = [ptr::null_mut::<c_void>(); 8];
-            assert_eq!(kiln_launch(h, ptr::null_mut(), slots.as_mut_ptr()), KilnStatus::InvalidArgument);
-            assert!(last_error().contains("args[0] (argument A) is NULL"), "{}", last_error());
-            assert_eq!(kiln_launch(h, ptr::null_mut(), ptr::null_mut()), KilnStatus::InvalidArgument);
+            assert_eq!(
+                kiln_launch(h, ptr::null_mut(), slots.as_mut_ptr()),
+                KilnStatus::InvalidArgument
+            );
+            assert!(
+                last_error().contains("args[0] (argument A) is NULL"),
+                "{}",
+                last_error()
+            );
+            assert_eq!(
+                kiln_launch(h, ptr::null_mut(), ptr::null_mut()),
+                KilnStatus::InvalidArgument
+            );
             assert!(last_error().contains("pass 8 pointers"), "{}", last_error());
         }
 
         // A split-K gemm needs its counters even when the manifest does not list them.
         let mut unlisted = fake_kernel(&dir.0);
-        unlisted.meta.scratch.retain(|s| s.arg.as_bytes() != b"counters");
+        unlisted
+            .meta
+            .scratch
+            .retain(|s| s.arg.as_bytes() != b"counters");
         let buf = [0u64; 4];
         let d = buf.as_ptr().cast::<c_void>();
         // SAFETY: a live kernel; the call is refused before the (null) driver handles are used.
-        let s = unsafe { kiln_gemm_bf16(&unlisted, ptr::null_mut(), d, d, d.cast_mut(), d.cast_mut(), ptr::null_mut(), 1, 2560, 7168) };
+        let s = unsafe {
+            kiln_gemm_bf16(
+                &unlisted,
+                ptr::null_mut(),
+                d,
+                d,
+                d.cast_mut(),
+                d.cast_mut(),
+                ptr::null_mut(),
+                1,
+                2560,
+                7168,
+            )
+        };
         assert_eq!(s, KilnStatus::InvalidArgument);
-        assert!(last_error().contains("splits K 4 ways and needs 20 zeroed"), "{}", last_error());
+        assert!(
+            last_error().contains("splits K 4 ways and needs 20 zeroed"),
+            "{}",
+            last_error()
+        );
 
         // A kernel of another family has no typed gemm call.
         let mut other = fake_kernel(&dir.0);
         other.meta.gemm = None;
         let d = ptr::null();
         // SAFETY: a live kernel; the call is refused before any pointer is used.
-        let s = unsafe { kiln_gemm_bf16(&other, ptr::null_mut(), d, d, ptr::null_mut(), ptr::null_mut(), ptr::null_mut(), 1, 2560, 7168) };
+        let s = unsafe {
+            kiln_gemm_bf16(
+                &other,
+                ptr::null_mut(),
+                d,
+                d,
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                1,
+                2560,
+                7168,
+            )
+        };
         assert_eq!(s, KilnStatus::InvalidArgument);
-        assert!(last_error().contains("with kiln_launch"), "{}", last_error());
+        assert!(
+            last_error().contains("with kiln_launch"),
+            "{}",
+            last_error()
+        );
     }
 
     #[test]
     fn capi_panics_become_internal_errors() {
         let s = guard("kiln_test", || panic!("boom"));
         assert_eq!(s, KilnStatus::Internal);
-        assert!(last_error().starts_with("kiln_test: internal error") && last_error().ends_with("boom"), "{}", last_error());
+        assert!(
+            last_error().starts_with("kiln_test: internal error") && last_error().ends_with("boom"),
+            "{}",
+            last_error()
+        );
         assert_eq!(guard("kiln_test", || Ok(())), KilnStatus::Ok);
         assert_eq!(last_error(), "");
     }
@@ -1078,7 +1454,9 @@ mod tests {
         let mut names = Vec::new();
         for (i, _) in code.match_indices('(') {
             let head = code[..i].trim_end();
-            let start = head.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(0, |j| j + 1);
+            let start = head
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(0, |j| j + 1);
             let name = &head[start..];
             if name.starts_with("kiln_") {
                 names.push(name.to_string());
@@ -1102,7 +1480,10 @@ mod tests {
         exported.sort();
         declared.sort();
         assert!(exported.len() >= 9, "{exported:?}");
-        assert_eq!(exported, declared, "capi.rs's #[no_mangle] functions and kiln.h's declarations differ");
+        assert_eq!(
+            exported, declared,
+            "capi.rs's #[no_mangle] functions and kiln.h's declarations differ"
+        );
     }
 
     #[test]
@@ -1123,7 +1504,11 @@ mod tests {
             let want = format!("{name} = {},", status as i32);
             assert!(code.contains(&want), "kiln.h lacks `{want}`");
         }
-        assert_eq!(code.matches("KILN_ERR_").count(), all.len() - 1, "kiln.h has statuses capi.rs lacks");
+        assert_eq!(
+            code.matches("KILN_ERR_").count(),
+            all.len() - 1,
+            "kiln.h has statuses capi.rs lacks"
+        );
     }
 
     #[test]
@@ -1140,6 +1525,18 @@ mod tests {
             .map(|f| f.split('[').next().unwrap())
             .filter(|f| !f.is_empty() && *f != "{")
             .collect();
-        assert_eq!(fields, ["entry", "family", "grid", "block", "cluster", "dynamic_smem_bytes", "num_args", "num_scratch"]);
+        assert_eq!(
+            fields,
+            [
+                "entry",
+                "family",
+                "grid",
+                "block",
+                "cluster",
+                "dynamic_smem_bytes",
+                "num_args",
+                "num_scratch"
+            ]
+        );
     }
 }

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 fn roots() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = ["KILN_CUDA_ROOT", "CUDA_HOME", "CUDA_PATH"]
         .iter()
-        .filter_map(|k| std::env::var_os(k).filter(|s| !s.is_empty()).map(PathBuf::from))
+        .filter_map(|k| {
+            std::env::var_os(k)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
         .collect();
     v.push(PathBuf::from("/usr/local/cuda"));
     v

@@ -77,7 +77,10 @@ impl Device {
             reason: format!("the driver could not count devices ({:?})", e.0),
         })?;
         if ordinal as i32 >= count {
-            return Err(RuntimeError::NoDevice { ordinal, reason: format!("the driver sees {count} device(s)") });
+            return Err(RuntimeError::NoDevice {
+                ordinal,
+                reason: format!("the driver sees {count} device(s)"),
+            });
         }
         let ctx = CudaContext::new(ordinal).during("creating the CUDA context")?;
         let stream = ctx.new_stream().during("creating a stream")?;
@@ -86,36 +89,59 @@ impl Device {
     }
 
     /// A zero-filled device buffer of `len` elements, with out-of-memory reported as such.
-    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize, what: &str) -> Result<CudaSlice<T>> {
-        self.stream.alloc_zeros::<T>(len.max(1)).map_err(|e| oom_or(e, what, len * std::mem::size_of::<T>()))
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+        what: &str,
+    ) -> Result<CudaSlice<T>> {
+        self.stream
+            .alloc_zeros::<T>(len.max(1))
+            .map_err(|e| oom_or(e, what, len * std::mem::size_of::<T>()))
     }
 
     /// Copy a host slice to a new device buffer.
     pub fn upload<T: DeviceRepr>(&self, host: &[T], what: &str) -> Result<CudaSlice<T>> {
-        self.stream.clone_htod(host).map_err(|e| oom_or(e, what, std::mem::size_of_val(host)))
+        self.stream
+            .clone_htod(host)
+            .map_err(|e| oom_or(e, what, std::mem::size_of_val(host)))
     }
 
     /// Copy a device buffer back to the host (synchronises the stream).
     pub fn download<T: DeviceRepr>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
-        self.stream.clone_dtoh(dev).during("copying a buffer to the host")
+        self.stream
+            .clone_dtoh(dev)
+            .during("copying a buffer to the host")
     }
 
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().during("synchronising the stream (a kernel may have faulted)")
+        self.stream
+            .synchronize()
+            .during("synchronising the stream (a kernel may have faulted)")
     }
 }
 
 fn oom_or(e: cudarc::driver::DriverError, what: &str, bytes: usize) -> RuntimeError {
     if e.0 == cudarc::driver::sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
-        RuntimeError::OutOfMemory { what: format!("allocating {what}"), bytes }
+        RuntimeError::OutOfMemory {
+            what: format!("allocating {what}"),
+            bytes,
+        }
     } else {
-        RuntimeError::Driver { what: format!("allocating {what}"), code: e.0 }
+        RuntimeError::Driver {
+            what: format!("allocating {what}"),
+            code: e.0,
+        }
     }
 }
 
 fn read_info(ctx: &Arc<CudaContext>) -> Result<DeviceInfo> {
-    let attr = |a: Attr| ctx.attribute(a).during(format!("reading device attribute {a:?}"));
-    let (major, minor) = ctx.compute_capability().during("reading the compute capability")?;
+    let attr = |a: Attr| {
+        ctx.attribute(a)
+            .during(format!("reading device attribute {a:?}"))
+    };
+    let (major, minor) = ctx
+        .compute_capability()
+        .during("reading the compute capability")?;
     let mut driver = 0i32;
     // SAFETY: plain out-parameter; the driver is loaded (a context exists).
     unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) };
@@ -127,7 +153,8 @@ fn read_info(ctx: &Arc<CudaContext>) -> Result<DeviceInfo> {
         driver: driver as u32,
         clock_mhz: (attr(Attr::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)? / 1000) as u32,
         total_mem_bytes: ctx.total_mem().during("reading the memory size")? as u64,
-        max_smem_optin_bytes: attr(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32,
+        max_smem_optin_bytes: attr(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
+            as u32,
     })
 }
 

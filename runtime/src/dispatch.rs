@@ -18,8 +18,13 @@ use crate::device::DeviceInfo;
 #[serde(tag = "source", rename_all = "snake_case")]
 pub enum Source {
     Exact,
-    Bucket { tuned_for: serde_json::Value, distance: f64 },
-    Default { why: String },
+    Bucket {
+        tuned_for: serde_json::Value,
+        distance: f64,
+    },
+    Default {
+        why: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -40,7 +45,12 @@ pub struct Dispatch<F: Family> {
 impl<F: Family> Dispatch<F> {
     /// No artifact: every problem gets the family default.
     pub fn defaults(limits: DeviceLimits) -> Self {
-        Dispatch { artifact: None, limits, notes: Vec::new(), _f: PhantomData }
+        Dispatch {
+            artifact: None,
+            limits,
+            notes: Vec::new(),
+            _f: PhantomData,
+        }
     }
 
     /// Load `<root>/<device slug>/<family>.json` if present and usable.
@@ -48,7 +58,11 @@ impl<F: Family> Dispatch<F> {
         let path = Artifact::path(root, &device.slug(), F::NAME);
         let mut d = Self::defaults(device.limits());
         if !path.exists() {
-            d.notes.push(format!("no tuned artifact at {}: using {}'s default configs", path.display(), F::NAME));
+            d.notes.push(format!(
+                "no tuned artifact at {}: using {}'s default configs",
+                path.display(),
+                F::NAME
+            ));
             return d;
         }
         match Artifact::load(&path) {
@@ -59,7 +73,10 @@ impl<F: Family> Dispatch<F> {
                 for s in &stale {
                     d.notes.push(format!("{}: {s}", path.display()));
                 }
-                if stale.iter().any(|s| matches!(s, Staleness::OtherGpu { .. })) {
+                if stale
+                    .iter()
+                    .any(|s| matches!(s, Staleness::OtherGpu { .. }))
+                {
                     d.notes.push("its entries are not used on this GPU".into());
                 } else {
                     d.artifact = Some(art);
@@ -75,7 +92,10 @@ impl<F: Family> Dispatch<F> {
         let template = kiln_codegen::registry::template_sha256(F::TEMPLATE);
         let stale = art.staleness(device, &template, None);
         d.notes.extend(stale.iter().map(|s| s.to_string()));
-        if !stale.iter().any(|s| matches!(s, Staleness::OtherGpu { .. })) {
+        if !stale
+            .iter()
+            .any(|s| matches!(s, Staleness::OtherGpu { .. }))
+        {
             d.artifact = Some(art);
         }
         d
@@ -91,14 +111,23 @@ impl<F: Family> Dispatch<F> {
         if let Some(art) = &self.artifact {
             let mut best: Option<(f64, F::Config, serde_json::Value)> = None;
             for e in &art.entries {
-                let Ok(tuned) = serde_json::from_value::<F::Problem>(e.problem.clone()) else { continue };
-                let Some(dist) = F::bucket_distance(&tuned, problem) else { continue };
+                let Ok(tuned) = serde_json::from_value::<F::Problem>(e.problem.clone()) else {
+                    continue;
+                };
+                let Some(dist) = F::bucket_distance(&tuned, problem) else {
+                    continue;
+                };
                 let Ok(config) = serde_json::from_value::<F::Config>(e.config.clone()) else {
                     why = format!("a tuned config for {} no longer parses", e.problem);
                     continue;
                 };
-                if let Err(ill) = F::check_config(&config, &self.limits).and_then(|_| F::check_problem(problem, &config)) {
-                    why = format!("the tuned config for {} is not legal here ({ill})", e.problem);
+                if let Err(ill) = F::check_config(&config, &self.limits)
+                    .and_then(|_| F::check_problem(problem, &config))
+                {
+                    why = format!(
+                        "the tuned config for {} is not legal here ({ill})",
+                        e.problem
+                    );
                     continue;
                 }
                 if best.as_ref().is_none_or(|(d, _, _)| dist < *d) {
@@ -106,12 +135,22 @@ impl<F: Family> Dispatch<F> {
                 }
             }
             if let Some((dist, config, tuned_for)) = best {
-                let source = if dist == 0.0 { Source::Exact } else { Source::Bucket { tuned_for, distance: dist } };
+                let source = if dist == 0.0 {
+                    Source::Exact
+                } else {
+                    Source::Bucket {
+                        tuned_for,
+                        distance: dist,
+                    }
+                };
                 return Selection { config, source };
             }
         } else {
             why = "no usable artifact".into();
         }
-        Selection { config: F::default_config(problem), source: Source::Default { why } }
+        Selection {
+            config: F::default_config(problem),
+            source: Source::Default { why },
+        }
     }
 }

@@ -26,10 +26,18 @@ pub enum RuntimeError {
     Unsupported(#[from] kiln_codegen::Unsupported),
 
     #[error("config {config} cannot serve {problem}: {reason}")]
-    IllegalConfig { config: String, problem: String, reason: String },
+    IllegalConfig {
+        config: String,
+        problem: String,
+        reason: String,
+    },
 
     #[error("buffer {name} has {got} elements, the launch needs {need}")]
-    BufferTooSmall { name: &'static str, got: usize, need: usize },
+    BufferTooSmall {
+        name: &'static str,
+        got: usize,
+        need: usize,
+    },
 
     #[error("{0}")]
     Codegen(#[from] kiln_codegen::CodegenError),

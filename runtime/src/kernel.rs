@@ -23,8 +23,16 @@ pub struct LoadedKernel {
 
 impl LoadedKernel {
     /// Load `entry` from `cubin` and allow it `dynamic_smem` bytes of dynamic shared memory.
-    pub fn load(device: &Device, cubin: &[u8], entry: &str, dynamic_smem: u32) -> Result<LoadedKernel> {
-        let load_err = |e: cudarc::driver::DriverError| RuntimeError::KernelLoad { entry: entry.to_string(), code: e.0 };
+    pub fn load(
+        device: &Device,
+        cubin: &[u8],
+        entry: &str,
+        dynamic_smem: u32,
+    ) -> Result<LoadedKernel> {
+        let load_err = |e: cudarc::driver::DriverError| RuntimeError::KernelLoad {
+            entry: entry.to_string(),
+            code: e.0,
+        };
         if dynamic_smem > device.info.max_smem_optin_bytes {
             return Err(RuntimeError::IllegalConfig {
                 config: entry.to_string(),
@@ -35,13 +43,24 @@ impl LoadedKernel {
                 ),
             });
         }
-        let module = device.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin.to_vec())).map_err(load_err)?;
+        let module = device
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(cubin.to_vec()))
+            .map_err(load_err)?;
         let func = module.load_function(entry).map_err(load_err)?;
         if dynamic_smem > DEFAULT_SMEM_LIMIT {
-            func.set_attribute(FnAttr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamic_smem as i32)
-                .map_err(load_err)?;
+            func.set_attribute(
+                FnAttr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                dynamic_smem as i32,
+            )
+            .map_err(load_err)?;
         }
-        Ok(LoadedKernel { entry: entry.to_string(), func, module, max_dynamic_smem: dynamic_smem })
+        Ok(LoadedKernel {
+            entry: entry.to_string(),
+            func,
+            module,
+            max_dynamic_smem: dynamic_smem,
+        })
     }
 
     /// The launch configuration for `geometry`, checked against what the kernel was opted in to.

@@ -58,18 +58,28 @@ pub struct Manifest {
 impl Manifest {
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join("manifest.json");
-        let err = |reason: String| RuntimeError::Artifact { path: path.display().to_string(), reason };
-        let bytes = std::fs::read(&path).map_err(|e| err(format!("cannot be read ({e}); run `kiln export DIR` first")))?;
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| err(format!("is not a kiln manifest ({e})")))?;
+        let err = |reason: String| RuntimeError::Artifact {
+            path: path.display().to_string(),
+            reason,
+        };
+        let bytes = std::fs::read(&path)
+            .map_err(|e| err(format!("cannot be read ({e}); run `kiln export DIR` first")))?;
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| err(format!("is not a kiln manifest ({e})")))?;
         if m.schema != MANIFEST_SCHEMA {
-            return Err(err(format!("has schema {}, this kiln reads {MANIFEST_SCHEMA}; re-export", m.schema)));
+            return Err(err(format!(
+                "has schema {}, this kiln reads {MANIFEST_SCHEMA}; re-export",
+                m.schema
+            )));
         }
         Ok(m)
     }
 
     /// The kernel exported for exactly this family and problem.
     pub fn find(&self, family: &str, problem: &Value) -> Option<&ManifestKernel> {
-        self.kernels.iter().find(|k| k.family == family && &k.problem == problem)
+        self.kernels
+            .iter()
+            .find(|k| k.family == family && &k.problem == problem)
     }
 
     /// Read a kernel's cubin and check it against the recorded hash.
@@ -83,7 +93,9 @@ impl Manifest {
         if hex::encode(sha2::Sha256::digest(&bytes)) != k.cubin_sha256 {
             return Err(RuntimeError::Artifact {
                 path: path.display().to_string(),
-                reason: "does not match the sha256 in manifest.json (corrupt or replaced): re-export".into(),
+                reason:
+                    "does not match the sha256 in manifest.json (corrupt or replaced): re-export"
+                        .into(),
             });
         }
         Ok(bytes)

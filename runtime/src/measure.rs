@@ -26,7 +26,11 @@ pub struct MeasureOptions {
 
 impl Default for MeasureOptions {
     fn default() -> Self {
-        MeasureOptions { warmup: 3, reps: 20, flush_l2: true }
+        MeasureOptions {
+            warmup: 3,
+            reps: 20,
+            flush_l2: true,
+        }
     }
 }
 
@@ -74,7 +78,10 @@ pub struct Bench {
 impl Bench {
     pub fn new(device: &Device) -> Result<Bench> {
         let bytes = (2 * device.info.l2_bytes as usize).max(8 << 20);
-        Ok(Bench { device: device.clone(), flush: device.zeros::<u8>(bytes, "the L2 flush buffer")? })
+        Ok(Bench {
+            device: device.clone(),
+            flush: device.zeros::<u8>(bytes, "the L2 flush buffer")?,
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -91,7 +98,10 @@ impl Bench {
             run()?;
         }
         let ctx = stream.context().clone();
-        let event = || ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).during("creating a timing event");
+        let event = || {
+            ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .during("creating a timing event")
+        };
         let mut pairs: Vec<(CudaEvent, CudaEvent)> = Vec::with_capacity(opts.reps);
         for _ in 0..opts.reps {
             if opts.flush_l2 {
@@ -103,7 +113,9 @@ impl Bench {
             e.record(&stream).during("recording a timing event")?;
             pairs.push((s, e));
         }
-        stream.synchronize().during("waiting for timed runs (a kernel may have faulted)")?;
+        stream
+            .synchronize()
+            .during("waiting for timed runs (a kernel may have faulted)")?;
         let mut us = Vec::with_capacity(pairs.len());
         for (s, e) in &pairs {
             us.push(s.elapsed_ms(e).during("reading a timing event")? as f64 * 1e3);

@@ -11,11 +11,17 @@ where
     F: FnOnce() -> Result<()>,
 {
     let ctx = stream.context();
-    let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).during("creating a timing event")?;
-    let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).during("creating a timing event")?;
+    let start = ctx
+        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .during("creating a timing event")?;
+    let end = ctx
+        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .during("creating a timing event")?;
     start.record(stream).during("recording a timing event")?;
     f()?;
     end.record(stream).during("recording a timing event")?;
-    let ms = start.elapsed_ms(&end).during("reading a timing event (a kernel may have faulted)")?;
+    let ms = start
+        .elapsed_ms(&end)
+        .during("reading a timing event (a kernel may have faulted)")?;
     Ok(ms as f64)
 }

@@ -25,12 +25,22 @@ impl CublasBf16 {
                 reason: "libcublas.so.13 was not found: install the CUDA 13 toolkit or set KILN_CUDA_ROOT".into(),
             });
         }
-        let blas = CudaBlas::new(device.stream.clone())
-            .map_err(|e| RuntimeError::Baseline { name: CUBLAS_BF16.into(), reason: format!("cublasCreate failed: {e:?}") })?;
+        let blas = CudaBlas::new(device.stream.clone()).map_err(|e| RuntimeError::Baseline {
+            name: CUBLAS_BF16.into(),
+            reason: format!("cublasCreate failed: {e:?}"),
+        })?;
         Ok(CublasBf16 { blas })
     }
 
-    pub fn gemm(&self, m: u32, n: u32, k: u32, a: &CudaSlice<bf16>, b: &CudaSlice<bf16>, c: &mut CudaSlice<bf16>) -> Result<()> {
+    pub fn gemm(
+        &self,
+        m: u32,
+        n: u32,
+        k: u32,
+        a: &CudaSlice<bf16>,
+        b: &CudaSlice<bf16>,
+        c: &mut CudaSlice<bf16>,
+    ) -> Result<()> {
         // Row-major C[M,N] = A . B^T is column-major C^T[N,M] = B[N,K]-as-(K x N)^T . A-as-(K x M).
         let cfg = GemmConfig {
             transa: Op::CUBLAS_OP_T,
@@ -45,14 +55,20 @@ impl CublasBf16 {
             ldc: n as i32,
         };
         let (mu, nu, ku) = (m as usize, n as usize, k as usize);
-        for (name, got, need) in [("A", a.len(), mu * ku), ("B", b.len(), nu * ku), ("C", c.len(), mu * nu)] {
+        for (name, got, need) in [
+            ("A", a.len(), mu * ku),
+            ("B", b.len(), nu * ku),
+            ("C", c.len(), mu * nu),
+        ] {
             if got < need {
                 return Err(RuntimeError::BufferTooSmall { name, got, need });
             }
         }
         // SAFETY: the buffers hold A[M*K], B[N*K], C[M*N] (checked above),
         // matching the dimensions and leading dimensions in `cfg`.
-        unsafe { self.blas.gemm(cfg, b, a, c) }
-            .map_err(|e| RuntimeError::Baseline { name: CUBLAS_BF16.into(), reason: format!("cublasGemmEx failed: {e:?}") })
+        unsafe { self.blas.gemm(cfg, b, a, c) }.map_err(|e| RuntimeError::Baseline {
+            name: CUBLAS_BF16.into(),
+            reason: format!("cublasGemmEx failed: {e:?}"),
+        })
     }
 }

@@ -62,28 +62,62 @@ impl<'a> GemmBf16Bench<'a> {
         GemmBf16::supports(&problem)?;
         let (m, n, k) = (problem.m as usize, problem.n as usize, problem.k as usize);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let host_a: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0))).collect();
-        let host_b: Vec<bf16> = (0..n * k).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0))).collect();
+        let host_a: Vec<bf16> = (0..m * k)
+            .map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)))
+            .collect();
+        let host_b: Vec<bf16> = (0..n * k)
+            .map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)))
+            .collect();
         let a = device.upload(&host_a, "A")?;
         let b = device.upload(&host_b, "B")?;
         let poison = vec![bf16::NAN; m * n];
         let mut c = device.upload(&poison, "C")?;
         reference.launch(&device.stream, &problem, &a, &b, &mut c)?;
         let reference: Vec<f64> = device.download(&c)?.iter().map(|x| x.to_f64()).collect();
-        Ok(GemmBf16Bench { device, compiler, bench, problem, a, b, c, reference, kernels: HashMap::new(), poison })
+        Ok(GemmBf16Bench {
+            device,
+            compiler,
+            bench,
+            problem,
+            a,
+            b,
+            c,
+            reference,
+            kernels: HashMap::new(),
+            poison,
+        })
     }
 
     /// Launch `kernel` once into the poisoned output and compare with the reference.
-    fn validate(&mut self, kernel: &GemmBf16Kernel, ws: &mut GemmWorkspace) -> std::result::Result<f64, Failure> {
-        let launch_failed = |e: kiln_runtime::RuntimeError| Failure { outcome: "launch_failed", reason: e.to_string() };
+    fn validate(
+        &mut self,
+        kernel: &GemmBf16Kernel,
+        ws: &mut GemmWorkspace,
+    ) -> std::result::Result<f64, Failure> {
+        let launch_failed = |e: kiln_runtime::RuntimeError| Failure {
+            outcome: "launch_failed",
+            reason: e.to_string(),
+        };
         let mut worst = 0.0f64;
         // Twice: the second run shows that split-K counters were left clean.
         for _ in 0..2 {
-            self.device.stream.memcpy_htod(&self.poison, &mut self.c).map_err(|e| Failure {
-                outcome: "launch_failed",
-                reason: format!("poisoning C: {e:?}"),
-            })?;
-            kernel.launch(&self.device.stream, &self.problem, &self.a, &self.b, &mut self.c, ws).map_err(launch_failed)?;
+            self.device
+                .stream
+                .memcpy_htod(&self.poison, &mut self.c)
+                .map_err(|e| Failure {
+                    outcome: "launch_failed",
+                    reason: format!("poisoning C: {e:?}"),
+                })?;
+            kernel
+                .launch(
+                    &self.device.stream,
+                    &self.problem,
+                    &self.a,
+                    &self.b,
+                    &mut self.c,
+                    ws,
+                )
+                .map_err(launch_failed)?;
             let out = self.device.download(&self.c).map_err(launch_failed)?;
             let (err, bad) = rel_err(&out, &self.reference);
             if bad || !(err <= TOLERANCE) {
@@ -98,18 +132,27 @@ impl<'a> GemmBf16Bench<'a> {
     }
 
     /// Time cuBLAS on the same buffers; also checks its result.
-    pub fn time_cublas(&mut self, blas: &crate::baseline::CublasBf16, opts: &MeasureOptions) -> Result<(Measurement, f64)> {
+    pub fn time_cublas(
+        &mut self,
+        blas: &crate::baseline::CublasBf16,
+        opts: &MeasureOptions,
+    ) -> Result<(Measurement, f64)> {
         let p = self.problem.clone();
         blas.gemm(p.m, p.n, p.k, &self.a, &self.b, &mut self.c)?;
         let (err, _) = rel_err(&self.device.download(&self.c)?, &self.reference);
         let (a, b, c) = (&self.a, &self.b, &mut self.c);
-        let m = self.bench.measure(opts, || blas.gemm(p.m, p.n, p.k, a, b, c))?;
+        let m = self
+            .bench
+            .measure(opts, || blas.gemm(p.m, p.n, p.k, a, b, c))?;
         Ok((m, err))
     }
 }
 
 impl Evaluator<GemmBf16Config> for GemmBf16Bench<'_> {
-    fn prepare(&mut self, configs: &[GemmBf16Config]) -> Vec<std::result::Result<Prepared, Failure>> {
+    fn prepare(
+        &mut self,
+        configs: &[GemmBf16Config],
+    ) -> Vec<std::result::Result<Prepared, Failure>> {
         let opts = CompileOptions::default();
         let problem = self.problem.clone();
         let compiler = self.compiler;
@@ -118,36 +161,59 @@ impl Evaluator<GemmBf16Config> for GemmBf16Bench<'_> {
             .map(|c| {
                 kiln_codegen::render::render::<GemmBf16>(&problem, c)
                     .and_then(|src| compiler.compile(&src, &opts))
-                    .map_err(|e| Failure { outcome: "compile_failed", reason: e.to_string() })
+                    .map_err(|e| Failure {
+                        outcome: "compile_failed",
+                        reason: e.to_string(),
+                    })
             })
             .collect();
         let mut out = Vec::with_capacity(configs.len());
         for (c, compiled) in configs.iter().zip(compiled) {
             let res = compiled.and_then(|k| {
                 let kernel = GemmBf16Kernel::from_cubin(self.device, &k.cubin, &problem, c)
-                    .map_err(|e| Failure { outcome: "launch_failed", reason: e.to_string() })?;
+                    .map_err(|e| Failure {
+                        outcome: "launch_failed",
+                        reason: e.to_string(),
+                    })?;
                 let mut ws = kernel
                     .workspace(self.device, &problem)
-                    .map_err(|e| Failure { outcome: "launch_failed", reason: e.to_string() })?;
+                    .map_err(|e| Failure {
+                        outcome: "launch_failed",
+                        reason: e.to_string(),
+                    })?;
                 let err = self.validate(&kernel, &mut ws)?;
                 self.kernels.insert(key(c), (kernel, ws));
-                Ok(Prepared { max_rel_err: err, registers: Some(k.resources.registers) })
+                Ok(Prepared {
+                    max_rel_err: err,
+                    registers: Some(k.resources.registers),
+                })
             });
             out.push(res);
         }
         out
     }
 
-    fn time(&mut self, config: &GemmBf16Config, reps: usize) -> std::result::Result<Measurement, Failure> {
-        let (kernel, ws) = self
-            .kernels
-            .get_mut(&key(config))
-            .ok_or_else(|| Failure { outcome: "launch_failed", reason: "not prepared".into() })?;
-        let opts = MeasureOptions { warmup: 2, reps, flush_l2: true };
+    fn time(
+        &mut self,
+        config: &GemmBf16Config,
+        reps: usize,
+    ) -> std::result::Result<Measurement, Failure> {
+        let (kernel, ws) = self.kernels.get_mut(&key(config)).ok_or_else(|| Failure {
+            outcome: "launch_failed",
+            reason: "not prepared".into(),
+        })?;
+        let opts = MeasureOptions {
+            warmup: 2,
+            reps,
+            flush_l2: true,
+        };
         let stream = self.device.stream.clone();
         let (p, a, b, c) = (&self.problem, &self.a, &self.b, &mut self.c);
         self.bench
             .measure(&opts, || kernel.launch(&stream, p, a, b, c, ws))
-            .map_err(|e| Failure { outcome: "launch_failed", reason: e.to_string() })
+            .map_err(|e| Failure {
+                outcome: "launch_failed",
+                reason: e.to_string(),
+            })
     }
 }

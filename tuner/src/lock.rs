@@ -13,7 +13,9 @@ pub struct GpuLock {
 
 /// `$KILN_LOCK_DIR` (default: the system temp folder) / `kiln-gpu<ordinal>.lock`.
 pub fn lock_path(ordinal: usize) -> PathBuf {
-    let dir = std::env::var_os("KILN_LOCK_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = std::env::var_os("KILN_LOCK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     dir.join(format!("kiln-gpu{ordinal}.lock"))
 }
 
@@ -21,7 +23,10 @@ impl GpuLock {
     /// Take the lock or fail at once with a message naming the holder.
     pub fn acquire(ordinal: usize) -> Result<GpuLock> {
         let path = lock_path(ordinal);
-        let busy = |reason: String| RuntimeError::Busy { path: path.display().to_string(), reason };
+        let busy = |reason: String| RuntimeError::Busy {
+            path: path.display().to_string(),
+            reason,
+        };
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -78,7 +78,12 @@ pub struct SearchResult<C> {
 
 /// Search `candidates` (each with its analytical estimate, lower is better).
 /// `roofline_us` is the problem's floor time.
-pub fn search<C, E>(candidates: Vec<(C, f64)>, roofline_us: f64, ev: &mut E, opts: &SearchOptions) -> SearchResult<C>
+pub fn search<C, E>(
+    candidates: Vec<(C, f64)>,
+    roofline_us: f64,
+    ev: &mut E,
+    opts: &SearchOptions,
+) -> SearchResult<C>
 where
     C: Clone + Serialize,
     E: Evaluator<C>,
@@ -89,7 +94,10 @@ where
     ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
     let mut records: BTreeMap<String, CandidateRecord> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
-    let mut record = |c: &C, outcome: &str, reason: Option<String>, records: &mut BTreeMap<String, CandidateRecord>| {
+    let mut record = |c: &C,
+                      outcome: &str,
+                      reason: Option<String>,
+                      records: &mut BTreeMap<String, CandidateRecord>| {
         let k = key(c);
         if !records.contains_key(&k) {
             order.push(k.clone());
@@ -107,9 +115,20 @@ where
         );
     };
 
-    let take = if ranked.len() <= opts.exhaustive_max { ranked.len() } else { opts.shortlist.min(ranked.len()) };
+    let take = if ranked.len() <= opts.exhaustive_max {
+        ranked.len()
+    } else {
+        opts.shortlist.min(ranked.len())
+    };
     for (c, est) in &ranked[take..] {
-        record(c, "pruned", Some(format!("analytical estimate {est:.1} us ranked it out of the shortlist")), &mut records);
+        record(
+            c,
+            "pruned",
+            Some(format!(
+                "analytical estimate {est:.1} us ranked it out of the shortlist"
+            )),
+            &mut records,
+        );
     }
     let shortlist: Vec<C> = ranked[..take].iter().map(|(c, _)| c.clone()).collect();
 
@@ -173,9 +192,15 @@ where
         for (c, _, m) in &timed[keep..] {
             let r = records.get_mut(&key(c)).unwrap();
             r.outcome = "stopped".into();
-            r.reason = Some(format!("round {round}: {:.2} us, not in the faster half", m.median_us));
+            r.reason = Some(format!(
+                "round {round}: {:.2} us, not in the faster half",
+                m.median_us
+            ));
         }
-        alive = timed[..keep].iter().map(|(c, p, _)| (c.clone(), p.clone())).collect();
+        alive = timed[..keep]
+            .iter()
+            .map(|(c, p, _)| (c.clone(), p.clone()))
+            .collect();
     }
 
     // Re-confirm the winner against the runner-up with the most reps.
@@ -195,16 +220,28 @@ where
     }
 
     let winner = timed.into_iter().next().map(|(c, p, m)| (c, m, p));
-    let records = order.into_iter().map(|k| records.remove(&k).unwrap()).collect();
-    SearchResult { winner, records, tried }
+    let records = order
+        .into_iter()
+        .map(|k| records.remove(&k).unwrap())
+        .collect();
+    SearchResult {
+        winner,
+        records,
+        tried,
+    }
 }
 
 /// Sort by median; among candidates within `tol` of the fastest, the smallest
 /// canonical config comes first (deterministic across runs).
 fn sort_with_ties<C, P>(v: &mut [(C, P, Measurement)], tol: f64, key: &impl Fn(&C) -> String) {
     v.sort_by(|a, b| a.2.median_us.total_cmp(&b.2.median_us));
-    let Some(best) = v.first().map(|x| x.2.median_us) else { return };
-    let tied = v.iter().take_while(|x| x.2.median_us <= best * (1.0 + tol)).count();
+    let Some(best) = v.first().map(|x| x.2.median_us) else {
+        return;
+    };
+    let tied = v
+        .iter()
+        .take_while(|x| x.2.median_us <= best * (1.0 + tol))
+        .count();
     v[..tied].sort_by_key(|x| key(&x.0));
 }
 

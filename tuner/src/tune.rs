@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_codegen::families::gemm_bf16::{GemmBf16, GemmBf16Problem};
 use kiln_codegen::{Compiler, Family};
-use kiln_runtime::artifact::{Artifact, ArtifactDevice, ArtifactToolchain, Baseline, Entry, Staleness};
+use kiln_runtime::artifact::{
+    Artifact, ArtifactDevice, ArtifactToolchain, Baseline, Entry, Staleness,
+};
 use kiln_runtime::launch::gemm_bf16::GemmBf16Reference;
 use kiln_runtime::measure::{gpu_clock_and_temperature, Bench, MeasureOptions};
 use kiln_runtime::{Device, Result, RuntimeError};
@@ -58,7 +60,10 @@ pub struct TuneReport {
 
 fn now_rfc3339() -> String {
     // Civil-from-days (Howard Hinnant's algorithm), UTC, second precision.
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     let z = days + 719468;
     let era = z.div_euclid(146097);
@@ -69,7 +74,12 @@ fn now_rfc3339() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// Open (or start) the artifact at `path` for `device`; refuses a foreign or
@@ -94,11 +104,17 @@ pub fn open_artifact(
         }
         Err(e) => Err(RuntimeError::Artifact {
             path: path.display().to_string(),
-            reason: format!("{e}. Nothing was changed; fix or remove it, or pass --force to replace it"),
+            reason: format!(
+                "{e}. Nothing was changed; fix or remove it, or pass --force to replace it"
+            ),
         }),
         Ok(art) => {
             let stale = art.staleness(device, &toolchain.template_sha256, Some(&toolchain.nvrtc));
-            if stale.iter().any(|s| matches!(s, Staleness::OtherGpu { .. })) && !force {
+            if stale
+                .iter()
+                .any(|s| matches!(s, Staleness::OtherGpu { .. }))
+                && !force
+            {
                 return Err(RuntimeError::Artifact {
                     path: path.display().to_string(),
                     reason: format!(
@@ -113,14 +129,23 @@ pub fn open_artifact(
                 art.toolchain = toolchain;
                 return Ok(art);
             }
-            notes.extend(stale.iter().map(|s| format!("{}: {s}; its entries are re-tuned", path.display())));
+            notes.extend(
+                stale
+                    .iter()
+                    .map(|s| format!("{}: {s}; its entries are re-tuned", path.display())),
+            );
             Ok(fresh())
         }
     }
 }
 
 /// Tune `gemm_bf16` for each problem.
-pub fn tune_gemm_bf16(device: &Device, compiler: &Compiler, problems: &[GemmBf16Problem], opts: &TuneOptions) -> Result<TuneReport> {
+pub fn tune_gemm_bf16(
+    device: &Device,
+    compiler: &Compiler,
+    problems: &[GemmBf16Problem],
+    opts: &TuneOptions,
+) -> Result<TuneReport> {
     let t0 = Instant::now();
     let _lock = GpuLock::acquire(device.ctx.ordinal())?;
     let (clock, temp) = gpu_clock_and_temperature(device.ctx.ordinal()).unzip();
@@ -133,20 +158,38 @@ pub fn tune_gemm_bf16(device: &Device, compiler: &Compiler, problems: &[GemmBf16
     };
     let path = Artifact::path(&opts.tuned_root, &device.info.slug(), GemmBf16::NAME);
     let mut notes = Vec::new();
-    let mut artifact = open_artifact(&path, GemmBf16::NAME, header, toolchain, &device.info, opts.force, &mut notes)?;
+    let mut artifact = open_artifact(
+        &path,
+        GemmBf16::NAME,
+        header,
+        toolchain,
+        &device.info,
+        opts.force,
+        &mut notes,
+    )?;
 
     let reference = GemmBf16Reference::compile(device, compiler)?;
     let blas = CublasBf16::new(device)?;
     let mut bench = Bench::new(device)?;
     let limits = device.info.limits();
 
-    let bar = if opts.progress { ProgressBar::new(problems.len() as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("tune {bar:30} {pos}/{len} [{elapsed_precise}] {msg}").expect("valid template"));
+    let bar = if opts.progress {
+        ProgressBar::new(problems.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("tune {bar:30} {pos}/{len} [{elapsed_precise}] {msg}")
+            .expect("valid template"),
+    );
     let mut reports = Vec::new();
     for (i, problem) in problems.iter().enumerate() {
         let started = Instant::now();
         let pjson = serde_json::to_value(problem).expect("problems serialise");
-        bar.set_message(format!("m={} n={} k={}: compile, validate, time", problem.m, problem.n, problem.k));
+        bar.set_message(format!(
+            "m={} n={} k={}: compile, validate, time",
+            problem.m, problem.n, problem.k
+        ));
         let report = |status: &str, entry: Option<Entry>, reason: Option<String>| ProblemReport {
             problem: pjson.clone(),
             status: status.into(),
@@ -155,17 +198,27 @@ pub fn tune_gemm_bf16(device: &Device, compiler: &Compiler, problems: &[GemmBf16
             seconds: started.elapsed().as_secs_f64(),
         };
         if artifact.find(&pjson).is_some() && !opts.force {
-            reports.push(report("skipped", None, Some("already tuned (use --force to re-tune)".into())));
+            reports.push(report(
+                "skipped",
+                None,
+                Some("already tuned (use --force to re-tune)".into()),
+            ));
             bar.inc(1);
             continue;
         }
         if opts.budget.is_some_and(|b| t0.elapsed() > b) {
-            reports.push(report("out_of_budget", None, Some("the time budget ran out before this problem".into())));
+            reports.push(report(
+                "out_of_budget",
+                None,
+                Some("the time budget ran out before this problem".into()),
+            ));
             bar.inc(1);
             continue;
         }
         let seed = opts.seed.wrapping_add(i as u64);
-        match tune_one(device, compiler, &mut bench, &reference, &blas, problem, &limits, seed, opts) {
+        match tune_one(
+            device, compiler, &mut bench, &reference, &blas, problem, &limits, seed, opts,
+        ) {
             Ok(entry) => {
                 artifact.upsert(entry.clone());
                 artifact.save(&path)?;
@@ -229,10 +282,17 @@ fn tune_one(
             .collect();
         return Err(RuntimeError::Artifact {
             path: String::new(),
-            reason: format!("no candidate passed validation for {problem:?}: {}", reasons.join(" | ")),
+            reason: format!(
+                "no candidate passed validation for {problem:?}: {}",
+                reasons.join(" | ")
+            ),
         });
     };
-    let base_opts = MeasureOptions { warmup: 3, reps: opts.baseline_reps, flush_l2: true };
+    let base_opts = MeasureOptions {
+        warmup: 3,
+        reps: opts.baseline_reps,
+        flush_l2: true,
+    };
     let (base, _base_err) = b.time_cublas(blas, &base_opts)?;
     Ok(Entry {
         problem: serde_json::to_value(problem).expect("problems serialise"),
@@ -241,7 +301,10 @@ fn tune_one(
         p20_us: m.p20_us,
         p80_us: m.p80_us,
         pct_of_roofline: roofline::pct_of_roofline(flops, bytes, roofline::BF16_FLOPS, m.median_us),
-        baseline: Some(Baseline { name: CUBLAS_BF16.into(), median_us: base.median_us }),
+        baseline: Some(Baseline {
+            name: CUBLAS_BF16.into(),
+            median_us: base.median_us,
+        }),
         speedup: Some(base.median_us / m.median_us),
         max_rel_err: prepared.max_rel_err,
         candidates_tried: result.tried,

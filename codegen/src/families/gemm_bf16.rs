@@ -33,7 +33,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::family::{DeviceLimits, Family, Illegal, KernelArg, LaunchGeometry, RenderVars, Unsupported};
+use crate::family::{
+    DeviceLimits, Family, Illegal, KernelArg, LaunchGeometry, RenderVars, Scratch, Unsupported,
+};
 
 /// The family.
 pub struct GemmBf16;
@@ -80,8 +82,15 @@ const REFERENCE_THREADS: u32 = 256;
 /// blocks, which supported problems never reach).
 pub fn reference_geometry(m: u32, n: u32) -> LaunchGeometry {
     let outputs = m as u64 * n as u64;
-    let blocks = outputs.div_ceil(REFERENCE_THREADS as u64).clamp(1, i32::MAX as u64) as u32;
-    LaunchGeometry { grid: [blocks, 1, 1], block: [REFERENCE_THREADS, 1, 1], dynamic_smem_bytes: 0, cluster: [1, 1, 1] }
+    let blocks = outputs
+        .div_ceil(REFERENCE_THREADS as u64)
+        .clamp(1, i32::MAX as u64) as u32;
+    LaunchGeometry {
+        grid: [blocks, 1, 1],
+        block: [REFERENCE_THREADS, 1, 1],
+        dynamic_smem_bytes: 0,
+        cluster: [1, 1, 1],
+    }
 }
 
 /// CPU reference: `a` is m x k, `b` is n x k (row-major, values already rounded to bf16),
@@ -181,7 +190,15 @@ impl Family for GemmBf16 {
                         for warps_n in [1, 2, 4] {
                             for stages in [3, 4, 5] {
                                 for split_k in [1, 2, 4, 8, 16] {
-                                    out.push(GemmBf16Config { bm, bn, bk, warps_m, warps_n, stages, split_k });
+                                    out.push(GemmBf16Config {
+                                        bm,
+                                        bn,
+                                        bk,
+                                        warps_m,
+                                        warps_n,
+                                        stages,
+                                        split_k,
+                                    });
                                 }
                             }
                         }
@@ -196,67 +213,133 @@ impl Family for GemmBf16 {
         let (wtm, wtn) = (c.warp_tile_m(), c.warp_tile_n());
         let threads = c.threads();
         // Warps split the tile evenly.
-        illegal(c.bm % c.warps_m != 0 || c.bn % c.warps_n != 0, || format!("{}x{} tile over {}x{} warps", c.bm, c.bn, c.warps_m, c.warps_n))?;
+        illegal(c.bm % c.warps_m != 0 || c.bn % c.warps_n != 0, || {
+            format!(
+                "{}x{} tile over {}x{} warps",
+                c.bm, c.bn, c.warps_m, c.warps_n
+            )
+        })?;
         // A warp's rows are whole m16 mma tiles (ldmatrix.x4 reads 16 rows of A).
-        illegal(wtm % 16 != 0, || format!("warp tile m {wtm} is not a multiple of 16"))?;
+        illegal(wtm % 16 != 0, || {
+            format!("warp tile m {wtm} is not a multiple of 16")
+        })?;
         // A warp's columns are pairs of n8 tiles (ldmatrix.x4 reads 16 rows of B).
-        illegal(wtn % 16 != 0, || format!("warp tile n {wtn} is not a multiple of 16"))?;
+        illegal(wtn % 16 != 0, || {
+            format!("warp tile n {wtn} is not a multiple of 16")
+        })?;
         // Swizzle: a row is 4 or 8 16-byte chunks (bk 32 or 64), so a k-step only flips chunk bits.
-        illegal(c.bk != 32 && c.bk != 64, || format!("bk {} is not 32 or 64", c.bk))?;
+        illegal(c.bk != 32 && c.bk != 64, || {
+            format!("bk {} is not 32 or 64", c.bk)
+        })?;
         // Loader: THREADS/8 must be a multiple of 8 lines (64 threads at least); 256 keeps 255 registers.
-        illegal(!(64..=256).contains(&threads), || format!("{threads} threads is outside 64..=256"))?;
-        illegal(threads > limits.max_threads_per_block, || format!("{threads} threads exceed the device's {}", limits.max_threads_per_block))?;
+        illegal(!(64..=256).contains(&threads), || {
+            format!("{threads} threads is outside 64..=256")
+        })?;
+        illegal(threads > limits.max_threads_per_block, || {
+            format!(
+                "{threads} threads exceed the device's {}",
+                limits.max_threads_per_block
+            )
+        })?;
         // Shared memory of all stages fits the opt-in limit.
-        illegal(c.smem_bytes() > limits.max_dynamic_smem_per_block, || format!("{} B of shared memory exceed {}", c.smem_bytes(), limits.max_dynamic_smem_per_block))?;
+        illegal(c.smem_bytes() > limits.max_dynamic_smem_per_block, || {
+            format!(
+                "{} B of shared memory exceed {}",
+                c.smem_bytes(),
+                limits.max_dynamic_smem_per_block
+            )
+        })?;
         // Register pressure: at most 128 fp32 accumulators per thread (a 64x64 warp tile).
-        illegal(c.acc_per_thread() > 128, || format!("{} accumulators per thread exceed 128", c.acc_per_thread()))?;
+        illegal(c.acc_per_thread() > 128, || {
+            format!("{} accumulators per thread exceed 128", c.acc_per_thread())
+        })?;
         // Two-warp CTAs carry at most 64 accumulators: with 128 the loader's 16 chunks per
         // operand push the unaligned branch past 255 registers.
-        illegal(threads == 64 && c.acc_per_thread() > 64, || format!("64 threads with {} accumulators each", c.acc_per_thread()))?;
+        illegal(threads == 64 && c.acc_per_thread() > 64, || {
+            format!("64 threads with {} accumulators each", c.acc_per_thread())
+        })?;
         // Warp tiles above 64 in either dimension need more accumulators than registers allow.
-        illegal(wtm > 64 || wtn > 64, || format!("warp tile {wtm}x{wtn} exceeds 64 in a dimension"))?;
+        illegal(wtm > 64 || wtn > 64, || {
+            format!("warp tile {wtm}x{wtn} exceeds 64 in a dimension")
+        })?;
         // Thin warp tiles starve the tensor cores on ldmatrix traffic: at least 32 columns, and
         // at least 32 rows unless the whole CTA tile is 16 rows.
-        illegal(wtn < 32 || wtm < c.bm.min(32), || format!("warp tile {wtm}x{wtn} is too thin"))?;
+        illegal(wtn < 32 || wtm < c.bm.min(32), || {
+            format!("warp tile {wtm}x{wtn} is too thin")
+        })?;
         // ... and at least 32 accumulators (a 16x64 or 32x32 warp tile).
-        illegal(c.acc_per_thread() < 32, || format!("{} accumulators per thread are too few", c.acc_per_thread()))?;
+        illegal(c.acc_per_thread() < 32, || {
+            format!("{} accumulators per thread are too few", c.acc_per_thread())
+        })?;
         // Tiles of 128x128 and more use warp tiles of at least 64x32 (64 accumulators).
-        illegal(c.bm * c.bn >= 128 * 128 && c.acc_per_thread() < 64, || "large tile with small warp tiles".to_string())?;
+        illegal(c.bm * c.bn >= 128 * 128 && c.acc_per_thread() < 64, || {
+            "large tile with small warp tiles".to_string()
+        })?;
         // Tall tiles (rows > 2 x columns) re-read B more than A saves; the transposed tile is in the space.
-        illegal(c.bm > 2 * c.bn, || format!("{}x{} tile is too tall", c.bm, c.bn))?;
+        illegal(c.bm > 2 * c.bn, || {
+            format!("{}x{} tile is too tall", c.bm, c.bn)
+        })?;
         // 128 to 256 K elements in flight: enough to hide latency, no deeper than shared memory pays.
-        illegal(!(128..=256).contains(&(c.stages * c.bk)), || format!("{} stages of bk {} is not 128..=256 deep", c.stages, c.bk))?;
+        illegal(!(128..=256).contains(&(c.stages * c.bk)), || {
+            format!("{} stages of bk {} is not 128..=256 deep", c.stages, c.bk)
+        })?;
         // Tiles under 128 rows serve small M, which is memory bound: deep bk 64 stages.
-        illegal(c.bm < 128 && c.bk != 64, || format!("bm {} needs bk 64", c.bm))?;
+        illegal(c.bm < 128 && c.bk != 64, || {
+            format!("bm {} needs bk 64", c.bm)
+        })?;
         // Split-K is for small M (few tiles): one warp row and at most 128 columns per tile.
-        illegal(c.split_k > 1 && (c.warps_m != 1 || c.bn > 128), || format!("split_k {} needs warps_m 1 and bn <= 128", c.split_k))?;
+        illegal(c.split_k > 1 && (c.warps_m != 1 || c.bn > 128), || {
+            format!("split_k {} needs warps_m 1 and bn <= 128", c.split_k)
+        })?;
         // The split counts the reduction is written for.
-        illegal(![1, 2, 4, 8, 16].contains(&c.split_k), || format!("split_k {} is not 1, 2, 4, 8 or 16", c.split_k))?;
+        illegal(![1, 2, 4, 8, 16].contains(&c.split_k), || {
+            format!("split_k {} is not 1, 2, 4, 8 or 16", c.split_k)
+        })?;
         Ok(())
     }
 
     fn check_problem(p: &GemmBf16Problem, c: &GemmBf16Config) -> Result<(), Illegal> {
         // Every split gets at least one bk block of K.
-        illegal(k_tiles(p, c) < c.split_k as u64, || format!("k {} has {} blocks of {} for split_k {}", p.k, k_tiles(p, c), c.bk, c.split_k))?;
+        illegal(k_tiles(p, c) < c.split_k as u64, || {
+            format!(
+                "k {} has {} blocks of {} for split_k {}",
+                p.k,
+                k_tiles(p, c),
+                c.bk,
+                c.split_k
+            )
+        })?;
         // grid.x holds every tile.
-        illegal(tiles(p, c) > i32::MAX as u64, || format!("{} tiles exceed grid.x", tiles(p, c)))?;
+        illegal(tiles(p, c) > i32::MAX as u64, || {
+            format!("{} tiles exceed grid.x", tiles(p, c))
+        })?;
         // The fp32 partials stay a modest scratch buffer.
         let ws = workspace_floats(p, c) * 4;
-        illegal(ws > MAX_WORKSPACE_BYTES as u64, || format!("split-K workspace of {ws} B exceeds {MAX_WORKSPACE_BYTES}"))?;
+        illegal(ws > MAX_WORKSPACE_BYTES as u64, || {
+            format!("split-K workspace of {ws} B exceeds {MAX_WORKSPACE_BYTES}")
+        })?;
         Ok(())
     }
 
     fn supports(p: &GemmBf16Problem) -> Result<(), Unsupported> {
-        let no = |reason: String| Unsupported { family: Self::NAME, problem: format!("{p:?}"), reason };
+        let no = |reason: String| Unsupported {
+            family: Self::NAME,
+            problem: format!("{p:?}"),
+            reason,
+        };
         if p.m == 0 || p.n == 0 || p.k == 0 {
             return Err(no("m, n and k must be at least 1".into()));
         }
         if p.m > MAX_DIM || p.n > MAX_DIM || p.k > MAX_DIM {
-            return Err(no(format!("m, n and k must be at most 2^30 (the kernel indexes with int)")));
+            return Err(no(
+                "m, n and k must be at most 2^30 (the kernel indexes with int)".into(),
+            ));
         }
         let (m, n, k) = (p.m as u64, p.n as u64, p.k as u64);
         if m * k > MAX_OPERAND || n * k > MAX_OPERAND || m * n > MAX_OPERAND {
-            return Err(no("an operand exceeds 2^36 elements (128 GiB of bf16)".into()));
+            return Err(no(
+                "an operand exceeds 2^36 elements (128 GiB of bf16)".into()
+            ));
         }
         Ok(())
     }
@@ -312,14 +395,38 @@ impl Family for GemmBf16 {
 
     fn args() -> Vec<KernelArg> {
         vec![
-            KernelArg { name: "A", c_type: "const __nv_bfloat16*" },
-            KernelArg { name: "B", c_type: "const __nv_bfloat16*" },
-            KernelArg { name: "C", c_type: "__nv_bfloat16*" },
-            KernelArg { name: "workspace", c_type: "float*" },
-            KernelArg { name: "counters", c_type: "unsigned int*" },
-            KernelArg { name: "M", c_type: "int" },
-            KernelArg { name: "N", c_type: "int" },
-            KernelArg { name: "K", c_type: "int" },
+            KernelArg {
+                name: "A",
+                c_type: "const __nv_bfloat16*",
+            },
+            KernelArg {
+                name: "B",
+                c_type: "const __nv_bfloat16*",
+            },
+            KernelArg {
+                name: "C",
+                c_type: "__nv_bfloat16*",
+            },
+            KernelArg {
+                name: "workspace",
+                c_type: "float*",
+            },
+            KernelArg {
+                name: "counters",
+                c_type: "unsigned int*",
+            },
+            KernelArg {
+                name: "M",
+                c_type: "int",
+            },
+            KernelArg {
+                name: "N",
+                c_type: "int",
+            },
+            KernelArg {
+                name: "K",
+                c_type: "int",
+            },
         ]
     }
 
@@ -337,6 +444,38 @@ impl Family for GemmBf16 {
         (workspace_floats(p, c) * 4) as usize
     }
 
+    /// Split-K needs both: fp32 partials (no init) and per-tile counters
+    /// (zeroed once; every launch leaves them zero).
+    fn scratch(p: &GemmBf16Problem, c: &GemmBf16Config) -> Vec<Scratch> {
+        vec![
+            Scratch {
+                arg: "workspace",
+                bytes: Self::workspace_bytes(p, c),
+                zero_init: false,
+            },
+            Scratch {
+                arg: "counters",
+                bytes: counters_len(p, c) * 4,
+                zero_init: true,
+            },
+        ]
+    }
+
+    /// A config tuned for the same N and K serves any M; the nearest M at or
+    /// above the wanted one is preferred (its tiles and split cover the rows),
+    /// then the nearest below.
+    fn bucket_distance(tuned: &GemmBf16Problem, wanted: &GemmBf16Problem) -> Option<f64> {
+        if tuned.n != wanted.n || tuned.k != wanted.k || is_aligned(tuned) != is_aligned(wanted) {
+            return None;
+        }
+        let (t, w) = (tuned.m as f64, wanted.m as f64);
+        Some(if t >= w {
+            t / w - 1.0
+        } else {
+            1e6 * (w / t - 1.0)
+        })
+    }
+
     fn flops(p: &GemmBf16Problem) -> f64 {
         2.0 * p.m as f64 * p.n as f64 * p.k as f64
     }
@@ -348,25 +487,41 @@ impl Family for GemmBf16 {
 
     fn default_config(p: &GemmBf16Problem) -> GemmBf16Config {
         const SMS: u64 = 132;
-        let cfg = |bm, bn, bk, warps_m, warps_n, stages| GemmBf16Config { bm, bn, bk, warps_m, warps_n, stages, split_k: 1 };
-        // Small M is memory bound: one warp row, deep bk-64 stages.
-        let mut c = if p.m <= 16 {
+        let cfg = |bm, bn, bk, warps_m, warps_n, stages| GemmBf16Config {
+            bm,
+            bn,
+            bk,
+            warps_m,
+            warps_n,
+            stages,
+            split_k: 1,
+        };
+        // Small M is memory bound: one warp row, deep bk-64 stages. Large problems: 128x128 tiles
+        // with the 64x64 warp tile mma.sync likes best, once they fill both CTA slots of every SM.
+        // In between: 64x128 tiles with 64x32 warp tiles (and split-K below when few).
+        let large = cfg(128, 128, 64, 2, 2, 3);
+        let mut c = if p.n <= 64 && p.m <= 32 {
+            // Narrow outputs (a router): 64-column tiles waste less of the tile.
+            cfg(32, 64, 64, 1, 2, 4)
+        } else if p.n <= 64 && p.m <= 256 {
+            cfg(64, 64, 64, 1, 2, 3)
+        } else if p.m <= 16 {
             cfg(16, 128, 64, 1, 2, 4)
         } else if p.m <= 32 {
             cfg(32, 128, 64, 1, 4, 4)
-        } else if p.m <= 64 {
-            cfg(64, 128, 64, 1, 4, 4)
-        } else if tiles(p, &cfg(128, 128, 32, 2, 2, 4)) >= SMS {
-            // Enough 128x128 tiles to fill the GPU: the classic 64x64-per-warp tile.
-            cfg(128, 128, 32, 2, 2, 4)
+        } else if p.m > 64 && tiles(p, &large) >= 2 * SMS {
+            large
         } else {
-            cfg(64, 128, 64, 2, 2, 4)
+            cfg(64, 128, 64, 1, 4, 3)
         };
         // Too few tiles for the SMs: split K (skinny configs only), keeping >= 4 K blocks per
         // split so the pipeline fills, and the workspace within bounds.
         if c.warps_m == 1 {
             for split in [16, 8, 4, 2] {
-                let s = GemmBf16Config { split_k: split, ..c.clone() };
+                let s = GemmBf16Config {
+                    split_k: split,
+                    ..c.clone()
+                };
                 if tiles(p, &s) * split as u64 <= 2 * SMS
                     && k_tiles(p, &s) >= 4 * split as u64
                     && Self::check_problem(p, &s).is_ok()
@@ -399,21 +554,32 @@ impl Family for GemmBf16 {
         let waves = (ctas / slots).ceil();
 
         // Tensor-core time: padded tile work, quantised to whole waves. mma.sync reaches
-        // ~600 TFLOP/s with 64x64 warp tiles and less with smaller ones.
+        // ~430 TFLOP/s on an H200 with 64x64 warp tiles (its pipe peak is ~600) and less
+        // with smaller ones.
         let warp_tile = (c.warp_tile_m() * c.warp_tile_n()) as f64 / (64.0 * 64.0);
         let warps_per_sm = (per_sm * threads / 32.0).min(16.0);
-        let efficiency = (0.45 + 0.55 * warp_tile) * (warps_per_sm / 8.0).min(1.0);
+        // Each K tile costs a barrier and a pipeline bubble: deeper bk amortises it.
+        let per_tile = c.bk as f64 / (c.bk as f64 + 8.0);
+        let efficiency = (0.45 + 0.55 * warp_tile) * (warps_per_sm / 8.0).min(1.0) * per_tile;
         let cta_flops = 2.0 * c.bm as f64 * c.bn as f64 * (kt / split).ceil() * c.bk as f64;
-        let compute_s = waves * slots * cta_flops / (efficiency * 600e12);
+        // The unaligned branch gathers with 2-byte loads: ~0.3x the tensor rate and ~0.4x the
+        // streaming rate of the cp.async branch on H200 measurements.
+        let (compute_scale, memory_scale) = if is_aligned(p) {
+            (1.0, 1.0)
+        } else {
+            (0.3, 0.4)
+        };
+        let compute_s = waves * slots * cta_flops / (efficiency * compute_scale * 480e12);
 
         // DRAM bytes: A once per launch (a group's rows stay in L2), B once per group of
-        // GROUP_M tile rows, C once, split-K partials written and read back once.
+        // GROUP_M tile rows, C once, split-K partials written and read back once; ~4 TB/s
+        // (measured streaming rate of this kernel on an H200).
         let k = p.k as f64;
         let a_bytes = tiles_m * c.bm as f64 * k * 2.0;
         let b_bytes = tiles_n * c.bn as f64 * k * 2.0 * (tiles_m / GROUP_M as f64).ceil();
         let c_bytes = p.m as f64 * p.n as f64 * 2.0;
         let ws_bytes = 2.0 * workspace_floats(p, c) as f64 * 4.0;
-        let memory_s = (a_bytes + b_bytes + c_bytes + ws_bytes) / 3.5e12;
+        let memory_s = (a_bytes + b_bytes + c_bytes + ws_bytes) / (memory_scale * 4.0e12);
 
         // Latency: each CTA walks its K slice serially, ~0.8 us per DRAM round trip with
         // stages-1 tiles in flight.
@@ -424,7 +590,14 @@ impl Family for GemmBf16 {
     }
 
     fn branch_problems() -> Vec<GemmBf16Problem> {
-        vec![GemmBf16Problem { m: 128, n: 128, k: 128 }, GemmBf16Problem { m: 7, n: 75, k: 77 }]
+        vec![
+            GemmBf16Problem {
+                m: 128,
+                n: 128,
+                k: 128,
+            },
+            GemmBf16Problem { m: 7, n: 75, k: 77 },
+        ]
     }
 }
 
@@ -471,7 +644,11 @@ mod tests {
     fn legal_space_is_large_enough_and_small_enough() {
         let legal = GemmBf16::legal_space(&limits());
         assert!(legal.len() >= 20, "only {} legal configs", legal.len());
-        assert!(legal.len() <= 150, "{} legal configs: too many to compile in CI", legal.len());
+        assert!(
+            legal.len() <= 150,
+            "{} legal configs: too many to compile in CI",
+            legal.len()
+        );
         assert!(legal.iter().any(|c| c.split_k == 16));
         assert!(legal.iter().any(|c| c.bm == 16));
         assert!(legal.iter().any(|c| c.bm == 256));
@@ -486,7 +663,10 @@ mod tests {
                 assert_eq!(g.block, [c.threads(), 1, 1]);
                 assert!(g.threads_per_block() <= l.max_threads_per_block);
                 assert!(g.dynamic_smem_bytes <= l.max_dynamic_smem_per_block);
-                assert!(g.dynamic_smem_bytes >= 4, "split-K flag lives in shared memory");
+                assert!(
+                    g.dynamic_smem_bytes >= 4,
+                    "split-K flag lives in shared memory"
+                );
                 assert_eq!(g.grid[2], c.split_k);
                 assert_eq!(g.grid[0] as u64, tiles(&p, &c));
                 assert_eq!(g.cluster, [1, 1, 1]);
@@ -501,7 +681,10 @@ mod tests {
     #[test]
     fn default_config_is_legal_for_many_problems() {
         let l = limits();
-        let dims = [1u32, 2, 7, 8, 15, 16, 17, 31, 48, 64, 65, 127, 128, 129, 255, 256, 1000, 2048, 7168, 36864, 128815];
+        let dims = [
+            1u32, 2, 7, 8, 15, 16, 17, 31, 48, 64, 65, 127, 128, 129, 255, 256, 1000, 2048, 7168,
+            36864, 128815,
+        ];
         let ks = [1u32, 7, 8, 9, 63, 64, 77, 1024, 2048, 7168, 16384, 18432];
         for &m in &dims {
             for &n in &dims {
@@ -511,8 +694,10 @@ mod tests {
                         continue;
                     }
                     let c = GemmBf16::default_config(&p);
-                    GemmBf16::check_config(&c, &l).unwrap_or_else(|e| panic!("{p:?} -> {c:?}: {e}"));
-                    GemmBf16::check_problem(&p, &c).unwrap_or_else(|e| panic!("{p:?} -> {c:?}: {e}"));
+                    GemmBf16::check_config(&c, &l)
+                        .unwrap_or_else(|e| panic!("{p:?} -> {c:?}: {e}"));
+                    GemmBf16::check_problem(&p, &c)
+                        .unwrap_or_else(|e| panic!("{p:?} -> {c:?}: {e}"));
                 }
             }
         }
@@ -525,7 +710,12 @@ mod tests {
 
     #[test]
     fn extreme_supported_problems_have_a_default() {
-        for p in [prob(1 << 30, 64, 64), prob(64, 1 << 30, 64), prob(1, 1, 1 << 30), prob(1 << 18, 1 << 18, 1)] {
+        for p in [
+            prob(1 << 30, 64, 64),
+            prob(64, 1 << 30, 64),
+            prob(1, 1, 1 << 30),
+            prob(1 << 18, 1 << 18, 1),
+        ] {
             GemmBf16::supports(&p).unwrap();
             let c = GemmBf16::default_config(&p);
             GemmBf16::check_problem(&p, &c).unwrap_or_else(|e| panic!("{p:?}: {e}"));
@@ -540,7 +730,10 @@ mod tests {
         let mut seen = HashSet::new();
         for c in GemmBf16::legal_space(&limits()) {
             for p in GemmBf16::branch_problems() {
-                assert!(seen.insert(GemmBf16::entry(&p, &c)), "duplicate entry for {c:?}");
+                assert!(
+                    seen.insert(GemmBf16::entry(&p, &c)),
+                    "duplicate entry for {c:?}"
+                );
             }
         }
         assert_eq!(seen.len(), 2 * GemmBf16::legal_space(&limits()).len());
@@ -564,8 +757,14 @@ mod tests {
             let keys: BTreeSet<String> = vars.keys().cloned().collect();
             let missing: Vec<_> = used.difference(&keys).collect();
             let unused: Vec<_> = keys.difference(&used).collect();
-            assert!(missing.is_empty(), "template uses {missing:?}, render_vars lacks them");
-            assert!(unused.is_empty(), "render_vars has {unused:?}, the template never reads them");
+            assert!(
+                missing.is_empty(),
+                "template uses {missing:?}, render_vars lacks them"
+            );
+            assert!(
+                unused.is_empty(),
+                "render_vars has {unused:?}, the template never reads them"
+            );
             assert_eq!(vars["entry"], json!(GemmBf16::entry(&p, &c)));
         }
     }
@@ -573,8 +772,14 @@ mod tests {
     #[test]
     fn source_depends_on_the_problem_only_through_alignment() {
         let c = GemmBf16::default_config(&prob(4096, 4096, 4096));
-        assert_eq!(GemmBf16::render_vars(&prob(4096, 4096, 4096), &c), GemmBf16::render_vars(&prob(3, 5, 8), &c));
-        assert_ne!(GemmBf16::render_vars(&prob(4096, 4096, 4096), &c), GemmBf16::render_vars(&prob(3, 5, 7), &c));
+        assert_eq!(
+            GemmBf16::render_vars(&prob(4096, 4096, 4096), &c),
+            GemmBf16::render_vars(&prob(3, 5, 8), &c)
+        );
+        assert_ne!(
+            GemmBf16::render_vars(&prob(4096, 4096, 4096), &c),
+            GemmBf16::render_vars(&prob(3, 5, 7), &c)
+        );
     }
 
     #[test]
@@ -588,23 +793,48 @@ mod tests {
     #[test]
     fn cpu_reference_multiplies_by_b_transposed() {
         // A = [[1, 2], [3, 4]], B = [[5, 6], [7, 8], [1, 0]] (n = 3): C = A B^T.
-        let c = reference_cpu(&[1.0, 2.0, 3.0, 4.0], &[5.0, 6.0, 7.0, 8.0, 1.0, 0.0], 2, 3, 2);
+        let c = reference_cpu(
+            &[1.0, 2.0, 3.0, 4.0],
+            &[5.0, 6.0, 7.0, 8.0, 1.0, 0.0],
+            2,
+            3,
+            2,
+        );
         assert_eq!(c, vec![17.0, 23.0, 1.0, 39.0, 53.0, 3.0]);
     }
 
     #[test]
     fn workspace_and_counters() {
         let p = prob(16, 48, 7168);
-        let c = GemmBf16Config { bm: 16, bn: 128, bk: 64, warps_m: 1, warps_n: 2, stages: 4, split_k: 8 };
+        let c = GemmBf16Config {
+            bm: 16,
+            bn: 128,
+            bk: 64,
+            warps_m: 1,
+            warps_n: 2,
+            stages: 4,
+            split_k: 8,
+        };
         assert!(GemmBf16::check_config(&c, &limits()).is_ok());
         assert_eq!(GemmBf16::workspace_bytes(&p, &c), 8 * 16 * 128 * 4);
         assert_eq!(counters_len(&p, &c), 1);
-        let one = GemmBf16Config { split_k: 1, ..c.clone() };
+        let one = GemmBf16Config {
+            split_k: 1,
+            ..c.clone()
+        };
         assert_eq!(GemmBf16::workspace_bytes(&p, &one), 0);
         assert_eq!(counters_len(&p, &one), 0);
         // Splits deeper than K allows, and absurd workspaces, are rejected.
         assert!(GemmBf16::check_problem(&prob(16, 48, 64 * 7), &c).is_err());
-        let big = GemmBf16Config { bm: 64, bn: 128, bk: 64, warps_m: 1, warps_n: 4, stages: 4, split_k: 16 };
+        let big = GemmBf16Config {
+            bm: 64,
+            bn: 128,
+            bk: 64,
+            warps_m: 1,
+            warps_n: 4,
+            stages: 4,
+            split_k: 16,
+        };
         assert!(GemmBf16::check_problem(&prob(8192, 8192, 8192), &big).is_err());
     }
 
@@ -612,15 +842,44 @@ mod tests {
     fn estimate_ranks_obvious_cases() {
         let l = limits();
         let big = prob(4096, 4096, 4096);
-        let large_tile = GemmBf16Config { bm: 128, bn: 128, bk: 32, warps_m: 2, warps_n: 2, stages: 4, split_k: 1 };
-        let small_tile = GemmBf16Config { bm: 16, bn: 128, bk: 64, warps_m: 1, warps_n: 2, stages: 4, split_k: 1 };
-        let (a, b) = (GemmBf16::estimate_us(&big, &large_tile, &l), GemmBf16::estimate_us(&big, &small_tile, &l));
+        let large_tile = GemmBf16Config {
+            bm: 128,
+            bn: 128,
+            bk: 32,
+            warps_m: 2,
+            warps_n: 2,
+            stages: 4,
+            split_k: 1,
+        };
+        let small_tile = GemmBf16Config {
+            bm: 16,
+            bn: 128,
+            bk: 64,
+            warps_m: 1,
+            warps_n: 2,
+            stages: 4,
+            split_k: 1,
+        };
+        let (a, b) = (
+            GemmBf16::estimate_us(&big, &large_tile, &l),
+            GemmBf16::estimate_us(&big, &small_tile, &l),
+        );
         assert!(a.is_finite() && a > 0.0 && a < b, "{a} vs {b}");
         let decode = prob(16, 48, 7168);
-        let split = GemmBf16Config { split_k: 8, ..small_tile.clone() };
-        assert!(GemmBf16::estimate_us(&decode, &split, &l) < GemmBf16::estimate_us(&decode, &small_tile, &l));
+        let split = GemmBf16Config {
+            split_k: 8,
+            ..small_tile.clone()
+        };
+        assert!(
+            GemmBf16::estimate_us(&decode, &split, &l)
+                < GemmBf16::estimate_us(&decode, &small_tile, &l)
+        );
         for c in GemmBf16::legal_space(&l) {
-            for p in [prob(1, 1, 7168), prob(2048, 36864, 7168), prob(256, 128815, 7168)] {
+            for p in [
+                prob(1, 1, 7168),
+                prob(2048, 36864, 7168),
+                prob(256, 128815, 7168),
+            ] {
                 let t = GemmBf16::estimate_us(&p, &c, &l);
                 assert!(t.is_finite() && t > 0.0, "{c:?} on {p:?}: {t}");
             }

@@ -71,7 +71,14 @@ mod tests {
     #[test]
     fn attention_shapes_match_the_design() {
         let c = Step3Config::step3();
-        assert_eq!(c.attention_linears(), vec![("qkv", 2560, 7168), ("wq", 16384, 2048), ("o_proj", 7168, 16384)]);
+        assert_eq!(
+            c.attention_linears(),
+            vec![
+                ("qkv", 2560, 7168),
+                ("wq", 16384, 2048),
+                ("o_proj", 7168, 16384)
+            ]
+        );
         assert_eq!(c.router(), ("router", 48, 7168));
         assert_eq!(c.lm_head(), ("lm_head", 128815, 7168));
     }

@@ -26,7 +26,10 @@ pub fn step3_bf16() -> Preset {
     for (name, n, k) in layers {
         for m in DECODE_BATCHES {
             let p = GemmBf16Problem { m, n, k };
-            problems.push((format!("{name} M={m}"), serde_json::to_value(p).expect("problems serialise")));
+            problems.push((
+                format!("{name} M={m}"),
+                serde_json::to_value(p).expect("problems serialise"),
+            ));
         }
     }
     Preset {
@@ -53,7 +56,11 @@ mod tests {
     fn step3_bf16_covers_the_issue_shapes() {
         let p = step3_bf16();
         assert_eq!(p.problems.len(), 20);
-        let has = |m: u32, n: u32, k: u32| p.problems.iter().any(|(_, v)| *v == serde_json::json!({"m": m, "n": n, "k": k}));
+        let has = |m: u32, n: u32, k: u32| {
+            p.problems
+                .iter()
+                .any(|(_, v)| *v == serde_json::json!({"m": m, "n": n, "k": k}))
+        };
         assert!(has(1, 48, 7168) && has(256, 128815, 7168));
         assert!(has(32, 2560, 7168) && has(128, 16384, 2048) && has(256, 7168, 16384));
     }

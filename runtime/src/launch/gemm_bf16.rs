@@ -35,12 +35,21 @@ fn check_problem(p: &GemmBf16Problem, c: &GemmBf16Config) -> Result<()> {
 
 impl GemmBf16Kernel {
     /// Load a variant from its cubin; `problem` picks the template branch it was built for.
-    pub fn from_cubin(device: &Device, cubin: &[u8], problem: &GemmBf16Problem, config: &GemmBf16Config) -> Result<Self> {
+    pub fn from_cubin(
+        device: &Device,
+        cubin: &[u8],
+        problem: &GemmBf16Problem,
+        config: &GemmBf16Config,
+    ) -> Result<Self> {
         check_problem(problem, config)?;
         let entry = GemmBf16::entry(problem, config);
         let smem = GemmBf16::geometry(problem, config).dynamic_smem_bytes;
         let kernel = LoadedKernel::load(device, cubin, &entry, smem)?;
-        Ok(GemmBf16Kernel { config: config.clone(), aligned: fam::is_aligned(problem), kernel })
+        Ok(GemmBf16Kernel {
+            config: config.clone(),
+            aligned: fam::is_aligned(problem),
+            kernel,
+        })
     }
 
     /// Render, compile (through the compile cache) and load a variant.
@@ -82,19 +91,39 @@ impl GemmBf16Kernel {
             return Err(RuntimeError::IllegalConfig {
                 config: self.kernel.entry.clone(),
                 problem: format!("{problem:?}"),
-                reason: "the variant was built for another K alignment class; load the matching one".into(),
+                reason:
+                    "the variant was built for another K alignment class; load the matching one"
+                        .into(),
             });
         }
         let (m, n, k) = (problem.m as usize, problem.n as usize, problem.k as usize);
         need("A", a.len(), m * k)?;
         need("B", b.len(), n * k)?;
         need("C", c.len(), m * n)?;
-        need("workspace", ws.partials.len() * 4, GemmBf16::workspace_bytes(problem, &self.config))?;
-        need("counters", ws.counters.len(), fam::counters_len(problem, &self.config))?;
-        let cfg = self.kernel.config(&GemmBf16::geometry(problem, &self.config))?;
+        need(
+            "workspace",
+            ws.partials.len() * 4,
+            GemmBf16::workspace_bytes(problem, &self.config),
+        )?;
+        need(
+            "counters",
+            ws.counters.len(),
+            fam::counters_len(problem, &self.config),
+        )?;
+        let cfg = self
+            .kernel
+            .config(&GemmBf16::geometry(problem, &self.config))?;
         let (mi, ni, ki) = (problem.m as i32, problem.n as i32, problem.k as i32);
         let mut launch = stream.launch_builder(&self.kernel.func);
-        launch.arg(a).arg(b).arg(c).arg(&mut ws.partials).arg(&mut ws.counters).arg(&mi).arg(&ni).arg(&ki);
+        launch
+            .arg(a)
+            .arg(b)
+            .arg(c)
+            .arg(&mut ws.partials)
+            .arg(&mut ws.counters)
+            .arg(&mi)
+            .arg(&ni)
+            .arg(&ki);
         // SAFETY: the argument list matches the template's fixed signature
         // (A, B, C, workspace, counters, M, N, K) listed by `GemmBf16::args()`;
         // buffer sizes were checked above against the problem, and the
@@ -118,7 +147,9 @@ impl GemmBf16Reference {
             source: fam::REFERENCE_SOURCE.into(),
         };
         let compiled = compiler.compile(&src, &kiln_codegen::CompileOptions::default())?;
-        Ok(GemmBf16Reference { kernel: LoadedKernel::load(device, &compiled.cubin, fam::REFERENCE_ENTRY, 0)? })
+        Ok(GemmBf16Reference {
+            kernel: LoadedKernel::load(device, &compiled.cubin, fam::REFERENCE_ENTRY, 0)?,
+        })
     }
 
     pub fn launch(
@@ -134,7 +165,9 @@ impl GemmBf16Reference {
         need("A", a.len(), m * k)?;
         need("B", b.len(), n * k)?;
         need("C", c.len(), m * n)?;
-        let cfg = self.kernel.config(&fam::reference_geometry(problem.m, problem.n))?;
+        let cfg = self
+            .kernel
+            .config(&fam::reference_geometry(problem.m, problem.n))?;
         let (mi, ni, ki) = (problem.m as i32, problem.n as i32, problem.k as i32);
         let mut launch = stream.launch_builder(&self.kernel.func);
         launch.arg(a).arg(b).arg(c).arg(&mi).arg(&ni).arg(&ki);

@@ -20,7 +20,15 @@ impl Replay {
             times: times.iter().map(|(c, t)| (*c, t.to_vec())).collect(),
             failures: failures
                 .iter()
-                .map(|(c, o)| (*c, Failure { outcome: o, reason: format!("recorded {o}") }))
+                .map(|(c, o)| {
+                    (
+                        *c,
+                        Failure {
+                            outcome: o,
+                            reason: format!("recorded {o}"),
+                        },
+                    )
+                })
                 .collect(),
             prepared: Vec::new(),
             timed: Vec::new(),
@@ -36,7 +44,10 @@ impl Evaluator<u32> for Replay {
             .iter()
             .map(|c| match self.failures.get(c) {
                 Some(f) if f.outcome != "launch_failed" => Err(f.clone()),
-                _ => Ok(Prepared { max_rel_err: 1e-3, registers: Some(64) }),
+                _ => Ok(Prepared {
+                    max_rel_err: 1e-3,
+                    registers: Some(64),
+                }),
             })
             .collect()
     }
@@ -54,21 +65,41 @@ impl Evaluator<u32> for Replay {
 }
 
 fn opts() -> SearchOptions {
-    SearchOptions { exhaustive_max: 8, shortlist: 4, round_reps: vec![3, 9], ..Default::default() }
+    SearchOptions {
+        exhaustive_max: 8,
+        shortlist: 4,
+        round_reps: vec![3, 9],
+        ..Default::default()
+    }
 }
 
 #[test]
 fn exhaustive_picks_the_fastest_and_records_every_failure() {
     let mut ev = Replay::new(
-        &[(1, &[10.0]), (2, &[8.0, 8.2, 7.9]), (3, &[9.0]), (4, &[1.0])],
+        &[
+            (1, &[10.0]),
+            (2, &[8.0, 8.2, 7.9]),
+            (3, &[9.0]),
+            (4, &[1.0]),
+        ],
         &[(4, "invalid"), (5, "compile_failed"), (6, "launch_failed")],
     );
     let cands = (1..=6).map(|c| (c, c as f64)).collect();
     let r = search(cands, 1.0, &mut ev, &opts());
     let (w, m, _) = r.winner.unwrap();
-    assert_eq!(w, 2, "a config that failed validation must never win, however fast");
+    assert_eq!(
+        w, 2,
+        "a config that failed validation must never win, however fast"
+    );
     assert!((m.median_us - 8.0).abs() < 0.3);
-    let outcome = |c: u32| r.records.iter().find(|x| x.config == serde_json::json!(c)).unwrap().outcome.clone();
+    let outcome = |c: u32| {
+        r.records
+            .iter()
+            .find(|x| x.config == serde_json::json!(c))
+            .unwrap()
+            .outcome
+            .clone()
+    };
     assert_eq!(outcome(4), "invalid");
     assert_eq!(outcome(5), "compile_failed");
     assert_eq!(outcome(6), "launch_failed");
@@ -79,13 +110,19 @@ fn exhaustive_picks_the_fastest_and_records_every_failure() {
 #[test]
 fn large_spaces_use_the_prior_then_halving() {
     // 20 configs; the prior ranks by id, the truth favours 3.
-    let truth: Vec<(u32, Vec<f64>)> = (0..20).map(|c| (c, vec![if c == 3 { 5.0 } else { 10.0 + c as f64 }])).collect();
+    let truth: Vec<(u32, Vec<f64>)> = (0..20)
+        .map(|c| (c, vec![if c == 3 { 5.0 } else { 10.0 + c as f64 }]))
+        .collect();
     let times: Vec<(u32, &[f64])> = truth.iter().map(|(c, t)| (*c, t.as_slice())).collect();
     let mut ev = Replay::new(&times, &[]);
     let cands = (0..20).map(|c| (c, c as f64)).collect();
     let r = search(cands, 1.0, &mut ev, &opts());
     assert_eq!(r.winner.unwrap().0, 3);
-    assert_eq!(ev.prepared, vec![0, 1, 2, 3], "only the shortlist is compiled");
+    assert_eq!(
+        ev.prepared,
+        vec![0, 1, 2, 3],
+        "only the shortlist is compiled"
+    );
     let pruned = r.records.iter().filter(|x| x.outcome == "pruned").count();
     assert_eq!(pruned, 16);
 }
@@ -95,7 +132,11 @@ fn slow_candidates_stop_early() {
     let mut ev = Replay::new(&[(0, &[5.0]), (1, &[50.0]), (2, &[5.5])], &[]);
     let r = search(vec![(0, 0.0), (1, 1.0), (2, 2.0)], 0.1, &mut ev, &opts());
     assert_eq!(r.winner.unwrap().0, 0);
-    let rec = r.records.iter().find(|x| x.config == serde_json::json!(1)).unwrap();
+    let rec = r
+        .records
+        .iter()
+        .find(|x| x.config == serde_json::json!(1))
+        .unwrap();
     assert_eq!(rec.outcome, "stopped");
     // Config 1 was timed once (round 0) and never again.
     assert_eq!(ev.timed.iter().filter(|(c, _)| *c == 1).count(), 1);
@@ -107,7 +148,11 @@ fn near_ties_break_deterministically_whatever_the_order() {
         let mut ev = Replay::new(&[(7, &[10.0, 10.04]), (3, &[10.05, 10.0])], &[]);
         let cands = order.iter().map(|&c| (c, 0.0)).collect();
         let r = search(cands, 1.0, &mut ev, &opts());
-        assert_eq!(r.winner.unwrap().0, 3, "within the tie tolerance the smaller config wins");
+        assert_eq!(
+            r.winner.unwrap().0,
+            3,
+            "within the tie tolerance the smaller config wins"
+        );
     }
 }
 
@@ -134,7 +179,19 @@ fn everything_failing_gives_no_winner() {
 #[test]
 fn the_reconfirmation_can_overturn_a_lucky_first_round() {
     // Config 1 looks fast in round 0 (3 runs) and is slow afterwards.
-    let mut ev = Replay::new(&[(0, &[6.0]), (1, &[4.0, 4.0, 4.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0])], &[]);
+    let mut ev = Replay::new(
+        &[
+            (0, &[6.0]),
+            (
+                1,
+                &[
+                    4.0, 4.0, 4.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0,
+                    9.0, 9.0, 9.0, 9.0, 9.0,
+                ],
+            ),
+        ],
+        &[],
+    );
     let r = search(vec![(1, 0.0), (0, 1.0)], 1.0, &mut ev, &opts());
     assert_eq!(r.winner.unwrap().0, 0);
 }
