@@ -21,6 +21,13 @@ for line in sys.stdin:
 cp "$exe" .gpu/gpu-tests
 strip .gpu/kiln .gpu/gpu-tests
 cp scripts/gpu-run.sh .gpu/gpu-run.sh
+cp -r scripts/gpu-steps .gpu/steps
+# The C example, with the runtime library and libcudart beside it.
+cargo build --release -p kiln-runtime --lib
+examples/c/build.sh .gpu/c/gemm_bf16
+cudart=$(ls .kiln/toolchain/nvidia/cu13/lib/libcudart.so.13 2>/dev/null || true)
+if [ -n "$cudart" ]; then cp "$cudart" .gpu/c/; fi
+strip .gpu/c/libkiln_runtime.so 2>/dev/null || true
 if [ -d benches/peers ]; then cp -r benches/peers .gpu/peers; fi
 if [ -d tuned ]; then cp -r tuned .gpu/tuned; fi
 du -sh .gpu

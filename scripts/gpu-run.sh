@@ -2,13 +2,16 @@
 # Runs ON the GPU machine (from .gpu/, laid out by scripts/gpu-bundle.sh):
 # GPU tests, then tuning and benchmarks when asked for. Everything lands in
 # $OUT as summary.json (one JSON object) and log.txt.
-#   KILN_STEPS="tests"   (default) which steps to run, space-separated
+#   KILN_STEPS="tests tune bench export ceilings"   (default) which steps to run
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 OUT="${OUT:-/tmp/kiln-out}"
 mkdir -p "$OUT/report"
 export KILN_CACHE=/tmp/kiln-cache KILN_GPU_REPORT="$OUT/report"
-steps="${KILN_STEPS:-tests}"
+steps="${KILN_STEPS:-tests tune bench export ceilings}"
+# cuBLAS (the baseline) may live outside the loader's path: add its folder.
+cublas=$(ls /usr/local/cuda/lib64/libcublas.so.13 2>/dev/null || find / -name 'libcublas.so.13' -not -path '/proc/*' 2>/dev/null | head -1)
+[ -n "$cublas" ] && export LD_LIBRARY_PATH="$(dirname "$cublas"):${LD_LIBRARY_PATH:-}"
 log="$OUT/log.txt"
 : >"$log"
 status=0

@@ -6,7 +6,6 @@
 //!
 //! Set KILN_GPU_REPORT to a folder to get a JSON summary of each test there.
 
-use std::collections::BTreeMap;
 
 use half::bf16;
 use kiln_codegen::families::gemm_bf16::{self as fam, GemmBf16, GemmBf16Config, GemmBf16Problem};
@@ -144,26 +143,22 @@ fn gemm_bf16_every_config_matches_the_references() {
 
     let limits = dev.info.limits();
     let configs: Vec<GemmBf16Config> = GemmBf16::legal_space(&limits);
-    // Compile every (config, branch) in parallel first.
-    let branches: Vec<GemmBf16Problem> = GemmBf16::branch_problems();
+    // Compile every (config, case) pair in parallel first; the loads below
+    // are then compile-cache hits.
+    let opts = CompileOptions::default();
     let work: Vec<(GemmBf16Config, GemmBf16Problem)> = configs
         .iter()
-        .flat_map(|c| branches.iter().map(move |p| (c.clone(), p.clone())))
+        .flat_map(|c| cases.iter().map(move |k| (c.clone(), k.problem.clone())))
+        .filter(|(c, p)| GemmBf16::check_problem(p, c).is_ok())
         .collect();
-    let opts = CompileOptions::default();
-    let compiled: Vec<_> = work
+    let compile_errors: Vec<String> = work
         .par_iter()
-        .map(|(c, p)| {
+        .filter_map(|(c, p)| {
             let src = kiln_codegen::render::render::<GemmBf16>(p, c).unwrap();
-            compiler.compile(&src, &opts).map(|k| k.cubin)
+            compiler.compile(&src, &opts).err().map(|e| e.to_string())
         })
         .collect();
-    let mut kernels: BTreeMap<(String, bool), GemmBf16Kernel> = BTreeMap::new();
-    for ((c, p), cubin) in work.iter().zip(compiled) {
-        let cubin = cubin.unwrap_or_else(|e| panic!("{e}"));
-        let k = GemmBf16Kernel::from_cubin(&dev, &cubin, p, c).unwrap_or_else(|e| panic!("{e}"));
-        kernels.insert((GemmBf16::entry(&p.clone(), c), fam::is_aligned(p)), k);
-    }
+    assert!(compile_errors.is_empty(), "{}", compile_errors.join("\n"));
 
     let mut failures = Vec::new();
     let mut per_config = Vec::new();
@@ -177,11 +172,8 @@ fn gemm_bf16_every_config_matches_the_references() {
             if GemmBf16::check_problem(p, c).is_err() {
                 continue;
             }
-            let branch = branches
-                .iter()
-                .find(|b| fam::is_aligned(b) == fam::is_aligned(p))
-                .unwrap();
-            let k = &kernels[&(GemmBf16::entry(branch, c), fam::is_aligned(p))];
+            let k = GemmBf16Kernel::compile(&dev, &compiler, p, c)
+                .unwrap_or_else(|e| panic!("{c:?} {p:?}: {e}"));
             let da = dev.upload(&case.a, "A").unwrap();
             let db = dev.upload(&case.b, "B").unwrap();
             let mut dc = dev

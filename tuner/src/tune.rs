@@ -139,6 +139,11 @@ pub fn open_artifact(
     }
 }
 
+/// Which problems still need tuning: those the artifact lacks, or all with `force`.
+pub fn pending(artifact: &Artifact, problems: &[serde_json::Value], force: bool) -> Vec<bool> {
+    problems.iter().map(|p| force || artifact.find(p).is_none()).collect()
+}
+
 /// Tune `gemm_bf16` for each problem.
 pub fn tune_gemm_bf16(
     device: &Device,
@@ -197,7 +202,7 @@ pub fn tune_gemm_bf16(
             reason,
             seconds: started.elapsed().as_secs_f64(),
         };
-        if artifact.find(&pjson).is_some() && !opts.force {
+        if !pending(&artifact, std::slice::from_ref(&pjson), opts.force)[0] {
             reports.push(report(
                 "skipped",
                 None,

@@ -1,0 +1,192 @@
+//! Robustness of tuned artifacts on the CPU side: truncated, hand-edited and
+//! foreign artifacts, template changes, and resuming a killed tuning run.
+
+use kiln_codegen::families::gemm_bf16::{GemmBf16, GemmBf16Problem};
+use kiln_codegen::Family;
+use kiln_runtime::artifact::{Artifact, ArtifactDevice, ArtifactToolchain, Entry};
+use kiln_runtime::dispatch::{Dispatch, Source};
+use kiln_runtime::DeviceInfo;
+use kiln_tuner::tune::{open_artifact, pending};
+use serde_json::json;
+
+fn h200() -> DeviceInfo {
+    DeviceInfo {
+        name: "NVIDIA H200".into(),
+        cc: [9, 0],
+        sms: 132,
+        l2_bytes: 60 << 20,
+        driver: 13000,
+        clock_mhz: 1980,
+        total_mem_bytes: 141 << 30,
+        max_smem_optin_bytes: 227 * 1024,
+    }
+}
+
+fn toolchain() -> ArtifactToolchain {
+    ArtifactToolchain {
+        nvrtc: "13.0".into(),
+        kiln: kiln_codegen::KILN_VERSION.into(),
+        template_sha256: kiln_codegen::registry::template_sha256(GemmBf16::TEMPLATE),
+    }
+}
+
+fn entry(p: &GemmBf16Problem) -> Entry {
+    Entry {
+        problem: serde_json::to_value(p).unwrap(),
+        config: serde_json::to_value(GemmBf16::default_config(p)).unwrap(),
+        median_us: 10.0,
+        p20_us: 9.5,
+        p80_us: 10.5,
+        pct_of_roofline: 40.0,
+        baseline: None,
+        speedup: None,
+        max_rel_err: 2e-3,
+        candidates_tried: 3,
+        tuned_at: "2026-11-29T00:00:00Z".into(),
+        candidates: Vec::new(),
+    }
+}
+
+fn artifact_with(problems: &[GemmBf16Problem]) -> Artifact {
+    let mut a = Artifact::new("gemm_bf16", ArtifactDevice::from_info(&h200(), None, None), toolchain());
+    for p in problems {
+        a.upsert(entry(p));
+    }
+    a
+}
+
+fn qkv(m: u32) -> GemmBf16Problem {
+    GemmBf16Problem { m, n: 2560, k: 7168 }
+}
+
+fn write(dir: &std::path::Path, art: &Artifact) -> std::path::PathBuf {
+    let path = Artifact::path(dir, "nvidia-h200", "gemm_bf16");
+    art.save(&path).unwrap();
+    path
+}
+
+#[test]
+fn exact_then_bucket_then_default() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &artifact_with(&[qkv(32), qkv(128)]));
+    let d = Dispatch::<GemmBf16>::load(dir.path(), &h200(), Some("13.0"));
+    assert!(d.notes.is_empty(), "{:?}", d.notes);
+    assert_eq!(d.select(&qkv(32)).source, Source::Exact);
+    // M=20 rounds up to the M=32 entry; M=200 has only a smaller bucket.
+    match d.select(&qkv(20)).source {
+        Source::Bucket { tuned_for, .. } => assert_eq!(tuned_for, json!({"m": 32, "n": 2560, "k": 7168})),
+        s => panic!("{s:?}"),
+    }
+    match d.select(&qkv(200)).source {
+        Source::Bucket { tuned_for, .. } => assert_eq!(tuned_for, json!({"m": 128, "n": 2560, "k": 7168})),
+        s => panic!("{s:?}"),
+    }
+    // Another N: nothing tuned says anything about it.
+    let other = GemmBf16Problem { m: 32, n: 48, k: 7168 };
+    let s = d.select(&other);
+    assert!(matches!(s.source, Source::Default { .. }));
+    assert_eq!(s.config, GemmBf16::default_config(&other));
+}
+
+#[test]
+fn a_truncated_artifact_is_reported_and_falls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), &artifact_with(&[qkv(1)]));
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+
+    let err = Artifact::load(&path).unwrap_err().to_string();
+    assert!(err.contains("not valid JSON") && err.contains("truncated"), "{err}");
+    let d = Dispatch::<GemmBf16>::load(dir.path(), &h200(), None);
+    assert!(d.notes.iter().any(|n| n.contains("using default configs")), "{:?}", d.notes);
+    assert!(matches!(d.select(&qkv(1)).source, Source::Default { .. }));
+
+    // The tuner refuses to overwrite it without --force, and leaves it untouched.
+    let mut notes = Vec::new();
+    let hdr = ArtifactDevice::from_info(&h200(), None, None);
+    let e = open_artifact(&path, "gemm_bf16", hdr.clone(), toolchain(), &h200(), false, &mut notes).unwrap_err();
+    assert!(e.to_string().contains("--force"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes[..bytes.len() / 2]);
+    let fresh = open_artifact(&path, "gemm_bf16", hdr, toolchain(), &h200(), true, &mut notes).unwrap();
+    assert!(fresh.entries.is_empty());
+}
+
+#[test]
+fn hand_edited_configs_are_rechecked_never_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut art = artifact_with(&[qkv(1), qkv(32)]);
+    // An illegal config (a tile of 7 rows) and one that no longer parses.
+    art.entries[0].config = json!({"kernel": "tiled", "bm": 7, "bn": 64, "bk": 32, "warps_m": 1, "warps_n": 1, "stages": 3, "split_k": 1});
+    art.entries[1].config = json!({"tile": "big"});
+    let path = write(dir.path(), &art);
+    let d = Dispatch::<GemmBf16>::load(dir.path(), &h200(), None);
+    for m in [1, 32] {
+        let s = d.select(&qkv(m));
+        assert!(matches!(s.source, Source::Default { .. }), "{m}: {:?}", s.source);
+        assert_eq!(s.config, GemmBf16::default_config(&qkv(m)));
+    }
+    // A negative time is a corrupt file, refused as a whole.
+    let mut bad = artifact_with(&[qkv(1)]);
+    bad.entries[0].median_us = -1.0;
+    bad.save(&path).unwrap();
+    assert!(Artifact::load(&path).unwrap_err().to_string().contains("non-positive"));
+}
+
+#[test]
+fn an_artifact_from_another_gpu_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut art = artifact_with(&[qkv(1)]);
+    art.device.name = "NVIDIA H100 80GB HBM3".into();
+    let path = write(dir.path(), &art);
+    let d = Dispatch::<GemmBf16>::load(dir.path(), &h200(), None);
+    assert!(d.artifact().is_none());
+    assert!(d.notes.iter().any(|n| n.contains("H100") && n.contains("kiln tune")), "{:?}", d.notes);
+    assert!(matches!(d.select(&qkv(1)).source, Source::Default { .. }));
+    let mut notes = Vec::new();
+    let hdr = ArtifactDevice::from_info(&h200(), None, None);
+    let e = open_artifact(&path, "gemm_bf16", hdr, toolchain(), &h200(), false, &mut notes).unwrap_err();
+    assert!(e.to_string().contains("H100"), "{e}");
+}
+
+#[test]
+fn a_changed_template_keeps_dispatching_but_is_retuned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut art = artifact_with(&[qkv(1)]);
+    art.toolchain.template_sha256 = "0".repeat(64);
+    let path = write(dir.path(), &art);
+    let d = Dispatch::<GemmBf16>::load(dir.path(), &h200(), None);
+    assert!(d.notes.iter().any(|n| n.contains("template changed")), "{:?}", d.notes);
+    assert_eq!(d.select(&qkv(1)).source, Source::Exact, "legal configs stay usable");
+    let mut notes = Vec::new();
+    let hdr = ArtifactDevice::from_info(&h200(), None, None);
+    let fresh = open_artifact(&path, "gemm_bf16", hdr, toolchain(), &h200(), false, &mut notes).unwrap();
+    assert!(fresh.entries.is_empty());
+    assert!(notes.iter().any(|n| n.contains("re-tuned")), "{notes:?}");
+}
+
+#[test]
+fn a_killed_run_resumes_without_losing_what_it_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let problems: Vec<serde_json::Value> = [1, 32, 128, 256].iter().map(|&m| serde_json::to_value(qkv(m)).unwrap()).collect();
+    let path = Artifact::path(dir.path(), "nvidia-h200", "gemm_bf16");
+    // The run saves after each problem; it is killed after the second.
+    {
+        let mut art = artifact_with(&[]);
+        for m in [1, 32] {
+            art.upsert(entry(&qkv(m)));
+            art.save(&path).unwrap();
+        }
+    }
+    let mut notes = Vec::new();
+    let hdr = ArtifactDevice::from_info(&h200(), None, None);
+    let resumed = open_artifact(&path, "gemm_bf16", hdr, toolchain(), &h200(), false, &mut notes).unwrap();
+    assert_eq!(resumed.entries.len(), 2);
+    assert_eq!(pending(&resumed, &problems, false), vec![false, false, true, true]);
+    assert_eq!(pending(&resumed, &problems, true), vec![true; 4]);
+    // No temp files are left beside the artifact.
+    let names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["gemm_bf16.json".to_string()]);
+}
