@@ -21,6 +21,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Never compile: any compile-cache miss is an error (same as KILN_NO_COMPILE=1);
+    /// proves a deployment runs from prebuilt kernels only.
+    #[arg(long, global = true)]
+    no_compile: bool,
 }
 
 #[derive(Subcommand)]
@@ -114,6 +118,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.no_compile {
+        // Before any thread starts: the compiler reads it when it is created.
+        std::env::set_var("KILN_NO_COMPILE", "1");
+    }
     let result = match cli.command {
         Command::Info { json } => cmd_info::info(json),
         Command::List { json } => cmd_info::list(json),
