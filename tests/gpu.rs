@@ -140,6 +140,11 @@ fn gemm_bf16_every_config_matches_the_references() {
     let refk = GemmBf16Reference::compile(&dev, &compiler).unwrap_or_else(|e| panic!("{e}"));
     cases.push(gpu_case(&dev, &refk, &mut rng, 1000, 2563, 2056));
     cases.push(gpu_case(&dev, &refk, &mut rng, 33, 4099, 2051));
+    // Stream-kernel edges: unaligned K with 4 token tiles and splits, and
+    // M in 9..16 with N not a multiple of 16 and deep splits.
+    cases.push(gpu_case(&dev, &refk, &mut rng, 29, 4099, 2051));
+    cases.push(gpu_case(&dev, &refk, &mut rng, 13, 200, 4096));
+    cases.push(gpu_case(&dev, &refk, &mut rng, 1, 2563, 7168));
 
     let limits = dev.info.limits();
     let configs: Vec<GemmBf16Config> = GemmBf16::legal_space(&limits);
@@ -200,6 +205,9 @@ fn gemm_bf16_every_config_matches_the_references() {
                 }
             }
             tested += 1;
+        }
+        if tested == 0 {
+            failures.push(json!({"config": c, "error": "no case exercised this config"}));
         }
         worst = worst.max(max_err);
         per_config.push(json!({"config": c, "shapes": tested, "max_rel_err": max_err}));
