@@ -44,6 +44,10 @@ pub struct SearchOptions {
     pub exhaustive_max: usize,
     /// Candidates kept from the analytical ranking for larger spaces.
     pub shortlist: usize,
+    /// At least this many of each kernel class (a config's `"kernel"` tag)
+    /// join the shortlist, so one kernel's optimistic estimates cannot crowd
+    /// out another kernel that measures faster.
+    pub per_class_min: usize,
     /// Timed runs per round of successive halving.
     pub round_reps: Vec<usize>,
     /// Drop a candidate whose median exceeds this multiple of the leader's.
@@ -58,7 +62,8 @@ impl Default for SearchOptions {
     fn default() -> Self {
         SearchOptions {
             exhaustive_max: 24,
-            shortlist: 24,
+            shortlist: 32,
+            per_class_min: 8,
             round_reps: vec![5, 15, 40],
             stop_factor: 1.5,
             tie_tolerance: 0.01,
@@ -115,22 +120,19 @@ where
         );
     };
 
-    let take = if ranked.len() <= opts.exhaustive_max {
-        ranked.len()
-    } else {
-        opts.shortlist.min(ranked.len())
-    };
-    for (c, est) in &ranked[take..] {
-        record(
-            c,
-            "pruned",
-            Some(format!(
-                "analytical estimate {est:.1} us ranked it out of the shortlist"
-            )),
-            &mut records,
-        );
+    let chosen = choose_shortlist(&ranked, opts);
+    for (i, (c, est)) in ranked.iter().enumerate() {
+        if !chosen[i] {
+            let why = format!("analytical estimate {est:.1} us ranked it out of the shortlist");
+            record(c, "pruned", Some(why), &mut records);
+        }
     }
-    let shortlist: Vec<C> = ranked[..take].iter().map(|(c, _)| c.clone()).collect();
+    let shortlist: Vec<C> = ranked
+        .iter()
+        .zip(&chosen)
+        .filter(|(_, &k)| k)
+        .map(|((c, _), _)| c.clone())
+        .collect();
 
     // Compile + validate.
     let prepared = ev.prepare(&shortlist);
@@ -229,6 +231,38 @@ where
         records,
         tried,
     }
+}
+
+/// The kernel class of a config: its serialised `"kernel"` tag, if any.
+fn class_of<C: Serialize>(c: &C) -> String {
+    serde_json::to_value(c)
+        .ok()
+        .and_then(|v| v.get("kernel").and_then(|k| k.as_str()).map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Which of `ranked` (sorted by estimate) are measured: all of a small space;
+/// otherwise the best `shortlist`, topped up to `per_class_min` per class.
+fn choose_shortlist<C: Serialize>(ranked: &[(C, f64)], opts: &SearchOptions) -> Vec<bool> {
+    if ranked.len() <= opts.exhaustive_max {
+        return vec![true; ranked.len()];
+    }
+    let mut chosen: Vec<bool> = (0..ranked.len()).map(|i| i < opts.shortlist).collect();
+    let classes: Vec<String> = ranked.iter().map(|(c, _)| class_of(c)).collect();
+    let mut count: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, cls) in classes.iter().enumerate() {
+        if chosen[i] {
+            *count.entry(cls.as_str()).or_default() += 1;
+        }
+    }
+    for (i, cls) in classes.iter().enumerate() {
+        let n = count.entry(cls.as_str()).or_default();
+        if !chosen[i] && *n < opts.per_class_min {
+            chosen[i] = true;
+            *n += 1;
+        }
+    }
+    chosen
 }
 
 /// Sort by median; among candidates within `tol` of the fastest, the smallest

@@ -141,7 +141,10 @@ pub fn open_artifact(
 
 /// Which problems still need tuning: those the artifact lacks, or all with `force`.
 pub fn pending(artifact: &Artifact, problems: &[serde_json::Value], force: bool) -> Vec<bool> {
-    problems.iter().map(|p| force || artifact.find(p).is_none()).collect()
+    problems
+        .iter()
+        .map(|p| force || artifact.find(p).is_none())
+        .collect()
 }
 
 /// Tune `gemm_bf16` for each problem.

@@ -68,6 +68,7 @@ fn opts() -> SearchOptions {
     SearchOptions {
         exhaustive_max: 8,
         shortlist: 4,
+        per_class_min: 0,
         round_reps: vec![3, 9],
         ..Default::default()
     }
@@ -194,4 +195,38 @@ fn the_reconfirmation_can_overturn_a_lucky_first_round() {
     );
     let r = search(vec![(1, 0.0), (0, 1.0)], 1.0, &mut ev, &opts());
     assert_eq!(r.winner.unwrap().0, 0);
+}
+
+#[test]
+fn every_kernel_class_gets_a_place_on_the_shortlist() {
+    #[derive(Clone, serde::Serialize)]
+    struct Cfg {
+        kernel: &'static str,
+        id: u32,
+    }
+    let ranked: Vec<(Cfg, f64)> = (0..20)
+        .map(|i| {
+            (
+                Cfg {
+                    kernel: if i < 16 { "stream" } else { "tiled" },
+                    id: i,
+                },
+                i as f64,
+            )
+        })
+        .collect();
+    let o = SearchOptions {
+        exhaustive_max: 8,
+        shortlist: 6,
+        per_class_min: 3,
+        ..Default::default()
+    };
+    let chosen = choose_shortlist(&ranked, &o);
+    let picked: Vec<u32> = ranked
+        .iter()
+        .zip(&chosen)
+        .filter(|(_, &k)| k)
+        .map(|((c, _), _)| c.id)
+        .collect();
+    assert_eq!(picked, vec![0, 1, 2, 3, 4, 5, 16, 17, 18]);
 }
