@@ -48,7 +48,11 @@ fn entry(p: &GemmBf16Problem) -> Entry {
 }
 
 fn artifact_with(problems: &[GemmBf16Problem]) -> Artifact {
-    let mut a = Artifact::new("gemm_bf16", ArtifactDevice::from_info(&h200(), None, None), toolchain());
+    let mut a = Artifact::new(
+        "gemm_bf16",
+        ArtifactDevice::from_info(&h200(), None, None),
+        toolchain(),
+    );
     for p in problems {
         a.upsert(entry(p));
     }
@@ -56,7 +60,11 @@ fn artifact_with(problems: &[GemmBf16Problem]) -> Artifact {
 }
 
 fn qkv(m: u32) -> GemmBf16Problem {
-    GemmBf16Problem { m, n: 2560, k: 7168 }
+    GemmBf16Problem {
+        m,
+        n: 2560,
+        k: 7168,
+    }
 }
 
 fn write(dir: &std::path::Path, art: &Artifact) -> std::path::PathBuf {
@@ -74,15 +82,23 @@ fn exact_then_bucket_then_default() {
     assert_eq!(d.select(&qkv(32)).source, Source::Exact);
     // M=20 rounds up to the M=32 entry; M=200 has only a smaller bucket.
     match d.select(&qkv(20)).source {
-        Source::Bucket { tuned_for, .. } => assert_eq!(tuned_for, json!({"m": 32, "n": 2560, "k": 7168})),
+        Source::Bucket { tuned_for, .. } => {
+            assert_eq!(tuned_for, json!({"m": 32, "n": 2560, "k": 7168}))
+        }
         s => panic!("{s:?}"),
     }
     match d.select(&qkv(200)).source {
-        Source::Bucket { tuned_for, .. } => assert_eq!(tuned_for, json!({"m": 128, "n": 2560, "k": 7168})),
+        Source::Bucket { tuned_for, .. } => {
+            assert_eq!(tuned_for, json!({"m": 128, "n": 2560, "k": 7168}))
+        }
         s => panic!("{s:?}"),
     }
     // Another N: nothing tuned says anything about it.
-    let other = GemmBf16Problem { m: 32, n: 48, k: 7168 };
+    let other = GemmBf16Problem {
+        m: 32,
+        n: 48,
+        k: 7168,
+    };
     let s = d.select(&other);
     assert!(matches!(s.source, Source::Default { .. }));
     assert_eq!(s.config, GemmBf16::default_config(&other));
@@ -96,18 +112,43 @@ fn a_truncated_artifact_is_reported_and_falls_back() {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
 
     let err = Artifact::load(&path).unwrap_err().to_string();
-    assert!(err.contains("not valid JSON") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("not valid JSON") && err.contains("truncated"),
+        "{err}"
+    );
     let d = Dispatch::<GemmBf16>::load(dir.path(), &h200(), None);
-    assert!(d.notes.iter().any(|n| n.contains("using default configs")), "{:?}", d.notes);
+    assert!(
+        d.notes.iter().any(|n| n.contains("using default configs")),
+        "{:?}",
+        d.notes
+    );
     assert!(matches!(d.select(&qkv(1)).source, Source::Default { .. }));
 
     // The tuner refuses to overwrite it without --force, and leaves it untouched.
     let mut notes = Vec::new();
     let hdr = ArtifactDevice::from_info(&h200(), None, None);
-    let e = open_artifact(&path, "gemm_bf16", hdr.clone(), toolchain(), &h200(), false, &mut notes).unwrap_err();
+    let e = open_artifact(
+        &path,
+        "gemm_bf16",
+        hdr.clone(),
+        toolchain(),
+        &h200(),
+        false,
+        &mut notes,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("--force"), "{e}");
     assert_eq!(std::fs::read(&path).unwrap(), bytes[..bytes.len() / 2]);
-    let fresh = open_artifact(&path, "gemm_bf16", hdr, toolchain(), &h200(), true, &mut notes).unwrap();
+    let fresh = open_artifact(
+        &path,
+        "gemm_bf16",
+        hdr,
+        toolchain(),
+        &h200(),
+        true,
+        &mut notes,
+    )
+    .unwrap();
     assert!(fresh.entries.is_empty());
 }
 
@@ -122,14 +163,21 @@ fn hand_edited_configs_are_rechecked_never_trusted() {
     let d = Dispatch::<GemmBf16>::load(dir.path(), &h200(), None);
     for m in [1, 32] {
         let s = d.select(&qkv(m));
-        assert!(matches!(s.source, Source::Default { .. }), "{m}: {:?}", s.source);
+        assert!(
+            matches!(s.source, Source::Default { .. }),
+            "{m}: {:?}",
+            s.source
+        );
         assert_eq!(s.config, GemmBf16::default_config(&qkv(m)));
     }
     // A negative time is a corrupt file, refused as a whole.
     let mut bad = artifact_with(&[qkv(1)]);
     bad.entries[0].median_us = -1.0;
     bad.save(&path).unwrap();
-    assert!(Artifact::load(&path).unwrap_err().to_string().contains("non-positive"));
+    assert!(Artifact::load(&path)
+        .unwrap_err()
+        .to_string()
+        .contains("non-positive"));
 }
 
 #[test]
@@ -140,11 +188,26 @@ fn an_artifact_from_another_gpu_is_not_used() {
     let path = write(dir.path(), &art);
     let d = Dispatch::<GemmBf16>::load(dir.path(), &h200(), None);
     assert!(d.artifact().is_none());
-    assert!(d.notes.iter().any(|n| n.contains("H100") && n.contains("kiln tune")), "{:?}", d.notes);
+    assert!(
+        d.notes
+            .iter()
+            .any(|n| n.contains("H100") && n.contains("kiln tune")),
+        "{:?}",
+        d.notes
+    );
     assert!(matches!(d.select(&qkv(1)).source, Source::Default { .. }));
     let mut notes = Vec::new();
     let hdr = ArtifactDevice::from_info(&h200(), None, None);
-    let e = open_artifact(&path, "gemm_bf16", hdr, toolchain(), &h200(), false, &mut notes).unwrap_err();
+    let e = open_artifact(
+        &path,
+        "gemm_bf16",
+        hdr,
+        toolchain(),
+        &h200(),
+        false,
+        &mut notes,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("H100"), "{e}");
 }
 
@@ -155,11 +218,28 @@ fn a_changed_template_keeps_dispatching_but_is_retuned() {
     art.toolchain.template_sha256 = "0".repeat(64);
     let path = write(dir.path(), &art);
     let d = Dispatch::<GemmBf16>::load(dir.path(), &h200(), None);
-    assert!(d.notes.iter().any(|n| n.contains("template changed")), "{:?}", d.notes);
-    assert_eq!(d.select(&qkv(1)).source, Source::Exact, "legal configs stay usable");
+    assert!(
+        d.notes.iter().any(|n| n.contains("template changed")),
+        "{:?}",
+        d.notes
+    );
+    assert_eq!(
+        d.select(&qkv(1)).source,
+        Source::Exact,
+        "legal configs stay usable"
+    );
     let mut notes = Vec::new();
     let hdr = ArtifactDevice::from_info(&h200(), None, None);
-    let fresh = open_artifact(&path, "gemm_bf16", hdr, toolchain(), &h200(), false, &mut notes).unwrap();
+    let fresh = open_artifact(
+        &path,
+        "gemm_bf16",
+        hdr,
+        toolchain(),
+        &h200(),
+        false,
+        &mut notes,
+    )
+    .unwrap();
     assert!(fresh.entries.is_empty());
     assert!(notes.iter().any(|n| n.contains("re-tuned")), "{notes:?}");
 }
@@ -167,7 +247,10 @@ fn a_changed_template_keeps_dispatching_but_is_retuned() {
 #[test]
 fn a_killed_run_resumes_without_losing_what_it_measured() {
     let dir = tempfile::tempdir().unwrap();
-    let problems: Vec<serde_json::Value> = [1, 32, 128, 256].iter().map(|&m| serde_json::to_value(qkv(m)).unwrap()).collect();
+    let problems: Vec<serde_json::Value> = [1, 32, 128, 256]
+        .iter()
+        .map(|&m| serde_json::to_value(qkv(m)).unwrap())
+        .collect();
     let path = Artifact::path(dir.path(), "nvidia-h200", "gemm_bf16");
     // The run saves after each problem; it is killed after the second.
     {
@@ -179,9 +262,21 @@ fn a_killed_run_resumes_without_losing_what_it_measured() {
     }
     let mut notes = Vec::new();
     let hdr = ArtifactDevice::from_info(&h200(), None, None);
-    let resumed = open_artifact(&path, "gemm_bf16", hdr, toolchain(), &h200(), false, &mut notes).unwrap();
+    let resumed = open_artifact(
+        &path,
+        "gemm_bf16",
+        hdr,
+        toolchain(),
+        &h200(),
+        false,
+        &mut notes,
+    )
+    .unwrap();
     assert_eq!(resumed.entries.len(), 2);
-    assert_eq!(pending(&resumed, &problems, false), vec![false, false, true, true]);
+    assert_eq!(
+        pending(&resumed, &problems, false),
+        vec![false, false, true, true]
+    );
     assert_eq!(pending(&resumed, &problems, true), vec![true; 4]);
     // No temp files are left beside the artifact.
     let names: Vec<String> = std::fs::read_dir(path.parent().unwrap())

@@ -6,7 +6,6 @@
 //!
 //! Set KILN_GPU_REPORT to a folder to get a JSON summary of each test there.
 
-
 use half::bf16;
 use kiln_codegen::families::gemm_bf16::{self as fam, GemmBf16, GemmBf16Config, GemmBf16Problem};
 use kiln_codegen::{CompileOptions, Compiler, DeviceLimits, Family};

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::error::{CodegenError, Result};
 use crate::families::gemm_bf16::GemmBf16;
+use crate::families::mfa_decode::MfaDecode;
 use crate::family::{DeviceLimits, Family};
 
 /// One renderable variant: a legal config for one template branch.
@@ -167,10 +168,11 @@ pub fn template_sha256(text: &str) -> String {
 }
 
 static GEMM_BF16: Erased<GemmBf16> = Erased(PhantomData);
+static MFA_DECODE: Erased<MfaDecode> = Erased(PhantomData);
 
 /// All families, in a stable order.
 pub fn families() -> Vec<&'static dyn AnyFamily> {
-    vec![&GEMM_BF16]
+    vec![&GEMM_BF16, &MFA_DECODE]
 }
 
 pub fn family(name: &str) -> Result<&'static dyn AnyFamily> {

@@ -2,3 +2,4 @@
 //! `unsafe` launch, with a `SAFETY:` note tying the argument list to the kernel.
 
 pub mod gemm_bf16;
+pub mod mfa_decode;
