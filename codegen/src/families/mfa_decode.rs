@@ -1,0 +1,599 @@
+//! `mfa_decode`: Step-3 MFA attention for one decode token per sequence. The 64 query heads of
+//! a sequence share one K head and one V head (head_dim 256, softmax scale 1/16):
+//! `O[b] = softmax(Q[b] K[b]^T / 16) V[b]`, Q and O `[batch, 64, 256]` BF16, K and V read from a
+//! contiguous or paged cache in BF16 or FP8 e4m3 (one fp32 scale per token and cache).
+//!
+//! The template (`templates/mfa_decode.cu.tera`) is split-KV flash-decoding with the 64 heads
+//! as the M dimension of `mma.sync` m16n8k16 tiles, a `cp.async` pipeline of K/V tiles in
+//! swizzled shared memory, and an in-kernel, deterministic combine of the splits. Its header
+//! comment explains tiling, the FP8 fragment layouts, the pipeline and the combine protocol.
+//!
+//! # Launch contract
+//!
+//! Arguments, in order (see [`MfaDecode::args`]): `q, k_cache, v_cache, k_scale, v_scale,
+//! seq_lens, block_table, out, workspace, counters, context, max_len, max_pages, page_size`.
+//!
+//! * `q`, `out`: `[batch, 64, 256]` bf16, row-major, 16-byte aligned.
+//! * Contiguous cache (`page_size == 0`): `k_cache`, `v_cache` are `[batch, max_len, 256]`
+//!   (bf16, or e4m3 bytes), `k_scale`, `v_scale` `[batch, max_len]` fp32 (FP8 only);
+//!   `max_len >= context` and `batch * max_len < 2^31`. `block_table` and `max_pages` are unused.
+//! * Paged cache (`page_size > 0`): pools `[num_pages, page_size, 256]`, scales
+//!   `[num_pages, page_size]`, `block_table[batch, max_pages]` int32 with
+//!   `max_pages >= ceil(context / page_size)` and `num_pages * page_size < 2^31`; every entry a
+//!   sequence's length reaches must be a valid page id (the kernel trusts them). `max_len` is unused.
+//! * `seq_lens[batch]` int32 on the device: the tokens of each sequence, clamped to
+//!   `[0, context]`; a sequence of length 0 gets O = 0.
+//! * Grid `[splits, batch, 1]` with `splits = ceil(context / split_tokens)`; the kernel derives
+//!   its chunk from `context` and `gridDim.x`, so a CUDA graph captured for one `context`
+//!   serves any `seq_lens` up to it.
+//! * `workspace` (fp32): `batch * splits * 16512` floats of split partials, no initialisation;
+//!   `counters` (u32): `4 * batch` entries, zeroed **once** at allocation, left zeroed by every
+//!   launch. Both are only touched when `splits > 1` (pass any pointer otherwise). Two launches
+//!   that run concurrently must not share them.
+//!
+//! The generated source depends on the problem only through the KV dtype and whether the
+//! cache is paged, and on the config through `tile_kv`, `stages` and `warps`: `split_tokens`
+//! only shapes the grid, so all split choices share one cubin.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::family::{
+    DeviceLimits, Family, Illegal, KernelArg, LaunchGeometry, RenderVars, Scratch, Unsupported,
+};
+
+/// The family.
+pub struct MfaDecode;
+
+/// KV cache element type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvDtype {
+    Bf16,
+    /// FP8 e4m3 (OCP, finite max 448) with one fp32 scale per token, per K and V.
+    Fp8e4m3,
+}
+
+/// One decode step of MFA attention over a batch of sequences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MfaDecodeProblem {
+    pub batch: u32,
+    /// Longest sequence the launch must handle (grid and splits derive from it; the real
+    /// lengths come from `seq_lens` on the device).
+    pub context: u32,
+    /// Query heads sharing the K/V head (64 for Step-3).
+    pub heads: u32,
+    pub head_dim: u32,
+    pub kv_dtype: KvDtype,
+    /// Tokens per page of a paged cache; 0 = contiguous cache.
+    #[serde(default)]
+    pub page_size: u32,
+}
+
+/// A point of the search space.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MfaDecodeConfig {
+    /// KV positions per CTA tile (one pipeline stage).
+    pub tile_kv: u32,
+    /// cp.async pipeline stages of K/V tiles in shared memory.
+    pub stages: u32,
+    /// 4: one m16 row tile of the 64 heads per warp; 8: two groups of 4 warps take the two
+    /// halves of every tile.
+    pub warps: u32,
+    /// Most KV positions one CTA handles; `splits = ceil(context / split_tokens)`.
+    pub split_tokens: u32,
+}
+
+/// Query heads the kernel is written for.
+pub const HEADS: u32 = 64;
+/// Head dimension the kernel is written for.
+pub const HEAD_DIM: u32 = 256;
+/// Split sizes of the search space (powers of two; each a multiple of every tile). Any power
+/// of two from 64 to [`MAX_CONTEXT`] is legal; the default config reaches past 65536 for very
+/// long contexts of large batches, where no split (or a few) is the only workspace that fits.
+pub const SPLIT_CHOICES: [u32; 11] = [
+    64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536,
+];
+/// Most splits per sequence (the combine keeps one weight per split in shared memory).
+pub const MAX_SPLITS: u32 = 1024;
+/// Largest split workspace a config may ask for.
+pub const MAX_WORKSPACE_BYTES: usize = 512 << 20;
+/// Floats of one (sequence, split) partial: O [64 x 256], then 64 row maxima, 64 row sums.
+pub const WS_SLOT_FLOATS: u32 = HEADS * HEAD_DIM + 2 * HEADS;
+/// u32 counters per sequence: started, arrived | waiters, claimed shares, done.
+pub const COUNTERS_PER_SEQUENCE: u32 = 4;
+/// Largest context a launch may name.
+pub const MAX_CONTEXT: u32 = 1 << 24;
+/// Largest batch (grid.y).
+pub const MAX_BATCH: u32 = 65535;
+
+const Q_BYTES: u32 = HEADS * HEAD_DIM * 2;
+/// Group merge buffer (8 warps): 4 warps x 32 n8 tiles x 32 lanes x float4, then m/l per lane.
+const MERGE_BYTES: u32 = 4 * 32 * 32 * 16 + 4 * 32 * 16;
+
+/// CPU reference and test helpers: e4m3 codes, caches, f64 attention.
+pub mod reference;
+pub use reference::{
+    e4m3_decode, e4m3_encode, reference_cpu, reference_cpu_sequence, KvLayout, KvPool,
+};
+
+impl KvDtype {
+    /// Bytes of one cache row (one token of K or of V).
+    pub fn row_bytes(self) -> u32 {
+        match self {
+            KvDtype::Bf16 => 2 * HEAD_DIM,
+            KvDtype::Fp8e4m3 => HEAD_DIM,
+        }
+    }
+    /// Bytes of one token of K and V, scales included.
+    pub fn bytes_per_token(self) -> u32 {
+        match self {
+            KvDtype::Bf16 => 2 * self.row_bytes(),
+            KvDtype::Fp8e4m3 => 2 * self.row_bytes() + 8,
+        }
+    }
+    pub fn is_fp8(self) -> bool {
+        self == KvDtype::Fp8e4m3
+    }
+    fn tag(self) -> &'static str {
+        match self {
+            KvDtype::Bf16 => "bf16",
+            KvDtype::Fp8e4m3 => "fp8",
+        }
+    }
+}
+
+impl MfaDecodeProblem {
+    /// Step-3's attention shape: 64 heads of 256.
+    pub fn step3(batch: u32, context: u32, kv_dtype: KvDtype, page_size: u32) -> Self {
+        MfaDecodeProblem {
+            batch,
+            context,
+            heads: HEADS,
+            head_dim: HEAD_DIM,
+            kv_dtype,
+            page_size,
+        }
+    }
+    pub fn paged(&self) -> bool {
+        self.page_size > 0
+    }
+    /// K + V bytes (scales included) of `context` tokens for the whole batch.
+    pub fn kv_bytes(&self) -> f64 {
+        self.batch as f64 * self.context as f64 * self.kv_dtype.bytes_per_token() as f64
+    }
+}
+
+impl MfaDecodeConfig {
+    pub fn threads(&self) -> u32 {
+        32 * self.warps
+    }
+    /// Warp groups; each takes its own slice of every tile.
+    pub fn groups(&self) -> u32 {
+        self.warps / 4
+    }
+    /// Tokens of a tile one warp group computes.
+    pub fn group_tokens(&self) -> u32 {
+        self.tile_kv / self.groups().max(1)
+    }
+    /// Output rows one combine share covers (one 128-thread slice per row).
+    pub fn share_rows(&self) -> u32 {
+        self.threads() / 128
+    }
+    /// Bytes of one pipeline stage: a K and a V tile, plus their scales for FP8.
+    pub fn stage_bytes(&self, dtype: KvDtype) -> u32 {
+        let scales = if dtype.is_fp8() { self.tile_kv * 4 } else { 0 };
+        2 * (self.tile_kv * dtype.row_bytes() + scales)
+    }
+    /// Dynamic shared memory: Q fragments + the pipeline, or the group-merge or combine
+    /// buffers (which reuse it) when those are larger.
+    pub fn smem_bytes(&self, dtype: KvDtype) -> u32 {
+        let pipeline = Q_BYTES + self.stages * self.stage_bytes(dtype);
+        let merge = if self.groups() == 2 { MERGE_BYTES } else { 0 };
+        // Combine: per share row, one weight and one row sum per split, then the claim flag.
+        let combine = self.share_rows() * MAX_SPLITS * 8 + 16;
+        pipeline.max(merge).max(combine)
+    }
+}
+
+/// Splits of the launch (grid.x).
+pub fn splits(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> u32 {
+    p.context.div_ceil(c.split_tokens).max(1)
+}
+
+/// Tokens per split as the kernel computes them: ceil(context / splits), rounded up to a tile.
+pub fn chunk_tokens(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> u32 {
+    p.context.div_ceil(splits(p, c)).div_ceil(c.tile_kv) * c.tile_kv
+}
+
+fn workspace_floats(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> u64 {
+    let s = splits(p, c) as u64;
+    if s > 1 {
+        p.batch as u64 * s * WS_SLOT_FLOATS as u64
+    } else {
+        0
+    }
+}
+
+/// Entries of the u32 `counters` array a launch needs (0 without splitting).
+pub fn counters_len(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> usize {
+    if splits(p, c) > 1 {
+        (p.batch * COUNTERS_PER_SEQUENCE) as usize
+    } else {
+        0
+    }
+}
+
+fn illegal(cond: bool, why: impl FnOnce() -> String) -> Result<(), Illegal> {
+    if cond {
+        Err(Illegal(why()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Resident CTAs per SM (shared memory, threads, registers at ~232 per thread).
+fn ctas_per_sm(c: &MfaDecodeConfig, dtype: KvDtype) -> u32 {
+    let smem_fit = (228 * 1024) / (c.smem_bytes(dtype) + 1024);
+    let thread_fit = 2048 / c.threads();
+    let reg_fit = 65536 / (c.threads() * 232);
+    smem_fit.min(thread_fit).min(reg_fit).max(1)
+}
+
+impl Family for MfaDecode {
+    type Problem = MfaDecodeProblem;
+    type Config = MfaDecodeConfig;
+
+    const NAME: &'static str = "mfa_decode";
+    const TEMPLATE: &'static str = include_str!("../../../templates/mfa_decode.cu.tera");
+
+    fn space() -> Vec<MfaDecodeConfig> {
+        let mut out = Vec::new();
+        for tile_kv in [32, 64, 128] {
+            for stages in [2, 3, 4] {
+                for warps in [4, 8] {
+                    for split_tokens in SPLIT_CHOICES {
+                        out.push(MfaDecodeConfig {
+                            tile_kv,
+                            stages,
+                            warps,
+                            split_tokens,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    // is_multiple_of is newer than the workspace's rust-version.
+    #[allow(clippy::manual_is_multiple_of)]
+    fn check_config(c: &MfaDecodeConfig, limits: &DeviceLimits) -> Result<(), Illegal> {
+        // The tiles the template is written for: a multiple of 16 tokens (mma k-step).
+        illegal(![32, 64, 128].contains(&c.tile_kv), || {
+            format!("tile_kv {} is not 32, 64 or 128", c.tile_kv)
+        })?;
+        // 4 warps = one m16 tile of the 64 heads each; 8 = two groups splitting every tile.
+        illegal(c.warps != 4 && c.warps != 8, || {
+            format!("{} warps is not 4 or 8", c.warps)
+        })?;
+        // At least double buffering; deeper than 4 stages buys nothing at 32+ KB per tile.
+        illegal(!(2..=4).contains(&c.stages), || {
+            format!("{} stages is not 2, 3 or 4", c.stages)
+        })?;
+        // A group's slice of a tile is 16..=64 tokens: a whole mma k-step for P V, and at most
+        // 32 score registers next to the 128 of the O accumulator.
+        let ng = c.group_tokens();
+        illegal(!(16..=64).contains(&ng), || {
+            format!("{ng} tokens per warp group is outside 16..=64")
+        })?;
+        // Loader: every warp copies the same number of rows, an even number (fp8 copies two
+        // 256-byte rows per warp instruction), at most one per lane.
+        let rows = c.tile_kv / c.warps;
+        illegal(
+            c.tile_kv % c.warps != 0 || rows % 2 != 0 || rows > 32,
+            || format!("{} rows over {} warps", c.tile_kv, c.warps),
+        )?;
+        // Splits hold whole tiles (the kernel rounds its chunk up to a tile).
+        illegal(c.split_tokens % c.tile_kv != 0, || {
+            format!(
+                "split_tokens {} is not a multiple of tile_kv {}",
+                c.split_tokens, c.tile_kv
+            )
+        })?;
+        // Split sizes are powers of two from 64 (the smallest whole tile pair) to MAX_CONTEXT.
+        illegal(
+            !c.split_tokens.is_power_of_two() || !(64..=MAX_CONTEXT).contains(&c.split_tokens),
+            || {
+                format!(
+                    "split_tokens {} is not a power of two in 64..={MAX_CONTEXT}",
+                    c.split_tokens
+                )
+            },
+        )?;
+        illegal(c.threads() > limits.max_threads_per_block, || {
+            format!(
+                "{} threads exceed the device's {}",
+                c.threads(),
+                limits.max_threads_per_block
+            )
+        })?;
+        // Shared memory fits for at least the FP8 cache (BF16 is checked per problem).
+        let smem = c.smem_bytes(KvDtype::Fp8e4m3);
+        illegal(smem > limits.max_dynamic_smem_per_block, || {
+            format!(
+                "{smem} B of shared memory exceed {}",
+                limits.max_dynamic_smem_per_block
+            )
+        })?;
+        Ok(())
+    }
+
+    fn check_problem(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> Result<(), Illegal> {
+        // Shared memory for this problem's KV dtype fits a Hopper SM's opt-in limit.
+        let smem = c.smem_bytes(p.kv_dtype);
+        let limit = DeviceLimits::HOPPER.max_dynamic_smem_per_block;
+        illegal(smem > limit, || {
+            format!(
+                "{smem} B of shared memory for a {:?} cache exceed {limit}",
+                p.kv_dtype
+            )
+        })?;
+        // The combine keeps one weight per split in shared memory.
+        let s = splits(p, c);
+        illegal(s > MAX_SPLITS, || format!("{s} splits exceed {MAX_SPLITS}"))?;
+        // The fp32 partials stay a modest scratch buffer.
+        let ws = workspace_floats(p, c) * 4;
+        illegal(ws > MAX_WORKSPACE_BYTES as u64, || {
+            format!("split workspace of {ws} B exceeds {MAX_WORKSPACE_BYTES}")
+        })?;
+        Ok(())
+    }
+
+    fn supports(p: &MfaDecodeProblem) -> Result<(), Unsupported> {
+        let no = |reason: String| Unsupported {
+            family: Self::NAME,
+            problem: format!("{p:?}"),
+            reason,
+        };
+        if p.heads != HEADS || p.head_dim != HEAD_DIM {
+            return Err(no(format!(
+                "only {HEADS} query heads of head_dim {HEAD_DIM} sharing one K/V head (Step-3 MFA) are supported, got {} x {}",
+                p.heads, p.head_dim
+            )));
+        }
+        if p.batch == 0 || p.batch > MAX_BATCH {
+            return Err(no(format!("batch must be 1..={MAX_BATCH} (grid.y)")));
+        }
+        if p.context == 0 || p.context > MAX_CONTEXT {
+            return Err(no(format!("context must be 1..={MAX_CONTEXT}")));
+        }
+        if p.page_size > MAX_CONTEXT {
+            return Err(no(format!("page_size must be at most {MAX_CONTEXT}")));
+        }
+        Ok(())
+    }
+
+    fn render_vars(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> RenderVars {
+        let dtype = p.kv_dtype;
+        let row_bytes = dtype.row_bytes();
+        let scale_log2 = std::f64::consts::LOG2_E / (HEAD_DIM as f64).sqrt();
+        let vars = json!({
+            "entry": Self::entry(p, c),
+            "fp8": dtype.is_fp8(),
+            "paged": p.paged(),
+            "heads": HEADS,
+            "head_dim": HEAD_DIM,
+            "k_steps": HEAD_DIM / 16,
+            "warps": c.warps,
+            "threads": c.threads(),
+            "groups": c.groups(),
+            "tile_n": c.tile_kv,
+            "group_n": c.group_tokens(),
+            "stages": c.stages,
+            "rows_per_warp": c.tile_kv / c.warps,
+            "row_bytes": row_bytes,
+            "chunks_per_row": row_bytes / 16,
+            "q_bytes": Q_BYTES,
+            "kv_tile_bytes": c.tile_kv * row_bytes,
+            "scale_tile_bytes": if dtype.is_fp8() { c.tile_kv * 4 } else { 0 },
+            "stage_bytes": c.stage_bytes(dtype),
+            "smem_bytes": c.smem_bytes(dtype),
+            "share_rows": c.share_rows(),
+            "shares": HEADS / c.share_rows(),
+            "max_splits": MAX_SPLITS,
+            "ws_slot_floats": WS_SLOT_FLOATS,
+            "ws_m_offset": HEADS * HEAD_DIM,
+            "ws_l_offset": HEADS * HEAD_DIM + HEADS,
+            "scale_log2": format!("{scale_log2:.9e}f"),
+        });
+        match vars {
+            Value::Object(map) => map,
+            _ => unreachable!("json! of an object literal"),
+        }
+    }
+
+    /// `split_tokens` is not in the name: it only shapes the grid, so every split choice of a
+    /// (tile, stages, warps) shares one cubin.
+    fn entry(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> String {
+        format!(
+            "kiln_mfa_decode_t{}_s{}_w{}_{}_{}",
+            c.tile_kv,
+            c.stages,
+            c.warps,
+            p.kv_dtype.tag(),
+            if p.paged() { "paged" } else { "contig" }
+        )
+    }
+
+    fn args() -> Vec<KernelArg> {
+        let arg = |name, c_type| KernelArg { name, c_type };
+        vec![
+            arg("q", "const __nv_bfloat16*"),
+            arg("k_cache", "const void*"),
+            arg("v_cache", "const void*"),
+            arg("k_scale", "const float*"),
+            arg("v_scale", "const float*"),
+            arg("seq_lens", "const int*"),
+            arg("block_table", "const int*"),
+            arg("out", "__nv_bfloat16*"),
+            arg("workspace", "float*"),
+            arg("counters", "unsigned int*"),
+            arg("context", "int"),
+            arg("max_len", "int"),
+            arg("max_pages", "int"),
+            arg("page_size", "int"),
+        ]
+    }
+
+    fn geometry(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> LaunchGeometry {
+        LaunchGeometry {
+            grid: [splits(p, c), p.batch, 1],
+            block: [c.threads(), 1, 1],
+            dynamic_smem_bytes: c.smem_bytes(p.kv_dtype),
+            cluster: [1, 1, 1],
+        }
+    }
+
+    /// The fp32 split partials only; the u32 counters are a separate array of [`counters_len`].
+    fn workspace_bytes(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> usize {
+        (workspace_floats(p, c) * 4) as usize
+    }
+
+    /// Splitting needs both: fp32 partials (no init) and per-sequence counters (zeroed once;
+    /// every launch leaves them zero).
+    fn scratch(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> Vec<Scratch> {
+        vec![
+            Scratch {
+                arg: "workspace",
+                bytes: Self::workspace_bytes(p, c),
+                zero_init: false,
+            },
+            Scratch {
+                arg: "counters",
+                bytes: counters_len(p, c) * 4,
+                zero_init: true,
+            },
+        ]
+    }
+
+    /// Same dtype, paging, page size and head shape; then the nearest batch and context
+    /// (log ratios, so 2x off in either counts the same).
+    fn bucket_distance(tuned: &MfaDecodeProblem, wanted: &MfaDecodeProblem) -> Option<f64> {
+        if tuned.kv_dtype != wanted.kv_dtype
+            || tuned.page_size != wanted.page_size
+            || tuned.heads != wanted.heads
+            || tuned.head_dim != wanted.head_dim
+        {
+            return None;
+        }
+        let ratio = |a: u32, b: u32| (a.max(1) as f64 / b.max(1) as f64).ln().abs();
+        Some(ratio(tuned.batch, wanted.batch) + ratio(tuned.context, wanted.context))
+    }
+
+    /// Q K^T and P V: 2 x 2 x heads x head_dim per context token.
+    fn flops(p: &MfaDecodeProblem) -> f64 {
+        4.0 * p.batch as f64 * p.context as f64 * p.heads as f64 * p.head_dim as f64
+    }
+
+    /// K and V (with FP8 scales) for `context` tokens of every sequence, Q read and O written.
+    fn min_bytes(p: &MfaDecodeProblem) -> f64 {
+        let qo = 2.0 * p.batch as f64 * p.heads as f64 * p.head_dim as f64 * 2.0;
+        p.kv_bytes() + qo
+    }
+
+    fn default_config(p: &MfaDecodeProblem) -> MfaDecodeConfig {
+        const SMS: u64 = 132;
+        // 8 warps (two per SM sub-partition) over 64-token tiles, the deepest pipeline that
+        // fits: 3 stages of BF16 (224 KB), 4 of FP8.
+        let base = MfaDecodeConfig {
+            tile_kv: 64,
+            stages: if p.kv_dtype.is_fp8() { 4 } else { 3 },
+            warps: 8,
+            split_tokens: 64,
+        };
+        // Split so that one wave of CTAs covers the SMs: the cost of a choice is the bytes
+        // the slowest CTA moves (its KV chunk, Q, and for split sequences its partial plus
+        // its share of the combine) times the waves.
+        let bpt = p.kv_dtype.bytes_per_token() as u64;
+        let per_sm = ctas_per_sm(&base, p.kv_dtype) as u64;
+        let mut best: Option<(u64, MfaDecodeConfig)> = None;
+        let choices = (6..=MAX_CONTEXT.trailing_zeros()).map(|e| 1u32 << e);
+        for split_tokens in choices {
+            let c = MfaDecodeConfig {
+                split_tokens,
+                ..base.clone()
+            };
+            if Self::check_problem(p, &c).is_err() {
+                continue;
+            }
+            let s = splits(p, &c) as u64;
+            let waves = (p.batch as u64 * s).div_ceil(SMS * per_sm);
+            let partial = if s > 1 {
+                3 * WS_SLOT_FLOATS as u64 * 4
+            } else {
+                0
+            };
+            let cost = waves * (chunk_tokens(p, &c) as u64 * bpt + Q_BYTES as u64 + partial);
+            // Ties go to the larger split (fewer partials).
+            if best.as_ref().is_none_or(|(b, _)| cost <= *b) {
+                best = Some((cost, c));
+            }
+            if s == 1 {
+                break;
+            }
+        }
+        // The unsplit config always passes check_problem (no workspace, one split).
+        best.map(|(_, c)| c).unwrap_or(MfaDecodeConfig {
+            split_tokens: MAX_CONTEXT,
+            ..base
+        })
+    }
+
+    fn estimate_us(p: &MfaDecodeProblem, c: &MfaDecodeConfig, limits: &DeviceLimits) -> f64 {
+        let sms = limits.sms.max(1) as f64;
+        let bpt = p.kv_dtype.bytes_per_token() as f64;
+        let s = splits(p, c) as f64;
+        let chunk = chunk_tokens(p, c) as f64;
+        let per_sm = ctas_per_sm(c, p.kv_dtype) as f64;
+        let ctas = p.batch as f64 * s;
+        let slots = sms * per_sm;
+        let waves = (ctas / slots).ceil();
+        let concurrent = ctas.min(slots);
+        // Streaming rate of one CTA: the bytes its pipeline keeps in flight over ~1.2 us of
+        // loaded DRAM latency, capped by its share of ~4 TB/s.
+        let in_flight = (c.stages as f64 - 1.0) * c.tile_kv as f64 * bpt;
+        let cta_rate = (in_flight / 1.2e-6).min(4.0e12 / concurrent);
+        // Tensor work of one CTA at ~430 TFLOP/s per chip for mma.sync, shared by the CTAs of
+        // an SM; fp8 pays its in-register widening (~1.3x), 4-warp CTAs issue less densely.
+        let flops_token = 4.0 * HEADS as f64 * HEAD_DIM as f64;
+        let widen = if p.kv_dtype.is_fp8() { 1.3 } else { 1.0 };
+        let density = if c.warps == 8 { 1.0 } else { 0.85 };
+        let sm_rate = 430e12 / sms * density;
+        let cta_compute = chunk * flops_token * widen / (sm_rate / per_sm.min(ctas / sms).max(1.0));
+        let cta_memory = chunk * bpt / cta_rate;
+        // Fixed cost per CTA: Q staging and the pipeline's fill, ~2 us.
+        let cta_s = cta_memory.max(cta_compute) + 2.0e-6;
+        // Combine: the partial written and every share read back, from L2.
+        let combine_s = if s > 1.0 {
+            (WS_SLOT_FLOATS as f64 * 4.0 * 2.0) / 100e9 + 1.0e-6
+        } else {
+            0.0
+        };
+        let launch_s = 2.0e-6;
+        (waves * cta_s + combine_s + launch_s) * 1e6
+    }
+
+    fn branch_problems() -> Vec<MfaDecodeProblem> {
+        let mut out = Vec::new();
+        for kv_dtype in [KvDtype::Bf16, KvDtype::Fp8e4m3] {
+            for page_size in [0, 16] {
+                out.push(MfaDecodeProblem::step3(3, 1000, kv_dtype, page_size));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

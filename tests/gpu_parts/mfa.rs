@@ -1,0 +1,971 @@
+//! GPU tier for `mfa_decode` (included by `tests/gpu.rs`; run by `scripts/gpu.sh` with
+//! `--ignored`). Fresh random inputs per run (KILN_SEED reproduces), output poisoned with NaN
+//! before every launch, each launch done twice (the second proves the split counters were
+//! left at zero), compared per sequence with the f64 CPU reference on the dequantised cache.
+//! With KILN_GPU_REPORT set, each test writes a JSON summary there.
+//!
+//! * `mfa_decode_every_config_small`: every legal config (each distinct split count) of every
+//!   branch (BF16 / FP8 x contiguous / paged) on B = 3 with lengths {1, 17, 1000} and on
+//!   B = 1 with a 4096-token sequence; a batch with an empty sequence; page sizes 16 and 7.
+//! * `mfa_decode_large_ragged`: a few configs on B = 64 (L <= 4096, ragged), B = 256
+//!   (L <= 4096, ragged), B = 1 (L = 65536), sampled sequences checked.
+//! * `mfa_decode_bench`: default and a few alternative configs on the target grid (B in
+//!   {1, 8, 32, 128} x L in {1K, 4K, 16K, 64K} BF16, FP8 and paged at B = 128, L = 4K),
+//!   L2 flushed, effective KV bandwidth per shape.
+
+use std::collections::HashMap;
+
+use half::bf16;
+use kiln_codegen::families::mfa_decode::{
+    self as fam, KvDtype, KvLayout, KvPool, MfaDecode, MfaDecodeConfig, MfaDecodeProblem, HEADS,
+    HEAD_DIM,
+};
+use kiln_codegen::{CompileOptions, Compiler, Family};
+use kiln_runtime::launch::mfa_decode::{
+    CudaSlice, MfaDecodeKernel, MfaKvCache, MfaKvLayout, MfaWorkspace,
+};
+use kiln_runtime::measure::{Bench, MeasureOptions};
+use kiln_runtime::{Device, LoadedKernel};
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde_json::{json, Value};
+
+/// Norm-wise relative error allowed per sequence (fp32 accumulation, P rounded to bf16 / f16,
+/// one bf16 rounding of O). FP8 caches are compared with the exactly dequantised cache, so
+/// the same bound holds.
+const TOL: f64 = 1e-2;
+const PER_SEQ: usize = (HEADS * HEAD_DIM) as usize;
+const D: usize = HEAD_DIM as usize;
+
+fn seed() -> u64 {
+    std::env::var("KILN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
+fn report(name: &str, value: &Value) {
+    if let Some(dir) = std::env::var_os("KILN_GPU_REPORT") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.json")),
+            serde_json::to_vec_pretty(value).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+fn open() -> (Device, Compiler) {
+    let dev = Device::open(0).unwrap_or_else(|e| panic!("{e}"));
+    let compiler = Compiler::new().unwrap_or_else(|e| panic!("{e}"));
+    (dev, compiler)
+}
+
+/// Host copy of one pool pair.
+enum HostPools {
+    Bf16 {
+        k: Vec<bf16>,
+        v: Vec<bf16>,
+    },
+    Fp8 {
+        k: Vec<u8>,
+        v: Vec<u8>,
+        ks: Vec<f32>,
+        vs: Vec<f32>,
+    },
+}
+
+/// Host copy of the layout.
+enum HostLayout {
+    Contiguous { max_len: usize },
+    Paged { table: Vec<i32>, max_pages: usize },
+}
+
+/// One validation case: inputs, the sequences checked and their f64 reference.
+struct Case {
+    name: String,
+    problem: MfaDecodeProblem,
+    lens: Vec<i32>,
+    q: Vec<bf16>,
+    pools: HostPools,
+    layout: HostLayout,
+    checked: Vec<usize>,
+    reference: Vec<Vec<f64>>,
+}
+
+/// Rows of `D` values, filled in parallel with one RNG per row (deterministic per seed).
+fn fill_pools(dtype: KvDtype, rows: usize, seed: u64) -> HostPools {
+    let row_rng = |r: usize, which: u64| {
+        rand::rngs::StdRng::seed_from_u64(
+            seed ^ (r as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ which,
+        )
+    };
+    match dtype {
+        KvDtype::Bf16 => {
+            let gen = |which: u64| -> Vec<bf16> {
+                let mut out = vec![bf16::ZERO; rows * D];
+                out.par_chunks_mut(D).enumerate().for_each(|(r, row)| {
+                    let mut rng = row_rng(r, which);
+                    for x in row {
+                        *x = bf16::from_f32(rng.random_range(-1.0f32..1.0));
+                    }
+                });
+                out
+            };
+            HostPools::Bf16 {
+                k: gen(1),
+                v: gen(2),
+            }
+        }
+        KvDtype::Fp8e4m3 => {
+            // Per-token magnitudes spread over ~e^4, quantised with scale = amax / 448.
+            let gen = |which: u64| -> (Vec<u8>, Vec<f32>) {
+                let mut codes = vec![0u8; rows * D];
+                let mut scales = vec![0f32; rows];
+                codes
+                    .par_chunks_mut(D)
+                    .zip(scales.par_iter_mut())
+                    .enumerate()
+                    .for_each(|(r, (row, scale))| {
+                        let mut rng = row_rng(r, which);
+                        let amp = rng.random_range(-2.0f32..2.0).exp();
+                        let x: Vec<f32> = (0..D)
+                            .map(|_| rng.random_range(-1.0f32..1.0) * amp)
+                            .collect();
+                        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+                        *scale = amax / 448.0;
+                        for (c, v) in row.iter_mut().zip(&x) {
+                            *c = fam::e4m3_encode(v / *scale);
+                        }
+                    });
+                (codes, scales)
+            };
+            let (k, ks) = gen(1);
+            let (v, vs) = gen(2);
+            HostPools::Fp8 { k, v, ks, vs }
+        }
+    }
+}
+
+impl Case {
+    /// Random q (head magnitudes 0.5..8, so some softmax rows are peaked), a cache holding
+    /// `lens` tokens per sequence, contiguous (`max_len = context + 5`) or paged (pages of
+    /// `page_size` in random order, the last page of a sequence partly filled).
+    fn new(
+        name: &str,
+        problem: MfaDecodeProblem,
+        lens: Vec<i32>,
+        check: Option<usize>,
+        rng: &mut impl Rng,
+    ) -> Case {
+        let batch = problem.batch as usize;
+        assert_eq!(lens.len(), batch);
+        let mut q = vec![bf16::ZERO; batch * PER_SEQ];
+        for (i, x) in q.iter_mut().enumerate() {
+            let head = (i / D) % HEADS as usize;
+            let amp = 0.5 + 7.5 * (head as f32 / 63.0);
+            *x = bf16::from_f32(rng.random_range(-1.0f32..1.0) * amp);
+        }
+        let clamp = |l: i32| (l.max(0) as usize).min(problem.context as usize);
+        let (rows, layout) = if problem.paged() {
+            let p = problem.page_size as usize;
+            let max_pages = (problem.context as usize).div_ceil(p);
+            let used: usize = lens.iter().map(|&l| clamp(l).div_ceil(p)).sum();
+            let pages = used + 3;
+            let mut order: Vec<i32> = (0..pages as i32).collect();
+            for i in (1..pages).rev() {
+                order.swap(i, rng.random_range(0..=i));
+            }
+            let mut table = vec![-1i32; batch * max_pages];
+            let mut next = 0;
+            for (b, &l) in lens.iter().enumerate() {
+                for i in 0..clamp(l).div_ceil(p) {
+                    table[b * max_pages + i] = order[next];
+                    next += 1;
+                }
+            }
+            (pages * p, HostLayout::Paged { table, max_pages })
+        } else {
+            let max_len = problem.context as usize + 5;
+            (batch * max_len, HostLayout::Contiguous { max_len })
+        };
+        let pools = fill_pools(problem.kv_dtype, rows, rng.random());
+        // Sequences checked: all of a small batch, else the shortest, the longest, the first,
+        // the last and four more at random.
+        let checked: Vec<usize> = match check {
+            None => (0..batch).collect(),
+            Some(n) => {
+                let mut s = vec![0, batch - 1];
+                let by_len = |f: fn(usize, usize) -> bool| {
+                    (0..batch).fold(0, |best, b| {
+                        if f(clamp(lens[b]), clamp(lens[best])) {
+                            b
+                        } else {
+                            best
+                        }
+                    })
+                };
+                s.push(by_len(|a, b| a < b));
+                s.push(by_len(|a, b| a > b));
+                while s.len() < n.max(4) {
+                    s.push(rng.random_range(0..batch));
+                }
+                s.sort_unstable();
+                s.dedup();
+                s
+            }
+        };
+        let mut case = Case {
+            name: name.to_string(),
+            problem,
+            lens,
+            q,
+            pools,
+            layout,
+            checked,
+            reference: Vec::new(),
+        };
+        case.reference = case.compute_reference();
+        case
+    }
+
+    fn compute_reference(&self) -> Vec<Vec<f64>> {
+        let qf: Vec<f32> = self.q.iter().map(|x| x.to_f32()).collect();
+        let (kf, vf);
+        let (k, v) = match &self.pools {
+            HostPools::Bf16 { k, v } => {
+                kf = k.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
+                vf = v.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
+                (KvPool::Bf16(&kf), KvPool::Bf16(&vf))
+            }
+            HostPools::Fp8 { k, v, ks, vs } => (
+                KvPool::Fp8 {
+                    codes: k,
+                    scales: ks,
+                },
+                KvPool::Fp8 {
+                    codes: v,
+                    scales: vs,
+                },
+            ),
+        };
+        let layout = match &self.layout {
+            HostLayout::Contiguous { max_len } => KvLayout::Contiguous { max_len: *max_len },
+            HostLayout::Paged { table, max_pages } => KvLayout::Paged {
+                page_size: self.problem.page_size as usize,
+                block_table: table,
+                max_pages: *max_pages,
+            },
+        };
+        self.checked
+            .par_iter()
+            .map(|&b| {
+                fam::reference_cpu_sequence(
+                    self.problem.context as usize,
+                    &qf[b * PER_SEQ..(b + 1) * PER_SEQ],
+                    k,
+                    v,
+                    layout,
+                    b,
+                    self.lens[b],
+                )
+            })
+            .collect()
+    }
+
+    fn describe(&self) -> Value {
+        json!({"name": self.name, "problem": self.problem, "lens_min": self.lens.iter().min(),
+               "lens_max": self.lens.iter().max(), "sequences_checked": self.checked.len()})
+    }
+}
+
+/// A case's buffers on the device.
+struct DevCase {
+    q: CudaSlice<bf16>,
+    k16: Option<(CudaSlice<bf16>, CudaSlice<bf16>)>,
+    k8: Option<(CudaSlice<u8>, CudaSlice<u8>, CudaSlice<f32>, CudaSlice<f32>)>,
+    table: Option<(CudaSlice<i32>, u32)>,
+    max_len: u32,
+    seq_lens: CudaSlice<i32>,
+}
+
+impl DevCase {
+    fn upload(dev: &Device, c: &Case) -> DevCase {
+        let up16 = |x: &Vec<bf16>| dev.upload(x, "mfa test bf16").unwrap();
+        let (k16, k8) = match &c.pools {
+            HostPools::Bf16 { k, v } => (Some((up16(k), up16(v))), None),
+            HostPools::Fp8 { k, v, ks, vs } => (
+                None,
+                Some((
+                    dev.upload(k, "k codes").unwrap(),
+                    dev.upload(v, "v codes").unwrap(),
+                    dev.upload(ks, "k scales").unwrap(),
+                    dev.upload(vs, "v scales").unwrap(),
+                )),
+            ),
+        };
+        let (table, max_len) = match &c.layout {
+            HostLayout::Contiguous { max_len } => (None, *max_len as u32),
+            HostLayout::Paged { table, max_pages } => (
+                Some((dev.upload(table, "block table").unwrap(), *max_pages as u32)),
+                0,
+            ),
+        };
+        DevCase {
+            q: up16(&c.q),
+            k16,
+            k8,
+            table,
+            max_len,
+            seq_lens: dev.upload(&c.lens, "seq_lens").unwrap(),
+        }
+    }
+
+    fn cache(&self) -> MfaKvCache<'_> {
+        match (&self.k16, &self.k8) {
+            (Some((k, v)), _) => MfaKvCache::Bf16 { k, v },
+            (_, Some((k, v, ks, vs))) => MfaKvCache::Fp8 {
+                k,
+                v,
+                k_scale: ks,
+                v_scale: vs,
+            },
+            _ => unreachable!("one pool pair"),
+        }
+    }
+
+    fn layout(&self) -> MfaKvLayout<'_> {
+        match &self.table {
+            Some((block_table, max_pages)) => MfaKvLayout::Paged {
+                block_table,
+                max_pages: *max_pages,
+            },
+            None => MfaKvLayout::Contiguous {
+                max_len: self.max_len,
+            },
+        }
+    }
+}
+
+/// Loaded kernels by entry: configs that differ only in split_tokens share one.
+struct Kernels<'a> {
+    dev: &'a Device,
+    compiler: &'a Compiler,
+    loaded: HashMap<String, LoadedKernel>,
+}
+
+impl<'a> Kernels<'a> {
+    fn new(dev: &'a Device, compiler: &'a Compiler) -> Self {
+        Kernels {
+            dev,
+            compiler,
+            loaded: HashMap::new(),
+        }
+    }
+
+    /// Compile every (problem, config) pair in parallel first; later loads hit the cache.
+    fn precompile(&self, work: &[(MfaDecodeProblem, MfaDecodeConfig)]) {
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<_> = work
+            .iter()
+            .filter(|(p, c)| seen.insert(MfaDecode::entry(p, c)))
+            .collect();
+        let errors: Vec<String> = unique
+            .par_iter()
+            .filter_map(|(p, c)| {
+                let src = kiln_codegen::render::render::<MfaDecode>(p, c).unwrap();
+                self.compiler
+                    .compile(&src, &CompileOptions::default())
+                    .err()
+                    .map(|e| e.to_string())
+            })
+            .collect();
+        assert!(errors.is_empty(), "{}", errors.join("\n"));
+    }
+
+    fn get(&mut self, p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> MfaDecodeKernel {
+        let entry = MfaDecode::entry(p, c);
+        if let Some(k) = self.loaded.get(&entry) {
+            return MfaDecodeKernel {
+                config: c.clone(),
+                kv_dtype: p.kv_dtype,
+                paged: p.paged(),
+                kernel: k.clone(),
+            };
+        }
+        let k = MfaDecodeKernel::compile(self.dev, self.compiler, p, c)
+            .unwrap_or_else(|e| panic!("{c:?} {p:?}: {e}"));
+        self.loaded.insert(entry, k.kernel.clone());
+        k
+    }
+}
+
+/// Worst relative error over the checked sequences, and whether anything was non-finite (or
+/// an empty sequence was not exactly zero).
+fn compare(case: &Case, out: &[bf16]) -> (f64, bool) {
+    let mut worst = 0.0f64;
+    let mut bad = false;
+    for (i, &b) in case.checked.iter().enumerate() {
+        let got = &out[b * PER_SEQ..(b + 1) * PER_SEQ];
+        let want = &case.reference[i];
+        let (mut num, mut den) = (0.0, 0.0);
+        for (g, w) in got.iter().zip(want) {
+            let g = g.to_f64();
+            bad |= !g.is_finite();
+            num += (g - w) * (g - w);
+            den += w * w;
+        }
+        if den == 0.0 {
+            bad |= num != 0.0;
+        } else {
+            worst = worst.max((num / den).sqrt());
+        }
+    }
+    (worst, bad)
+}
+
+/// Launch `config` on `case` twice with the output poisoned; failures are pushed as JSON.
+fn validate(
+    dev: &Device,
+    kernels: &mut Kernels,
+    case: &Case,
+    dc: &DevCase,
+    config: &MfaDecodeConfig,
+    failures: &mut Vec<Value>,
+) -> f64 {
+    let p = &case.problem;
+    let k = kernels.get(p, config);
+    let mut ws: MfaWorkspace = k.workspace(dev, p).unwrap();
+    let poison = vec![bf16::NAN; p.batch as usize * PER_SEQ];
+    let mut out = dev.upload(&poison, "out").unwrap();
+    let mut worst = 0.0f64;
+    for rep in 0..2 {
+        if rep == 1 {
+            dev.stream.memcpy_htod(&poison, &mut out).unwrap();
+        }
+        k.launch(
+            &dev.stream,
+            p,
+            &dc.q,
+            &dc.cache(),
+            &dc.layout(),
+            &dc.seq_lens,
+            &mut out,
+            &mut ws,
+        )
+        .unwrap_or_else(|e| panic!("{config:?} on {}: {e}", case.name));
+        let host = dev
+            .download(&out)
+            .unwrap_or_else(|e| panic!("{config:?} on {}: {e}", case.name));
+        let (err, bad) = compare(case, &host);
+        worst = worst.max(err);
+        if bad || !(err <= TOL) {
+            failures.push(
+                json!({"case": case.name, "problem": p, "config": config, "rep": rep,
+                                 "rel_err": err, "non_finite_or_nonzero_empty": bad}),
+            );
+        }
+    }
+    let counters = dev.download(&ws.counters).unwrap();
+    if fam::counters_len(p, config) > 0 && counters.iter().any(|&c| c != 0) {
+        failures.push(json!({"case": case.name, "config": config, "counters_left": counters}));
+    }
+    worst
+}
+
+/// Legal configs for `p`, one per (kernel, split count): other split choices launch the same grid.
+fn distinct_configs(
+    p: &MfaDecodeProblem,
+    limits: &kiln_codegen::DeviceLimits,
+) -> Vec<MfaDecodeConfig> {
+    let mut seen = std::collections::HashSet::new();
+    MfaDecode::candidates(p, limits)
+        .into_iter()
+        .filter(|c| seen.insert((MfaDecode::entry(p, c), fam::splits(p, c))))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu.sh"]
+fn mfa_decode_every_config_small() {
+    let (dev, compiler) = open();
+    let seed = seed();
+    eprintln!("mfa_decode small: seed {seed} (KILN_SEED reproduces)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let limits = dev.info.limits();
+    let t0 = std::time::Instant::now();
+
+    let mut cases = Vec::new();
+    for kv in [KvDtype::Bf16, KvDtype::Fp8e4m3] {
+        for page in [0u32, 16] {
+            let tag = format!(
+                "{}_{}",
+                if kv.is_fp8() { "fp8" } else { "bf16" },
+                if page > 0 { "paged" } else { "contig" }
+            );
+            let p = MfaDecodeProblem::step3(3, 1000, kv, page);
+            cases.push(Case::new(
+                &format!("{tag}_b3_l1000"),
+                p,
+                vec![1, 17, 1000],
+                None,
+                &mut rng,
+            ));
+            let p = MfaDecodeProblem::step3(1, 4096, kv, page);
+            cases.push(Case::new(
+                &format!("{tag}_b1_l4096"),
+                p,
+                vec![4096],
+                None,
+                &mut rng,
+            ));
+        }
+    }
+    // An empty sequence, a length past context (clamped), and pages of 7 tokens.
+    for kv in [KvDtype::Bf16, KvDtype::Fp8e4m3] {
+        let p = MfaDecodeProblem::step3(4, 300, kv, 7);
+        cases.push(Case::new(
+            "ragged_page7",
+            p,
+            vec![0, 299, 5000, 64],
+            None,
+            &mut rng,
+        ));
+    }
+
+    let mut kernels = Kernels::new(&dev, &compiler);
+    let work: Vec<_> = cases
+        .iter()
+        .flat_map(|c| {
+            distinct_configs(&c.problem, &limits)
+                .into_iter()
+                .map(move |cfg| (c.problem, cfg))
+        })
+        .collect();
+    kernels.precompile(&work);
+    let compile_s = t0.elapsed().as_secs_f64();
+
+    let mut failures = Vec::new();
+    let mut per_case = Vec::new();
+    let mut launches = 0;
+    let mut worst = 0.0f64;
+    for case in &cases {
+        let dc = DevCase::upload(&dev, case);
+        let configs = distinct_configs(&case.problem, &limits);
+        let mut case_worst = 0.0f64;
+        for c in &configs {
+            case_worst = case_worst.max(validate(&dev, &mut kernels, case, &dc, c, &mut failures));
+            launches += 2;
+        }
+        worst = worst.max(case_worst);
+        per_case.push(
+            json!({"case": case.describe(), "configs": configs.len(), "max_rel_err": case_worst}),
+        );
+        eprintln!(
+            "  {}: {} configs, worst rel err {case_worst:.3e}",
+            case.name,
+            configs.len()
+        );
+    }
+    let summary = json!({
+        "test": "mfa_decode_every_config_small",
+        "device": dev.info,
+        "seed": seed,
+        "legal_configs": MfaDecode::legal_space(&limits).len(),
+        "launches": launches,
+        "worst_rel_err": worst,
+        "tolerance": TOL,
+        "compile_s": compile_s,
+        "wall_s": t0.elapsed().as_secs_f64(),
+        "failures": failures,
+        "per_case": per_case,
+    });
+    report("mfa_decode_validation_small", &summary);
+    eprintln!(
+        "mfa_decode small: {launches} launches, worst rel err {worst:.3e}, {} failures, {:.1} s",
+        failures.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {}",
+        failures.len(),
+        failures[0]
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu.sh"]
+fn mfa_decode_large_ragged() {
+    let (dev, compiler) = open();
+    let seed = seed();
+    eprintln!("mfa_decode large: seed {seed} (KILN_SEED reproduces)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let limits = dev.info.limits();
+    let t0 = std::time::Instant::now();
+
+    let ragged = |rng: &mut rand::rngs::StdRng, batch: usize, context: i32| -> Vec<i32> {
+        let mut l: Vec<i32> = (0..batch).map(|_| rng.random_range(1..=context)).collect();
+        l[0] = 1;
+        l[1] = 17;
+        l[batch / 2] = context;
+        l
+    };
+    let mut cases = Vec::new();
+    for (kv, page) in [(KvDtype::Bf16, 16u32), (KvDtype::Fp8e4m3, 0)] {
+        let p = MfaDecodeProblem::step3(64, 4096, kv, page);
+        let lens = ragged(&mut rng, 64, 4096);
+        cases.push(Case::new(
+            &format!("b64_l4096_{kv:?}_p{page}"),
+            p,
+            lens,
+            Some(8),
+            &mut rng,
+        ));
+    }
+    for (kv, page) in [(KvDtype::Bf16, 0u32), (KvDtype::Fp8e4m3, 64)] {
+        let p = MfaDecodeProblem::step3(256, 4096, kv, page);
+        let lens = ragged(&mut rng, 256, 4096);
+        cases.push(Case::new(
+            &format!("b256_l4096_{kv:?}_p{page}"),
+            p,
+            lens,
+            Some(6),
+            &mut rng,
+        ));
+    }
+    for (kv, page) in [(KvDtype::Bf16, 0u32), (KvDtype::Fp8e4m3, 16)] {
+        let p = MfaDecodeProblem::step3(1, 65536, kv, page);
+        cases.push(Case::new(
+            &format!("b1_l65536_{kv:?}_p{page}"),
+            p,
+            vec![65536],
+            None,
+            &mut rng,
+        ));
+    }
+    let data_s = t0.elapsed().as_secs_f64();
+
+    // The default plus one 4-warp and one 8-warp alternative, each at a second split size.
+    let configs_for = |p: &MfaDecodeProblem| -> Vec<MfaDecodeConfig> {
+        let d = MfaDecode::default_config(p);
+        let mut v = vec![d.clone()];
+        for (tile_kv, stages, warps) in [(32, 4, 4), (64, 2, 4), (128, 2, 8)] {
+            for split_tokens in [d.split_tokens, (d.split_tokens * 4).min(1 << 24)] {
+                let c = MfaDecodeConfig {
+                    tile_kv,
+                    stages,
+                    warps,
+                    split_tokens,
+                };
+                if MfaDecode::check_config(&c, &limits).is_ok()
+                    && MfaDecode::check_problem(p, &c).is_ok()
+                    && !v.contains(&c)
+                {
+                    v.push(c);
+                }
+            }
+        }
+        v
+    };
+    let mut kernels = Kernels::new(&dev, &compiler);
+    let work: Vec<_> = cases
+        .iter()
+        .flat_map(|c| {
+            configs_for(&c.problem)
+                .into_iter()
+                .map(move |cfg| (c.problem, cfg))
+        })
+        .collect();
+    kernels.precompile(&work);
+
+    let mut failures = Vec::new();
+    let mut per_case = Vec::new();
+    let mut worst = 0.0f64;
+    for case in &cases {
+        let dc = DevCase::upload(&dev, case);
+        let mut rows = Vec::new();
+        for c in configs_for(&case.problem) {
+            let e = validate(&dev, &mut kernels, case, &dc, &c, &mut failures);
+            worst = worst.max(e);
+            rows.push(
+                json!({"config": c, "splits": fam::splits(&case.problem, &c), "max_rel_err": e}),
+            );
+        }
+        eprintln!("  {}: {} configs checked", case.name, rows.len());
+        per_case.push(json!({"case": case.describe(), "configs": rows}));
+    }
+    let summary = json!({
+        "test": "mfa_decode_large_ragged",
+        "device": dev.info,
+        "seed": seed,
+        "worst_rel_err": worst,
+        "tolerance": TOL,
+        "data_and_reference_s": data_s,
+        "wall_s": t0.elapsed().as_secs_f64(),
+        "failures": failures,
+        "per_case": per_case,
+    });
+    report("mfa_decode_validation_large", &summary);
+    eprintln!(
+        "mfa_decode large: worst rel err {worst:.3e}, {} failures, {:.1} s",
+        failures.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {}",
+        failures.len(),
+        failures[0]
+    );
+}
+
+/// Device pools for timing.
+enum DevPools {
+    Bf16(CudaSlice<bf16>, CudaSlice<bf16>),
+    Fp8(CudaSlice<u8>, CudaSlice<u8>, CudaSlice<f32>, CudaSlice<f32>),
+}
+
+impl DevPools {
+    /// `rows` rows of plausible values (finite, no NaN codes): a 64 MiB host pattern,
+    /// replicated on the device.
+    fn new(dev: &Device, dtype: KvDtype, rows: usize) -> DevPools {
+        let elems = rows * D;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let pattern_elems = 32 << 20;
+        match dtype {
+            KvDtype::Bf16 => {
+                let pat: Vec<bf16> = (0..pattern_elems)
+                    .map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)))
+                    .collect();
+                let pat = dev.upload(&pat, "pattern").unwrap();
+                let k = replicate_bf16(dev, &pat, elems);
+                let v = replicate_bf16(dev, &pat, elems);
+                DevPools::Bf16(k, v)
+            }
+            KvDtype::Fp8e4m3 => {
+                let pat: Vec<u8> = (0..pattern_elems)
+                    .map(|_| fam::e4m3_encode(rng.random_range(-448.0f32..448.0)))
+                    .collect();
+                let pat = dev.upload(&pat, "pattern").unwrap();
+                let k = replicate_u8(dev, &pat, elems);
+                let v = replicate_u8(dev, &pat, elems);
+                let ks = dev.upload(&vec![1.0f32 / 448.0; rows], "k scales").unwrap();
+                let vs = dev.upload(&vec![1.0f32 / 448.0; rows], "v scales").unwrap();
+                DevPools::Fp8(k, v, ks, vs)
+            }
+        }
+    }
+
+    fn cache(&self) -> MfaKvCache<'_> {
+        match self {
+            DevPools::Bf16(k, v) => MfaKvCache::Bf16 { k, v },
+            DevPools::Fp8(k, v, ks, vs) => MfaKvCache::Fp8 {
+                k,
+                v,
+                k_scale: ks,
+                v_scale: vs,
+            },
+        }
+    }
+}
+
+/// `$name(dev, pat, len)`: a device buffer of `len` elements holding copies of `pat`
+/// (one function per element type; cudarc's copy traits are not nameable from here).
+macro_rules! replicate_fn {
+    ($name:ident, $t:ty) => {
+        fn $name(dev: &Device, pat: &CudaSlice<$t>, len: usize) -> CudaSlice<$t> {
+            let mut dst = dev.zeros::<$t>(len, "timing pool").unwrap();
+            let mut off = 0;
+            while off < len {
+                let n = pat.len().min(len - off);
+                let mut view = dst.slice_mut(off..off + n);
+                dev.stream.memcpy_dtod(&pat.slice(0..n), &mut view).unwrap();
+                off += n;
+            }
+            dev.synchronize().unwrap();
+            dst
+        }
+    };
+}
+replicate_fn!(replicate_bf16, bf16);
+replicate_fn!(replicate_u8, u8);
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu.sh"]
+fn mfa_decode_bench() {
+    let (dev, compiler) = open();
+    let limits = dev.info.limits();
+    let t0 = std::time::Instant::now();
+    let mut shapes: Vec<MfaDecodeProblem> = Vec::new();
+    for batch in [1u32, 8, 32, 128] {
+        for context in [1024u32, 4096, 16384, 65536] {
+            shapes.push(MfaDecodeProblem::step3(batch, context, KvDtype::Bf16, 0));
+        }
+    }
+    shapes.push(MfaDecodeProblem::step3(128, 4096, KvDtype::Fp8e4m3, 0));
+    shapes.push(MfaDecodeProblem::step3(128, 4096, KvDtype::Fp8e4m3, 16));
+    shapes.push(MfaDecodeProblem::step3(128, 4096, KvDtype::Bf16, 16));
+    shapes.push(MfaDecodeProblem::step3(1, 4096, KvDtype::Fp8e4m3, 0));
+
+    // Candidates: the default, its neighbours in split size, and the other kernels at the
+    // default split.
+    let candidates = |p: &MfaDecodeProblem| -> Vec<MfaDecodeConfig> {
+        let d = MfaDecode::default_config(p);
+        let mut v = vec![d.clone()];
+        let mut push = |c: MfaDecodeConfig| {
+            if MfaDecode::check_config(&c, &limits).is_ok()
+                && MfaDecode::check_problem(p, &c).is_ok()
+                && !v.contains(&c)
+            {
+                v.push(c);
+            }
+        };
+        for s in [d.split_tokens / 2, d.split_tokens * 2] {
+            if s >= 64 && s <= d.split_tokens.max(p.context.next_power_of_two()) {
+                push(MfaDecodeConfig {
+                    split_tokens: s,
+                    ..d.clone()
+                });
+            }
+        }
+        for (tile_kv, stages, warps) in
+            [(64, 2, 4), (32, 4, 4), (64, 2, 8), (32, 4, 8), (128, 3, 8)]
+        {
+            let split_tokens = d.split_tokens.max(tile_kv);
+            push(MfaDecodeConfig {
+                tile_kv,
+                stages,
+                warps,
+                split_tokens,
+            });
+        }
+        v
+    };
+    let mut kernels = Kernels::new(&dev, &compiler);
+    let work: Vec<_> = shapes
+        .iter()
+        .flat_map(|p| candidates(p).into_iter().map(move |c| (*p, c)))
+        .collect();
+    kernels.precompile(&work);
+
+    // One set of pools per (dtype, layout) sized for the largest shape of that kind.
+    let mut bench = Bench::new(&dev).unwrap();
+    let opts = MeasureOptions {
+        warmup: 3,
+        reps: 20,
+        flush_l2: true,
+    };
+    let mut rows_out = Vec::new();
+    let mut pools: HashMap<(bool, bool), DevPools> = HashMap::new();
+    for p in &shapes {
+        let key = (p.kv_dtype.is_fp8(), p.paged());
+        let need_rows = p.batch as usize * p.context as usize;
+        let max_rows = shapes
+            .iter()
+            .filter(|s| (s.kv_dtype.is_fp8(), s.paged()) == key)
+            .map(|s| s.batch as usize * s.context as usize)
+            .max()
+            .unwrap();
+        let pl = pools
+            .entry(key)
+            .or_insert_with(|| DevPools::new(&dev, p.kv_dtype, max_rows));
+        let b = p.batch as usize;
+        let q = dev
+            .upload(&vec![bf16::from_f32(0.5); b * PER_SEQ], "q")
+            .unwrap();
+        let mut out = dev.zeros::<bf16>(b * PER_SEQ, "out").unwrap();
+        let seq_lens = dev.upload(&vec![p.context as i32; b], "seq_lens").unwrap();
+        // Paged: pages of each sequence scattered over the pool (sequence-major reversed).
+        let table = if p.paged() {
+            let ps = p.page_size as usize;
+            let per = p.context as usize / ps;
+            let total = need_rows / ps;
+            let t: Vec<i32> = (0..b * per).map(|i| ((i * 7919) % total) as i32).collect();
+            Some(dev.upload(&t, "block table").unwrap())
+        } else {
+            None
+        };
+        let layout = match &table {
+            Some(t) => MfaKvLayout::Paged {
+                block_table: t,
+                max_pages: p.context / p.page_size,
+            },
+            None => MfaKvLayout::Contiguous { max_len: p.context },
+        };
+        let cache = pl.cache();
+        let mut results = Vec::new();
+        for c in candidates(p) {
+            let k = kernels.get(p, &c);
+            let mut ws = k.workspace(&dev, p).unwrap();
+            let m = bench
+                .measure(&opts, || {
+                    k.launch(
+                        &dev.stream,
+                        p,
+                        &q,
+                        &cache,
+                        &layout,
+                        &seq_lens,
+                        &mut out,
+                        &mut ws,
+                    )
+                })
+                .unwrap_or_else(|e| panic!("{c:?} on {p:?}: {e}"));
+            results.push((c, m));
+        }
+        let default = results[0].1.median_us;
+        let (best_c, best_m) = results
+            .iter()
+            .min_by(|a, b| a.1.median_us.total_cmp(&b.1.median_us))
+            .unwrap();
+        let kv_mb = p.kv_bytes() / 1e6;
+        let tb_s = |us: f64| p.kv_bytes() / (us * 1e-6) / 1e12;
+        let target = if kv_mb >= 256.0 {
+            json!({"kind": ">= 3.9 TB/s", "met": tb_s(best_m.median_us) >= 3.9})
+        } else if kv_mb >= 32.0 {
+            json!({"kind": ">= 3.0 TB/s", "met": tb_s(best_m.median_us) >= 3.0})
+        } else {
+            json!({"kind": "<= 6 us", "met": best_m.median_us <= 6.0})
+        };
+        eprintln!(
+            "  B={:<4} L={:<6} {:?}{}: {:>8.2} us best ({:.2} TB/s KV), default {:.2} us",
+            p.batch,
+            p.context,
+            p.kv_dtype,
+            if p.paged() {
+                format!(" page {}", p.page_size)
+            } else {
+                String::new()
+            },
+            best_m.median_us,
+            tb_s(best_m.median_us),
+            default
+        );
+        rows_out.push(json!({
+            "problem": p,
+            "kv_mb": kv_mb,
+            "best": {"config": best_c, "splits": fam::splits(p, best_c), "measurement": best_m,
+                     "kv_tb_s": tb_s(best_m.median_us)},
+            "default": {"config": results[0].0, "median_us": default, "kv_tb_s": tb_s(default)},
+            "target": target,
+            "candidates": results.iter().map(|(c, m)| json!({"config": c, "splits": fam::splits(p, c),
+                "median_us": m.median_us, "p20_us": m.p20_us, "p80_us": m.p80_us, "kv_tb_s": tb_s(m.median_us)})).collect::<Vec<_>>(),
+        }));
+    }
+    let summary = json!({
+        "test": "mfa_decode_bench",
+        "device": dev.info,
+        "clock_and_temperature": kiln_runtime::measure::gpu_clock_and_temperature(0),
+        "how": "median of 20 CUDA-event-timed launches, L2 flushed (2x L2 memset) before each; uniform lengths = context; kv_tb_s = K+V bytes (with FP8 scales) / time",
+        "wall_s": t0.elapsed().as_secs_f64(),
+        "rows": rows_out,
+    });
+    report("mfa_decode_bench", &summary);
+}
