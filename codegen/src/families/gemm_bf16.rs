@@ -884,6 +884,7 @@ mod tests {
             unroll: 4,
             tokens8: 1,
             split_k: 8,
+            depth: 1,
         });
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["kernel"], "stream");
@@ -1152,6 +1153,7 @@ mod tests {
             unroll: 4,
             tokens8: 2,
             split_k: 4,
+            depth: 1,
         });
         assert!(GemmBf16::check_config(&s, &limits()).is_ok());
         assert_eq!(counters_len(&p, &s), 2);

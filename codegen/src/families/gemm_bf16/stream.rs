@@ -31,6 +31,15 @@ pub struct StreamConfig {
     pub tokens8: u32,
     /// K slices reduced in-kernel (grid.z).
     pub split_k: u32,
+    /// Chunks a warp keeps in flight: 1 waits for each chunk before loading the next, 2
+    /// issues the next chunk's loads before the current chunk's mma's (two register
+    /// buffers). Configs tuned before the field existed are depth 1.
+    #[serde(default = "depth_one")]
+    pub depth: u32,
+}
+
+fn depth_one() -> u32 {
+    1
 }
 
 impl StreamConfig {
@@ -58,9 +67,13 @@ impl StreamConfig {
     pub fn load_registers(&self) -> u32 {
         self.unroll * (8 * self.rows + 4 * self.tokens8)
     }
+    /// Load registers live at once: `depth` chunks' worth.
+    pub fn buffer_registers(&self) -> u32 {
+        self.depth * self.load_registers()
+    }
     /// Rough registers per thread: loads, accumulators, pointers and indices.
     pub fn register_estimate(&self) -> u32 {
-        self.load_registers() + self.frag() + 4 * self.rows + 2 * self.tokens8 + 32
+        self.buffer_registers() + self.frag() + 4 * self.rows + 2 * self.tokens8 + 32
     }
     /// Dynamic shared memory: every warp's accumulators, for the cross-warp sum.
     pub fn smem_bytes(&self) -> u32 {
@@ -128,13 +141,16 @@ pub fn space() -> Vec<StreamConfig> {
             for unroll in [2, 4, 8] {
                 for tokens8 in [1, 2, 4] {
                     for split_k in [1, 2, 4, 8, 16, 32] {
-                        out.push(StreamConfig {
-                            warps,
-                            rows,
-                            unroll,
-                            tokens8,
-                            split_k,
-                        });
+                        for depth in [1, 2] {
+                            out.push(StreamConfig {
+                                warps,
+                                rows,
+                                unroll,
+                                tokens8,
+                                split_k,
+                                depth,
+                            });
+                        }
                     }
                 }
             }
@@ -172,14 +188,33 @@ pub fn check_config(c: &StreamConfig, limits: &DeviceLimits) -> Result<(), Illeg
     illegal(![1, 2, 4, 8, 16, 32].contains(&c.split_k), || {
         format!("split_k {} is not a power of two up to 32", c.split_k)
     })?;
-    // Registers: a chunk's loads are all live before its first mma; at most 160 of them
-    // (plus accumulators) keeps every variant under 255 registers without spills.
-    illegal(c.load_registers() + c.frag() > 160, || {
+    // Pipeline depth: 1 (wait for each chunk) or 2 (two register buffers).
+    illegal(![1, 2].contains(&c.depth), || {
+        format!("depth {} is not 1 or 2", c.depth)
+    })?;
+    // Registers: a chunk's loads are all live before its first mma, and at depth 2 the next
+    // chunk's too; at most 160 of them (plus accumulators) keeps every variant under 255
+    // registers without spills.
+    illegal(c.buffer_registers() + c.frag() > 160, || {
         format!(
             "{} load registers and {} accumulators exceed 160",
-            c.load_registers(),
+            c.buffer_registers(),
             c.frag()
         )
+    })?;
+    // Pruning (keeps the space compilable in CI). Depth 1 with 8 blocks a chunk never won a
+    // measurement (depth 2 at 4 blocks has as many bytes in flight, without the bursts).
+    illegal(c.depth == 1 && c.unroll == 8, || {
+        "unroll 8 at depth 1: depth 2 at unroll 4 covers it".to_string()
+    })?;
+    // Depth 1 at split 2 never won either (1 and 4 bracket it).
+    illegal(c.depth == 1 && c.split_k == 2, || {
+        "split_k 2 at depth 1: splits 1 and 4 bracket it".to_string()
+    })?;
+    // Splits of 16 and 32 serve small N, where a split is a few chunks per warp: latency
+    // bound at any depth, so they stay depth 1.
+    illegal(c.depth == 2 && c.split_k >= 16, || {
+        format!("split_k {} at depth 2: a few chunks per warp", c.split_k)
     })?;
     // The cross-warp sum fits the opt-in shared memory.
     illegal(c.smem_bytes() > limits.max_dynamic_smem_per_block, || {
@@ -231,10 +266,11 @@ pub fn check_problem(p: &GemmBf16Problem, c: &StreamConfig) -> Result<(), Illega
 
 pub fn entry(p: &GemmBf16Problem, c: &StreamConfig) -> String {
     format!(
-        "kiln_gemm_bf16_stream_w{}_r{}_u{}_t{}_sk{}_a{}",
+        "kiln_gemm_bf16_stream_w{}_r{}_u{}_d{}_t{}_sk{}_a{}",
         c.warps,
         c.rows,
         c.unroll,
+        c.depth,
         c.tokens8,
         c.split_k,
         if is_aligned(p) { 16 } else { 2 }
@@ -252,6 +288,7 @@ pub fn render_vars(p: &GemmBf16Problem, c: &StreamConfig) -> RenderVars {
         "min_blocks": 1,
         "rows": c.rows,
         "unroll": c.unroll,
+        "depth": c.depth,
         "tokens8": c.tokens8,
         "split_k": c.split_k,
         "tile_n": c.tile_n(),
@@ -288,9 +325,11 @@ pub fn default_config(p: &GemmBf16Problem) -> StreamConfig {
         unroll: 4,
         tokens8,
         split_k: 1,
+        depth: 1,
     };
     // Split K until there are >= 4 CTAs per SM (the block scheduler then evens the bytes
     // per SM out), while every split keeps a group of K blocks and the reduction its bounds.
+    // Splits the space prunes (split 2 at depth 1) are skipped.
     for split in [2, 4, 8, 16, 32] {
         if tiles(p, &c) * c.split_k as u64 >= 4 * SMS {
             break;
@@ -300,7 +339,7 @@ pub fn default_config(p: &GemmBf16Problem) -> StreamConfig {
             ..c.clone()
         };
         if check_config(&s, &DeviceLimits::HOPPER).is_err() || check_problem(p, &s).is_err() {
-            break;
+            continue;
         }
         c = s;
     }
@@ -334,8 +373,10 @@ pub fn estimate_us(p: &GemmBf16Problem, c: &StreamConfig, limits: &DeviceLimits)
         .max(1.0);
     let ctas_per_sm = (ctas / sms).ceil(); // on the busiest SM
     let waves = (ctas_per_sm / per_sm).ceil();
-    // Chunks a warp walks in turn (one DRAM round trip each), and the warps that get one.
-    let rounds = (kb_split / (c.warps * c.unroll) as f64).ceil();
+    // Chunks a warp walks in turn (one DRAM round trip each at depth 1; at depth 2 the
+    // next chunk's trip overlaps the current one), and the warps that get one.
+    let chunks = (kb_split / (c.warps * c.unroll) as f64).ceil();
+    let rounds = (chunks / c.depth as f64).ceil();
     let busy_warps = (kb_split / c.unroll as f64).ceil().min(c.warps as f64);
     // The unaligned branch gathers 2-byte elements, one block per round trip.
     let (scale, rounds) = if is_aligned(p) {
@@ -346,7 +387,15 @@ pub fn estimate_us(p: &GemmBf16Problem, c: &StreamConfig, limits: &DeviceLimits)
 
     let rows = (p.n as f64).min(c.tile_n() as f64);
     let cta_bytes = rows * (kb_split * K_BLOCK as f64).min(p.k as f64) * 2.0;
-    let inflight = per_sm.min(ctas_per_sm) * busy_warps * (c.unroll * c.rows) as f64 * 1024.0;
+    // Bytes in flight over time: a depth-1 warp has its chunk out for one round trip and
+    // then nothing while its mma's run and the next loads start (about half a chunk on
+    // average as the chunk drains); a depth-2 warp keeps one to two chunks out.
+    let avg_chunks = if c.depth >= 2 { 1.5 } else { 0.5 };
+    let inflight = per_sm.min(ctas_per_sm)
+        * busy_warps
+        * (c.unroll * c.rows) as f64
+        * 1024.0
+        * avg_chunks;
     let sm_bps = (inflight / LATENCY_S).min(SM_BPS) * scale;
     let weight_bytes = p.n as f64 * p.k as f64 * 2.0;
     let memory_s = (weight_bytes / (DRAM_BPS * scale)).max(ctas_per_sm * cta_bytes / sm_bps);
@@ -359,7 +408,10 @@ pub fn estimate_us(p: &GemmBf16Problem, c: &StreamConfig, limits: &DeviceLimits)
     let sm_cycles =
         (2 * c.rows + token_loads) as f64 * 8.0 / scale + (4 * c.rows * c.tokens8) as f64;
     let sm_s = ctas_per_sm * kb_split * sm_cycles / CLOCK_HZ;
-    let stream_s = memory_s.max(latency_s).max(sm_s);
+    // Bubbles: at depth 1 every chunk after a warp's first waits a round trip with nothing
+    // of the warp in flight, which other warps cover only in part (~1 us more measured).
+    let fill_s = if c.depth >= 2 { 0.0 } else { LATENCY_S };
+    let stream_s = memory_s.max(latency_s).max(sm_s) + fill_s;
 
     // Split-K: partials out and back through L2, one round trip per batch of outputs.
     let reduce_s = if c.split_k > 1 {
@@ -398,10 +450,54 @@ mod tests {
             assert!(l.iter().any(|c| c.tokens8 == t && c.split_k == 1));
         }
         assert!(l.iter().any(|c| c.rows == 4));
-        assert!(l.iter().any(|c| c.unroll == 8));
+        for d in [1, 2] {
+            assert!(l.iter().any(|c| c.depth == d && c.unroll == 2 && c.split_k == 1));
+            assert!(l.iter().any(|c| c.depth == d && c.unroll == 4 && c.split_k == 4));
+        }
+        // The measured winners of depth 1 keep a depth-2 twin where registers allow, among
+        // them the M = 32 one (rows 2, unroll 2, 4 warps).
+        assert!(l.iter().any(|c| c.depth == 2 && c.tokens8 == 4 && c.rows == 2 && c.unroll == 2));
+        assert!(l.iter().any(|c| c.depth == 2 && c.tokens8 == 1 && c.rows == 1 && c.unroll == 4 && c.warps == 8));
         for c in &l {
             assert!(c.register_estimate() <= 255, "{c:?}");
             assert!(c.reduce_batch() * c.split_k <= 32, "{c:?}");
+            assert!(c.buffer_registers() + c.frag() <= 160, "{c:?}");
+        }
+        // Entry names tell every config apart.
+        let p = prob(1, 2560, 7168);
+        let names: std::collections::HashSet<String> = l.iter().map(|c| entry(&p, c)).collect();
+        assert_eq!(names.len(), l.len());
+    }
+
+    #[test]
+    fn configs_without_a_depth_are_depth_one() {
+        let c: StreamConfig = serde_json::from_value(serde_json::json!({"warps": 4, "rows": 1,
+            "unroll": 2, "tokens8": 1, "split_k": 4}))
+        .unwrap();
+        assert_eq!(c.depth, 1);
+    }
+
+    #[test]
+    fn pipelining_ranks_above_waiting_for_large_weights() {
+        let l = DeviceLimits::HOPPER;
+        for (m, n, k) in [
+            (1, 2560, 7168),
+            (1, 16384, 2048),
+            (1, 7168, 16384),
+            (32, 7168, 16384),
+            (32, 2560, 7168),
+        ] {
+            let p = prob(m, n, k);
+            let best = |d: u32| {
+                legal()
+                    .into_iter()
+                    .filter(|c| c.depth == d && worth_measuring(&p, c))
+                    .filter(|c| check_problem(&p, c).is_ok())
+                    .map(|c| estimate_us(&p, &c, &l))
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let (one, two) = (best(1), best(2));
+            assert!(two < one, "{p:?}: depth 2 {two} us, depth 1 {one} us");
         }
     }
 
@@ -533,6 +629,7 @@ mod tests {
             unroll: 4,
             tokens8: 1,
             split_k: 8,
+            depth: 1,
         };
         assert!(check_problem(&prob(8, 48, 7168), &c).is_ok());
         assert!(check_problem(&prob(9, 48, 7168), &c).is_err());
