@@ -232,6 +232,9 @@ pub struct BenchFile {
     pub schema: u32,
     pub device: Value,
     pub method: String,
+    /// An empty kernel timed the same way: the floor every row includes.
+    #[serde(default)]
+    pub empty_kernel_us: Option<f64>,
     pub rows: Vec<BenchRow>,
 }
 
@@ -340,6 +343,7 @@ fn measure_all(tuned_dir: &Path, reps: usize) -> Result<BenchFile, Box<dyn std::
     let reference = GemmBf16Reference::compile(&device, &compiler)?;
     let blas = CublasBf16::new(&device)?;
     let mut bench = Bench::new(&device)?;
+    let empty_kernel_us = Some(bench.empty_kernel_us(&compiler, reps)?);
     let mut rows = Vec::new();
     for (i, p) in problems.iter().enumerate() {
         let sel = dispatch.select(p);
@@ -395,6 +399,7 @@ fn measure_all(tuned_dir: &Path, reps: usize) -> Result<BenchFile, Box<dyn std::
     Ok(BenchFile {
         schema: 1,
         device: serde_json::to_value(&device.info)?,
+        empty_kernel_us,
         method: format!("median of {reps} CUDA-event-timed runs, L2 flushed (2x L2 memset) before each; baseline in the same process on the same buffers"),
         rows,
     })
@@ -437,6 +442,9 @@ fn print_bench(f: &BenchFile) {
         .iter()
         .filter(|r| r.problem["m"].as_u64().is_some_and(|m| m <= 32))
         .collect();
+    if let Some(e) = f.empty_kernel_us {
+        println!("an empty kernel measures {e:.2} us this way (launch + event overhead in every row)");
+    }
     println!(
         "geometric-mean speedup over {}: {:.3} (all {} rows), {:.3} (M <= 32, {} rows). {}",
         f.rows
@@ -486,12 +494,7 @@ mod tests {
     }
 
     fn file(rows: Vec<BenchRow>) -> BenchFile {
-        BenchFile {
-            schema: 1,
-            device: Value::Null,
-            method: String::new(),
-            rows,
-        }
+        BenchFile { schema: 1, device: Value::Null, method: String::new(), empty_kernel_us: None, rows }
     }
 
     #[test]

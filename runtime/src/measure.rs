@@ -124,6 +124,29 @@ impl Bench {
     }
 }
 
+#[cfg(feature = "jit")]
+impl Bench {
+    /// An empty kernel (132 blocks of 128 threads) timed exactly like a real
+    /// one: the launch and event overhead every measurement includes.
+    pub fn empty_kernel_us(&mut self, compiler: &kiln_codegen::Compiler, reps: usize) -> Result<f64> {
+        let src = kiln_codegen::KernelSource {
+            family: "empty".into(),
+            entry: "kiln_empty".into(),
+            source: "extern \"C\" __global__ void kiln_empty() {}".into(),
+        };
+        let k = compiler.compile(&src, &kiln_codegen::CompileOptions::default())?;
+        let kernel = crate::kernel::LoadedKernel::load(&self.device, &k.cubin, "kiln_empty", 0)?;
+        let cfg = cudarc::driver::LaunchConfig { grid_dim: (132, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let stream = self.device.stream.clone();
+        let m = self.measure(&MeasureOptions { warmup: 3, reps, flush_l2: true }, || {
+            let mut b = stream.launch_builder(&kernel.func);
+            // SAFETY: kiln_empty takes no arguments.
+            unsafe { b.launch(cfg) }.map(|_| ()).during("launching the empty kernel")
+        })?;
+        Ok(m.median_us)
+    }
+}
+
 /// SM clock (MHz) and temperature (C) as `nvidia-smi` reports them now;
 /// `None` where it is not available. Read-only: kiln never changes clocks.
 pub fn gpu_clock_and_temperature(ordinal: usize) -> Option<(u32, u32)> {
