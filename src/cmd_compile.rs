@@ -15,6 +15,7 @@ pub fn compile(
     family: Option<String>,
     arch: &str,
     limit: Option<usize>,
+    filter: Option<&str>,
     json_out: bool,
 ) -> CliResult {
     let families = match family {
@@ -31,7 +32,11 @@ pub fn compile(
     // Render everything first: a template error is reported before any compile.
     let mut units = Vec::new();
     for f in &families {
-        let variants = f.variants(&limits);
+        let variants: Vec<_> = f
+            .variants(&limits)
+            .into_iter()
+            .filter(|v| filter.is_none_or(|t| v.entry.contains(t)))
+            .collect();
         let take = limit.unwrap_or(variants.len());
         for v in variants.into_iter().take(take) {
             let src = f.render(&v)?;

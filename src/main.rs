@@ -53,6 +53,9 @@ enum Command {
         /// Compile at most N variants per family.
         #[arg(long)]
         limit: Option<usize>,
+        /// Only variants whose entry name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -125,13 +128,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info { json } => cmd_info::info(json),
         Command::List { json } => cmd_info::list(json),
-        Command::Compile {
-            family,
-            all: _,
-            arch,
-            limit,
-            json,
-        } => cmd_compile::compile(family, &arch, limit, json),
+        Command::Compile { family, all: _, arch, limit, filter, json } => {
+            cmd_compile::compile(family, &arch, limit, filter.as_deref(), json)
+        }
         Command::Tune {
             family,
             problems,
