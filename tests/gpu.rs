@@ -15,6 +15,9 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde_json::json;
 
+#[path = "gpu_parts/mfa.rs"]
+mod mfa;
+
 const GPU: &str = "needs an NVIDIA GPU: run scripts/gpu.sh";
 /// Norm-wise relative error allowed for BF16 outputs (fp32 accumulation, one BF16 rounding).
 const BF16_TOL: f64 = 1e-2;
