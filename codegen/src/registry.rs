@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 use serde_json::Value;
 
 use crate::error::{CodegenError, Result};
+use crate::families::fused_norm_rope::FusedNormRope;
 use crate::families::gemm_bf16::GemmBf16;
 use crate::families::mfa_decode::MfaDecode;
 use crate::family::{DeviceLimits, Family};
@@ -169,10 +170,11 @@ pub fn template_sha256(text: &str) -> String {
 
 static GEMM_BF16: Erased<GemmBf16> = Erased(PhantomData);
 static MFA_DECODE: Erased<MfaDecode> = Erased(PhantomData);
+static FUSED_NORM_ROPE: Erased<FusedNormRope> = Erased(PhantomData);
 
 /// All families, in a stable order.
 pub fn families() -> Vec<&'static dyn AnyFamily> {
-    vec![&GEMM_BF16, &MFA_DECODE]
+    vec![&GEMM_BF16, &MFA_DECODE, &FUSED_NORM_ROPE]
 }
 
 pub fn family(name: &str) -> Result<&'static dyn AnyFamily> {

@@ -13,6 +13,9 @@
 //!   {1, 8, 32, 128} x L in {1K, 4K, 16K, 64K} BF16, FP8 and paged at B = 128, L = 4K),
 //!   L2 flushed, effective KV bandwidth per shape.
 
+// `!(err <= tol)` on purpose: a NaN error must fail.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use std::collections::HashMap;
 
 use half::bf16;
@@ -29,6 +32,10 @@ use kiln_runtime::{Device, LoadedKernel};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde_json::{json, Value};
+
+/// `fused_norm_rope`'s GPU tests live next to these (they share the helpers below).
+#[path = "norm_rope.rs"]
+mod norm_rope;
 
 /// Norm-wise relative error allowed per sequence (fp32 accumulation, P rounded to bf16 / f16,
 /// one bf16 rounding of O). FP8 caches are compared with the exactly dequantised cache, so
@@ -285,11 +292,14 @@ impl Case {
     }
 }
 
+/// FP8 codes of K and V, then their scales.
+type Fp8Pools = (CudaSlice<u8>, CudaSlice<u8>, CudaSlice<f32>, CudaSlice<f32>);
+
 /// A case's buffers on the device.
 struct DevCase {
     q: CudaSlice<bf16>,
     k16: Option<(CudaSlice<bf16>, CudaSlice<bf16>)>,
-    k8: Option<(CudaSlice<u8>, CudaSlice<u8>, CudaSlice<f32>, CudaSlice<f32>)>,
+    k8: Option<Fp8Pools>,
     table: Option<(CudaSlice<i32>, u32)>,
     max_len: u32,
     seq_lens: CudaSlice<i32>,

@@ -1,4 +1,5 @@
 //! One module per kernel family, each next to its template in `templates/`.
 
+pub mod fused_norm_rope;
 pub mod gemm_bf16;
 pub mod mfa_decode;
