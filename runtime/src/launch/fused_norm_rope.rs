@@ -102,9 +102,8 @@ impl FusedNormRopeKernel {
         config: &FusedNormRopeConfig,
     ) -> Result<Self> {
         check(problem, config)?;
-        let src = kiln_codegen::render::render::<FusedNormRope>(problem, config)?;
-        let compiled = compiler.compile(&src, &kiln_codegen::CompileOptions::default())?;
-        Self::from_cubin(device, &compiled.cubin, problem, config)
+        let cubin = super::compile_cubin::<FusedNormRope>(compiler, problem, config)?;
+        Self::from_cubin(device, &cubin, problem, config)
     }
 
     /// The same source serves `p` (same entry).

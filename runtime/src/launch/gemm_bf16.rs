@@ -10,11 +10,7 @@ use crate::error::{DriverContext, Result, RuntimeError};
 use crate::kernel::LoadedKernel;
 
 /// Scratch for split-K: fp32 partial tiles and per-tile arrival counters.
-/// Counters start at zero and every launch leaves them at zero again.
-pub struct GemmWorkspace {
-    pub partials: CudaSlice<f32>,
-    pub counters: CudaSlice<u32>,
-}
+pub type GemmWorkspace = super::SplitWorkspace;
 
 /// A loaded `gemm_bf16` variant: one config, one template branch.
 pub struct GemmBf16Kernel {
@@ -61,19 +57,15 @@ impl GemmBf16Kernel {
         config: &GemmBf16Config,
     ) -> Result<Self> {
         check_problem(problem, config)?;
-        let src = kiln_codegen::render::render::<GemmBf16>(problem, config)?;
-        let compiled = compiler.compile(&src, &kiln_codegen::CompileOptions::default())?;
-        Self::from_cubin(device, &compiled.cubin, problem, config)
+        let cubin = super::compile_cubin::<GemmBf16>(compiler, problem, config)?;
+        Self::from_cubin(device, &cubin, problem, config)
     }
 
     /// Scratch sized for `problem` (empty when the config does not split K).
     pub fn workspace(&self, device: &Device, problem: &GemmBf16Problem) -> Result<GemmWorkspace> {
         let floats = GemmBf16::workspace_bytes(problem, &self.config) / 4;
         let counters = fam::counters_len(problem, &self.config);
-        Ok(GemmWorkspace {
-            partials: device.zeros::<f32>(floats, "gemm_bf16 split-K partials")?,
-            counters: device.zeros::<u32>(counters, "gemm_bf16 split-K counters")?,
-        })
+        GemmWorkspace::new(device, floats, counters, GemmBf16::NAME)
     }
 
     /// Enqueue C = A . B^T on `stream`.

@@ -16,12 +16,8 @@ use crate::kernel::LoadedKernel;
 /// The device buffer type the launch takes, so callers can name it without depending on cudarc.
 pub use cudarc::driver::CudaSlice;
 
-/// Scratch for split sequences: fp32 partials and per-sequence counters. Counters start at
-/// zero and every launch leaves them at zero again.
-pub struct MfaWorkspace {
-    pub partials: CudaSlice<f32>,
-    pub counters: CudaSlice<u32>,
-}
+/// Scratch for split sequences: fp32 partials and per-sequence counters.
+pub type MfaWorkspace = super::SplitWorkspace;
 
 /// The K and V pools a launch reads (rows of 256 values; see [`MfaKvLayout`] for the rows).
 pub enum MfaKvCache<'a> {
@@ -128,19 +124,15 @@ impl MfaDecodeKernel {
         config: &MfaDecodeConfig,
     ) -> Result<Self> {
         check_problem(problem, config)?;
-        let src = kiln_codegen::render::render::<MfaDecode>(problem, config)?;
-        let compiled = compiler.compile(&src, &kiln_codegen::CompileOptions::default())?;
-        Self::from_cubin(device, &compiled.cubin, problem, config)
+        let cubin = super::compile_cubin::<MfaDecode>(compiler, problem, config)?;
+        Self::from_cubin(device, &cubin, problem, config)
     }
 
     /// Scratch sized for `problem` (minimal buffers when the config does not split).
     pub fn workspace(&self, device: &Device, problem: &MfaDecodeProblem) -> Result<MfaWorkspace> {
         let floats = MfaDecode::workspace_bytes(problem, &self.config) / 4;
         let counters = fam::counters_len(problem, &self.config);
-        Ok(MfaWorkspace {
-            partials: device.zeros::<f32>(floats, "mfa_decode split partials")?,
-            counters: device.zeros::<u32>(counters, "mfa_decode split counters")?,
-        })
+        MfaWorkspace::new(device, floats, counters, MfaDecode::NAME)
     }
 
     /// Enqueue `out = softmax(q k^T / 16) v` for every sequence of the batch on `stream`.

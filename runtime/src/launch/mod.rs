@@ -4,3 +4,38 @@
 pub mod fused_norm_rope;
 pub mod gemm_bf16;
 pub mod mfa_decode;
+
+use cudarc::driver::CudaSlice;
+use kiln_codegen::Family;
+
+use crate::device::Device;
+use crate::error::Result;
+
+/// Scratch of a split reduction (split-K GEMM, split-KV attention): fp32
+/// partials and per-output arrival counters. Counters start at zero and
+/// every launch leaves them at zero again.
+pub struct SplitWorkspace {
+    pub partials: CudaSlice<f32>,
+    pub counters: CudaSlice<u32>,
+}
+
+impl SplitWorkspace {
+    /// Zeroed buffers of `floats` partials and `counters` counters (at least one each).
+    pub fn new(device: &Device, floats: usize, counters: usize, family: &str) -> Result<Self> {
+        Ok(SplitWorkspace {
+            partials: device.zeros::<f32>(floats, &format!("{family} split partials"))?,
+            counters: device.zeros::<u32>(counters, &format!("{family} split counters"))?,
+        })
+    }
+}
+
+/// Render `F`'s template for (problem, config) and compile it through the cache.
+#[cfg(feature = "jit")]
+pub fn compile_cubin<F: Family>(
+    compiler: &kiln_codegen::Compiler,
+    problem: &F::Problem,
+    config: &F::Config,
+) -> Result<Vec<u8>> {
+    let src = kiln_codegen::render::render::<F>(problem, config)?;
+    Ok(compiler.compile(&src, &kiln_codegen::CompileOptions::default())?.cubin)
+}
