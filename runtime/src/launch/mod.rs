@@ -6,7 +6,6 @@ pub mod gemm_bf16;
 pub mod mfa_decode;
 
 use cudarc::driver::CudaSlice;
-use kiln_codegen::Family;
 
 use crate::device::Device;
 use crate::error::Result;
@@ -31,7 +30,7 @@ impl SplitWorkspace {
 
 /// Render `F`'s template for (problem, config) and compile it through the cache.
 #[cfg(feature = "jit")]
-pub fn compile_cubin<F: Family>(
+pub fn compile_cubin<F: kiln_codegen::Family>(
     compiler: &kiln_codegen::Compiler,
     problem: &F::Problem,
     config: &F::Config,
