@@ -225,6 +225,12 @@ pub struct BenchRow {
     pub weight_tb_s: f64,
     pub tflops: f64,
     pub max_rel_err: f64,
+    /// Steady state (`--steady`): per-launch time of back-to-back launches
+    /// over inputs rotated past 2x L2, kiln and baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kiln_steady_us: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_steady_us: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -238,6 +244,7 @@ pub struct BenchFile {
     pub rows: Vec<BenchRow>,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn bench(
     family: Option<String>,
     tuned_dir: PathBuf,
@@ -246,6 +253,7 @@ pub fn bench(
     threshold: String,
     from: Option<PathBuf>,
     reps: usize,
+    steady: bool,
 ) -> CliResult {
     let threshold = parse_threshold(&threshold)?;
     if let Some(f) = &family {
@@ -256,7 +264,7 @@ pub fn bench(
             &std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
         )
         .map_err(|e| format!("{}: not a kiln bench file ({e})", path.display()))?,
-        None => measure_all(&tuned_dir, reps)?,
+        None => measure_all(&tuned_dir, reps, steady)?,
     };
     print_bench(&file);
     if let Some(path) = json {
@@ -317,7 +325,7 @@ pub fn compare_bench(old: &BenchFile, new: &BenchFile, threshold: f64) -> Vec<St
     out
 }
 
-fn measure_all(tuned_dir: &Path, reps: usize) -> Result<BenchFile, Box<dyn std::error::Error>> {
+fn measure_all(tuned_dir: &Path, reps: usize, steady: bool) -> Result<BenchFile, Box<dyn std::error::Error>> {
     let device = Device::open(0)?;
     let compiler = Compiler::new()?;
     let path = Artifact::path(tuned_dir, &device.info.slug(), GemmBf16::NAME);
@@ -373,6 +381,12 @@ fn measure_all(tuned_dir: &Path, reps: usize) -> Result<BenchFile, Box<dyn std::
                 flush_l2: true,
             },
         )?;
+        let (kiln_steady_us, baseline_steady_us) = if steady {
+            let k = b.time_steady(&config, 15)?.median_us;
+            (Some(k), Some(b.time_steady_cublas(&blas, 15)?.median_us))
+        } else {
+            (None, None)
+        };
         let flops = GemmBf16::flops(p);
         let bytes = GemmBf16::min_bytes(p);
         rows.push(BenchRow {
@@ -394,6 +408,8 @@ fn measure_all(tuned_dir: &Path, reps: usize) -> Result<BenchFile, Box<dyn std::
             weight_tb_s: (p.n as f64 * p.k as f64 * 2.0) / (m.median_us * 1e-6) / 1e12,
             tflops: flops / (m.median_us * 1e-6) / 1e12,
             max_rel_err: prepared.max_rel_err,
+            kiln_steady_us,
+            baseline_steady_us,
         });
     }
     Ok(BenchFile {
@@ -442,6 +458,15 @@ fn print_bench(f: &BenchFile) {
         .iter()
         .filter(|r| r.problem["m"].as_u64().is_some_and(|m| m <= 32))
         .collect();
+    if f.rows.iter().any(|r| r.kiln_steady_us.is_some()) {
+        let mut t = Table::new(&["family", "problem", "steady kiln us", "steady baseline us", "speedup", "W TB/s"]);
+        for r in f.rows.iter().filter(|r| r.kiln_steady_us.is_some()) {
+            let (k, b) = (r.kiln_steady_us.unwrap_or(f64::NAN), r.baseline_steady_us.unwrap_or(f64::NAN));
+            let wb = r.weight_tb_s * r.kiln_us / k;
+            t.row(vec![r.family.clone(), compact(&r.problem), format!("{k:.2}"), format!("{b:.2}"), format!("{:.2}", b / k), format!("{wb:.2}")]);
+        }
+        println!("steady state (back-to-back launches over inputs rotated past 3x L2):\n{}", t.render());
+    }
     if let Some(e) = f.empty_kernel_us {
         println!("an empty kernel measures {e:.2} us this way (launch + event overhead in every row)");
     }
@@ -490,6 +515,8 @@ mod tests {
             weight_tb_s: 1.0,
             tflops: 1.0,
             max_rel_err: 1e-3,
+            kiln_steady_us: None,
+            baseline_steady_us: None,
         }
     }
 

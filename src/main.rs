@@ -105,6 +105,10 @@ enum Command {
         /// Timed runs per kernel.
         #[arg(long, default_value_t = 50)]
         reps: usize,
+        /// Also time back-to-back launches over inputs rotated past 3x L2
+        /// (steady state of a decode step), kiln and baseline.
+        #[arg(long)]
+        steady: bool,
     },
     /// Write cubins + manifest.json for every tuned kernel (NVRTC needed, no GPU).
     Export {
@@ -151,7 +155,8 @@ fn main() -> ExitCode {
             threshold,
             from,
             reps,
-        } => cmd_tune::bench(family, tuned_dir, json, compare, threshold, from, reps),
+            steady,
+        } => cmd_tune::bench(family, tuned_dir, json, compare, threshold, from, reps, steady),
         Command::Export {
             dir,
             tuned_dir,

@@ -124,6 +124,43 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// Steady-state time per launch: `per_rep` launches back to back (the
+    /// caller rotates their inputs over more than 2x L2, so each one reads
+    /// from HBM), timed as one span after a 2x-L2 memset, divided by
+    /// `per_rep`; the median over `opts.reps` spans. This is how a decode step
+    /// runs kernels; the isolated measurement of [`Bench::measure`] adds the
+    /// full launch latency to each.
+    pub fn measure_stream<F>(&mut self, opts: &MeasureOptions, per_rep: usize, mut run: F) -> Result<Measurement>
+    where
+        F: FnMut(usize) -> Result<()>,
+    {
+        let stream = self.device.stream.clone();
+        for i in 0..opts.warmup.max(1) * per_rep {
+            run(i)?;
+        }
+        let ctx = stream.context().clone();
+        let event = || ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).during("creating a timing event");
+        let mut pairs = Vec::with_capacity(opts.reps);
+        for _ in 0..opts.reps {
+            stream.memset_zeros(&mut self.flush).during("flushing L2")?;
+            let (s, e) = (event()?, event()?);
+            s.record(&stream).during("recording a timing event")?;
+            for i in 0..per_rep {
+                run(i)?;
+            }
+            e.record(&stream).during("recording a timing event")?;
+            pairs.push((s, e));
+        }
+        stream.synchronize().during("waiting for timed runs (a kernel may have faulted)")?;
+        let mut us = Vec::with_capacity(pairs.len());
+        for (s, e) in &pairs {
+            us.push(s.elapsed_ms(e).during("reading a timing event")? as f64 * 1e3 / per_rep as f64);
+        }
+        Ok(Measurement::from_samples(us, true))
+    }
+}
+
 #[cfg(feature = "jit")]
 impl Bench {
     /// An empty kernel (132 blocks of 128 threads) timed exactly like a real

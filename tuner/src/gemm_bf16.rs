@@ -30,6 +30,8 @@ pub struct GemmBf16Bench<'a> {
     c: CudaSlice<bf16>,
     reference: Vec<f64>,
     kernels: HashMap<String, (GemmBf16Kernel, GemmWorkspace)>,
+    /// Copies of (A, B) spanning more than 2x L2, for steady-state timing.
+    rotation: Vec<(CudaSlice<bf16>, CudaSlice<bf16>)>,
     poison: Vec<bf16>,
 }
 
@@ -84,6 +86,7 @@ impl<'a> GemmBf16Bench<'a> {
             c,
             reference,
             kernels: HashMap::new(),
+            rotation: Vec::new(),
             poison,
         })
     }
@@ -129,6 +132,58 @@ impl<'a> GemmBf16Bench<'a> {
             worst = worst.max(err);
         }
         Ok(worst)
+    }
+
+    /// Launches per steady-state span, and the rotation of inputs it cycles
+    /// through (made on first use: enough copies of A and B to exceed 3x L2).
+    fn ensure_rotation(&mut self) -> Result<usize> {
+        if self.rotation.is_empty() {
+            let bytes = 2 * (self.a.len() + self.b.len());
+            let copies = (3 * self.device.info.l2_bytes as usize).div_ceil(bytes.max(1)).max(2);
+            for _ in 0..copies {
+                let a = self.device.stream.clone_dtod(&self.a);
+                let b = self.device.stream.clone_dtod(&self.b);
+                match (a, b) {
+                    (Ok(a), Ok(b)) => self.rotation.push((a, b)),
+                    (Err(e), _) | (_, Err(e)) => {
+                        return Err(kiln_runtime::RuntimeError::OutOfMemory {
+                            what: format!("copying inputs for steady-state timing ({:?})", e.0),
+                            bytes: bytes * copies,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(self.rotation.len().max(8))
+    }
+
+    /// Steady-state time per launch of `config`, back to back over rotated inputs.
+    pub fn time_steady(&mut self, config: &GemmBf16Config, reps: usize) -> Result<Measurement> {
+        let per = self.ensure_rotation()?;
+        let (kernel, ws) = self.kernels.get_mut(&key(config)).ok_or_else(|| kiln_runtime::RuntimeError::IllegalConfig {
+            config: key(config),
+            problem: format!("{:?}", self.problem),
+            reason: "not prepared".into(),
+        })?;
+        let stream = self.device.stream.clone();
+        let (p, rot, c) = (&self.problem, &self.rotation, &mut self.c);
+        let opts = MeasureOptions { warmup: 1, reps, flush_l2: true };
+        self.bench.measure_stream(&opts, per, |i| {
+            let (a, b) = &rot[i % rot.len()];
+            kernel.launch(&stream, p, a, b, c, ws)
+        })
+    }
+
+    /// Steady-state time per cuBLAS call, back to back over the same rotated inputs.
+    pub fn time_steady_cublas(&mut self, blas: &crate::baseline::CublasBf16, reps: usize) -> Result<Measurement> {
+        let per = self.ensure_rotation()?;
+        let p = self.problem.clone();
+        let (rot, c) = (&self.rotation, &mut self.c);
+        let opts = MeasureOptions { warmup: 1, reps, flush_l2: true };
+        self.bench.measure_stream(&opts, per, |i| {
+            let (a, b) = &rot[i % rot.len()];
+            blas.gemm(p.m, p.n, p.k, a, b, c)
+        })
     }
 
     /// Time cuBLAS on the same buffers; also checks its result.
