@@ -1,4 +1,4 @@
-//! GPU tier: run on the GPU machine by `scripts/gpu.sh` (`--ignored`); CI
+//! GPU tier: run on the GPU machine by `scripts/gpu-run.sh` (`--ignored`); CI
 //! has no GPU and skips these. Every kernel is validated on fresh random
 //! inputs against an f64 CPU reference (small shapes) or the naive GPU
 //! reference kernel (large shapes), with the output poisoned (NaN) first so
@@ -18,7 +18,7 @@ use serde_json::json;
 #[path = "gpu_parts/mfa.rs"]
 mod mfa;
 
-const GPU: &str = "needs an NVIDIA GPU: run scripts/gpu.sh";
+const GPU: &str = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh";
 /// Norm-wise relative error allowed for BF16 outputs (fp32 accumulation, one BF16 rounding).
 const BF16_TOL: f64 = 1e-2;
 
@@ -121,7 +121,7 @@ fn gpu_case(
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: run scripts/gpu.sh"]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
 fn gemm_bf16_every_config_matches_the_references() {
     let _ = GPU;
     let dev = Device::open(0).unwrap_or_else(|e| panic!("{e}"));
@@ -244,7 +244,7 @@ fn gemm_bf16_every_config_matches_the_references() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: run scripts/gpu.sh"]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
 fn device_info_is_read() {
     let dev = Device::open(0).unwrap_or_else(|e| panic!("{e}"));
     assert!(

@@ -1,4 +1,4 @@
-//! GPU tier for `mfa_decode` (included by `tests/gpu.rs`; run by `scripts/gpu.sh` with
+//! GPU tier for `mfa_decode` (included by `tests/gpu.rs`; run by `scripts/gpu-run.sh` with
 //! `--ignored`). Fresh random inputs per run (KILN_SEED reproduces), output poisoned with NaN
 //! before every launch, each launch done twice (the second proves the split counters were
 //! left at zero), compared per sequence with the f64 CPU reference on the dequantised cache.
@@ -502,7 +502,7 @@ fn distinct_configs(
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: run scripts/gpu.sh"]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
 fn mfa_decode_every_config_small() {
     let (dev, compiler) = open();
     let seed = seed();
@@ -611,7 +611,7 @@ fn mfa_decode_every_config_small() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: run scripts/gpu.sh"]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
 fn mfa_decode_large_ragged() {
     let (dev, compiler) = open();
     let seed = seed();
@@ -808,7 +808,7 @@ replicate_fn!(replicate_bf16, bf16);
 replicate_fn!(replicate_u8, u8);
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: run scripts/gpu.sh"]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
 fn mfa_decode_bench() {
     let (dev, compiler) = open();
     let limits = dev.info.limits();

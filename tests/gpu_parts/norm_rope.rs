@@ -51,7 +51,7 @@ fn candidates(dev: &Device, p: &FusedNormRopeProblem) -> Vec<FusedNormRopeConfig
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: run scripts/gpu.sh"]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
 fn fused_norm_rope_rms_norm_every_config() {
     let dev = Device::open(0).unwrap_or_else(|e| panic!("{e}"));
     let compiler = Compiler::new().unwrap_or_else(|e| panic!("{e}"));
@@ -212,7 +212,7 @@ impl RopeCase {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA GPU: run scripts/gpu.sh"]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
 fn fused_norm_rope_rope_append_every_config() {
     let dev = Device::open(0).unwrap_or_else(|e| panic!("{e}"));
     let compiler = Compiler::new().unwrap_or_else(|e| panic!("{e}"));
