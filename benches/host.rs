@@ -62,7 +62,7 @@ fn benches(c: &mut Criterion) {
             k: 7168,
         };
         art.upsert(Entry {
-            problem: serde_json::to_value(&prob).unwrap(),
+            problem: serde_json::to_value(prob).unwrap(),
             config: serde_json::to_value(GemmBf16::default_config(&prob)).unwrap(),
             median_us: 10.0,
             p20_us: 9.0,

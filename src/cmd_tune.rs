@@ -258,6 +258,12 @@ pub fn bench(
     let threshold = parse_threshold(&threshold)?;
     if let Some(f) = &family {
         kiln_codegen::find_family(f)?;
+        if f != GemmBf16::NAME && from.is_none() {
+            return Err(format!(
+                "family {f} has no `kiln bench` driver yet (its GPU tests benchmark it: tests/gpu_parts); gemm_bf16 has"
+            )
+            .into());
+        }
     }
     let file = match &from {
         Some(path) => serde_json::from_slice::<BenchFile>(
@@ -361,7 +367,7 @@ fn measure_all(tuned_dir: &Path, reps: usize, steady: bool) -> Result<BenchFile,
             &compiler,
             &mut bench,
             &reference,
-            p.clone(),
+            *p,
             0x5eed + i as u64,
         )?;
         let prepared = b

@@ -158,3 +158,20 @@ fn the_key_ignores_machine_paths_but_not_the_source() {
         "machine path in the source header"
     );
 }
+
+#[test]
+fn the_fp8_activation_quantiser_compiles_without_spills() {
+    use kiln_codegen::families::gemm_fp8::{QUANT_ENTRY, QUANT_SOURCE};
+    let dir = tempfile::tempdir().unwrap();
+    let compiler = compiler_with_fresh_cache(dir.path(), CachePolicy::Compile);
+    let src = KernelSource {
+        family: "quant_fp8".into(),
+        entry: QUANT_ENTRY.into(),
+        source: QUANT_SOURCE.into(),
+    };
+    let k = compiler
+        .compile(&src, &CompileOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(k.resources.registers > 0, "no ptxas report parsed:\n{}", k.log);
+    assert!(!k.resources.spills(), "{:?}", k.resources);
+}

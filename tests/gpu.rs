@@ -155,7 +155,7 @@ fn gemm_bf16_every_config_matches_the_references() {
     let opts = CompileOptions::default();
     let work: Vec<(GemmBf16Config, GemmBf16Problem)> = configs
         .iter()
-        .flat_map(|c| cases.iter().map(move |k| (c.clone(), k.problem.clone())))
+        .flat_map(|c| cases.iter().map(move |k| (c.clone(), k.problem)))
         .filter(|(c, p)| GemmBf16::check_problem(p, c).is_ok())
         .collect();
     let compile_errors: Vec<String> = work
@@ -202,7 +202,7 @@ fn gemm_bf16_every_config_matches_the_references() {
                 launches += 1;
                 let (err, bad) = rel_err(&out, &case.reference);
                 max_err = max_err.max(err);
-                if bad || !(err <= BF16_TOL) {
+                if bad || err.is_nan() || err > BF16_TOL {
                     failures.push(json!({"config": c, "problem": p, "rep": rep, "rel_err": err, "non_finite": bad, "reference": case.by}));
                 }
             }

@@ -32,20 +32,13 @@ pub struct KernelSource {
 
 /// What NVRTC is asked for, beyond the source.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Default)]
 pub struct CompileOptions {
     pub arch: Arch,
     /// Extra NVRTC options (e.g. `-lineinfo`, `--use_fast_math`).
     pub extra: Vec<String>,
 }
 
-impl Default for CompileOptions {
-    fn default() -> Self {
-        CompileOptions {
-            arch: Arch::sm90a(),
-            extra: Vec::new(),
-        }
-    }
-}
 
 impl CompileOptions {
     /// The options that define the output, sorted, with no machine paths.

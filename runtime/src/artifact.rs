@@ -165,7 +165,7 @@ impl Artifact {
         let art: Artifact = serde_json::from_value(value)
             .map_err(|e| err(format!("does not match the artifact schema ({e}); restore it from git or re-run `kiln tune --force`")))?;
         for (i, e) in art.entries.iter().enumerate() {
-            if !(e.median_us.is_finite() && e.median_us > 0.0) || !e.max_rel_err.is_finite() {
+            if !(e.median_us.is_finite() && e.median_us > 0.0 && e.max_rel_err.is_finite()) {
                 return Err(err(format!(
                     "entry {i} has a non-finite or non-positive time or error"
                 )));

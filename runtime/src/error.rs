@@ -42,6 +42,9 @@ pub enum RuntimeError {
     #[error("{0}")]
     Codegen(#[from] kiln_codegen::CodegenError),
 
+    #[error("no candidate config of {family} passed compilation and validation for {problem}: {reasons}")]
+    NoValidCandidate { family: String, problem: String, reasons: String },
+
     #[error("baseline {name}: {reason}")]
     Baseline { name: String, reason: String },
 

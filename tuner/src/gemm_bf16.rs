@@ -123,7 +123,7 @@ impl<'a> GemmBf16Bench<'a> {
                 .map_err(launch_failed)?;
             let out = self.device.download(&self.c).map_err(launch_failed)?;
             let (err, bad) = rel_err(&out, &self.reference);
-            if bad || !(err <= TOLERANCE) {
+            if bad || err.is_nan() || err > TOLERANCE {
                 return Err(Failure {
                     outcome: "invalid",
                     reason: format!("relative error {err:.3e} (tolerance {TOLERANCE:.0e}), non-finite output: {bad}"),
@@ -177,7 +177,7 @@ impl<'a> GemmBf16Bench<'a> {
     /// Steady-state time per cuBLAS call, back to back over the same rotated inputs.
     pub fn time_steady_cublas(&mut self, blas: &crate::baseline::CublasBf16, reps: usize) -> Result<Measurement> {
         let per = self.ensure_rotation()?;
-        let p = self.problem.clone();
+        let p = self.problem;
         let (rot, c) = (&self.rotation, &mut self.c);
         let opts = MeasureOptions { warmup: 1, reps, flush_l2: true };
         self.bench.measure_stream(&opts, per, |i| {
@@ -192,7 +192,7 @@ impl<'a> GemmBf16Bench<'a> {
         blas: &crate::baseline::CublasBf16,
         opts: &MeasureOptions,
     ) -> Result<(Measurement, f64)> {
-        let p = self.problem.clone();
+        let p = self.problem;
         blas.gemm(p.m, p.n, p.k, &self.a, &self.b, &mut self.c)?;
         let (err, _) = rel_err(&self.device.download(&self.c)?, &self.reference);
         let (a, b, c) = (&self.a, &self.b, &mut self.c);
@@ -209,7 +209,7 @@ impl Evaluator<GemmBf16Config> for GemmBf16Bench<'_> {
         configs: &[GemmBf16Config],
     ) -> Vec<std::result::Result<Prepared, Failure>> {
         let opts = CompileOptions::default();
-        let problem = self.problem.clone();
+        let problem = self.problem;
         let compiler = self.compiler;
         let compiled: Vec<_> = configs
             .par_iter()

@@ -279,7 +279,7 @@ fn tune_one(
             (c, est)
         })
         .collect();
-    let mut b = GemmBf16Bench::new(device, compiler, bench, reference, problem.clone(), seed)?;
+    let mut b = GemmBf16Bench::new(device, compiler, bench, reference, *problem, seed)?;
     let result = search(candidates, floor, &mut b, &opts.search);
     let Some((config, m, prepared)) = result.winner else {
         let reasons: Vec<String> = result
@@ -288,12 +288,10 @@ fn tune_one(
             .filter_map(|r| r.reason.as_ref().map(|x| format!("{}: {x}", r.outcome)))
             .take(3)
             .collect();
-        return Err(RuntimeError::Artifact {
-            path: String::new(),
-            reason: format!(
-                "no candidate passed validation for {problem:?}: {}",
-                reasons.join(" | ")
-            ),
+        return Err(RuntimeError::NoValidCandidate {
+            family: GemmBf16::NAME.into(),
+            problem: format!("{problem:?}"),
+            reasons: reasons.join(" | "),
         });
     };
     let base_opts = MeasureOptions {

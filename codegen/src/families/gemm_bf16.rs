@@ -160,7 +160,7 @@ pub fn counters_len(problem: &GemmBf16Problem, config: &GemmBf16Config) -> usize
 
 /// Whether a problem takes the 16-byte (cp.async) branch of the template.
 pub fn is_aligned(problem: &GemmBf16Problem) -> bool {
-    problem.k % 8 == 0
+    problem.k.is_multiple_of(8)
 }
 
 fn tiles(p: &GemmBf16Problem, c: &TiledConfig) -> u64 {
@@ -257,7 +257,7 @@ impl Tiled {
         let (wtm, wtn) = (c.warp_tile_m(), c.warp_tile_n());
         let threads = c.threads();
         // Warps split the tile evenly.
-        illegal(c.bm % c.warps_m != 0 || c.bn % c.warps_n != 0, || {
+        illegal(!c.bm.is_multiple_of(c.warps_m) || !c.bn.is_multiple_of(c.warps_n), || {
             format!(
                 "{}x{} tile over {}x{} warps",
                 c.bm, c.bn, c.warps_m, c.warps_n
