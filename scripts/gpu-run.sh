@@ -26,7 +26,8 @@ for s in $steps; do
   case "$s" in
     tests)
       step "gpu tests"
-      ( cd "$here" && ./gpu-tests --ignored --test-threads=1 2>&1 ) | tee -a "$log"
+      # KILN_TEST_FILTER: run only the GPU tests whose name contains it.
+      ( cd "$here" && ./gpu-tests --ignored --test-threads=1 ${KILN_TEST_FILTER:-} 2>&1 ) | tee -a "$log"
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
       ;;
     *)
