@@ -15,6 +15,8 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde_json::json;
 
+#[path = "gpu_parts/fp8.rs"]
+mod fp8;
 #[path = "gpu_parts/mfa.rs"]
 mod mfa;
 

@@ -7,6 +7,7 @@ use serde_json::Value;
 use crate::error::{CodegenError, Result};
 use crate::families::fused_norm_rope::FusedNormRope;
 use crate::families::gemm_bf16::GemmBf16;
+use crate::families::gemm_fp8::GemmFp8;
 use crate::families::mfa_decode::MfaDecode;
 use crate::family::{DeviceLimits, Family};
 
@@ -169,12 +170,13 @@ pub fn template_sha256(text: &str) -> String {
 }
 
 static GEMM_BF16: Erased<GemmBf16> = Erased(PhantomData);
+static GEMM_FP8: Erased<GemmFp8> = Erased(PhantomData);
 static MFA_DECODE: Erased<MfaDecode> = Erased(PhantomData);
 static FUSED_NORM_ROPE: Erased<FusedNormRope> = Erased(PhantomData);
 
 /// All families, in a stable order.
 pub fn families() -> Vec<&'static dyn AnyFamily> {
-    vec![&GEMM_BF16, &MFA_DECODE, &FUSED_NORM_ROPE]
+    vec![&GEMM_BF16, &GEMM_FP8, &MFA_DECODE, &FUSED_NORM_ROPE]
 }
 
 pub fn family(name: &str) -> Result<&'static dyn AnyFamily> {

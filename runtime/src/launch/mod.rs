@@ -3,6 +3,7 @@
 
 pub mod fused_norm_rope;
 pub mod gemm_bf16;
+pub mod gemm_fp8;
 pub mod mfa_decode;
 
 use cudarc::driver::CudaSlice;
