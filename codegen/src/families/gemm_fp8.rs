@@ -902,38 +902,6 @@ mod tests {
         }
     }
 
-    /// One warp's mma.m16n8k16 (row.col, f16) on per-lane registers, element by element as
-    /// the PTX ISA's fragment tables place them: a[lane][r] holds elements a(2r), a(2r+1),
-    /// b[lane][r] holds b(2r), b(2r+1); returns d[lane][0..4] += A B.
-    fn mma_emulated(a: &[[[i64; 2]; 4]; 32], b: &[[[i64; 2]; 2]; 32], d: &mut [[i64; 4]; 32]) {
-        let mut am = [[0i64; 16]; 16];
-        let mut bm = [[0i64; 8]; 16];
-        for lane in 0..32 {
-            let (g, t) = (lane / 4, lane % 4);
-            for i in 0..8 {
-                let row = if i < 2 || (4..6).contains(&i) {
-                    g
-                } else {
-                    g + 8
-                };
-                let col = t * 2 + (i & 1) + if i >= 4 { 8 } else { 0 };
-                am[row][col] = a[lane][i / 2][i % 2];
-            }
-            for i in 0..4 {
-                let k = t * 2 + (i & 1) + if i >= 2 { 8 } else { 0 };
-                bm[k][g] = b[lane][i / 2][i % 2];
-            }
-        }
-        for lane in 0..32 {
-            let (g, t) = (lane / 4, lane % 4);
-            for i in 0..4 {
-                let row = g + if i >= 2 { 8 } else { 0 };
-                let col = t * 2 + (i & 1);
-                d[lane][i] += (0..16).map(|k| am[row][k] * bm[k][col]).sum::<i64>();
-            }
-        }
-    }
-
     #[test]
     fn the_templates_register_assembly_computes_the_block_product() {
         // One 64-wide K block of 16 weight rows and 8 tokens, small integers (exact).
@@ -971,7 +939,7 @@ mod tests {
                 ];
                 b[lane] = [h(&x[g], t, 2 * s), h(&x[g], t, 2 * s + 1)];
             }
-            mma_emulated(&a, &b, &mut d);
+            crate::families::mma_emulation::mma_m16n8k16(&a, &b, &mut d);
         }
         // c0, c1: weight row g, tokens 2t, 2t+1; c2, c3: row g+8.
         for lane in 0..32 {

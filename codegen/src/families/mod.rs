@@ -4,3 +4,6 @@ pub mod fused_norm_rope;
 pub mod gemm_bf16;
 pub mod gemm_fp8;
 pub mod mfa_decode;
+
+#[cfg(test)]
+mod mma_emulation;
