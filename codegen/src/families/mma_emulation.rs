@@ -5,6 +5,7 @@
 /// `a[lane][r]` holds A elements a(2r), a(2r+1) of the lane's fragment,
 /// `b[lane][r]` holds b(2r), b(2r+1); adds A·B into `d[lane][0..4]`.
 /// Integers keep the check exact.
+#[allow(clippy::needless_range_loop)] // lane and element loops read as the hardware numbers them
 pub(crate) fn mma_m16n8k16(a: &[[[i64; 2]; 4]; 32], b: &[[[i64; 2]; 2]; 32], d: &mut [[i64; 4]; 32]) {
     let mut am = [[0i64; 16]; 16];
     let mut bm = [[0i64; 8]; 16];

@@ -1,0 +1,328 @@
+use super::*;
+use std::collections::{BTreeSet, HashSet};
+
+fn limits() -> DeviceLimits {
+    DeviceLimits::HOPPER
+}
+
+fn prob(m: u32, n: u32, k: u32) -> GemmFp8Problem {
+    GemmFp8Problem { m, n, k }
+}
+
+fn stream(c: &GemmFp8Config) -> &StreamConfig {
+    match c {
+        GemmFp8Config::Stream(s) => s,
+    }
+}
+
+fn legal() -> Vec<StreamConfig> {
+    GemmFp8::legal_space(&limits())
+        .iter()
+        .map(|c| stream(c).clone())
+        .collect()
+}
+
+/// Step-3 linear layers the decode kernel serves: qkv, wq, o_proj.
+const STEP3: [(u32, u32); 3] = [(2560, 7168), (16384, 2048), (7168, 16384)];
+
+#[test]
+fn space_is_small_and_covers_every_axis() {
+    let l = legal();
+    assert!(l.len() >= 40, "only {} legal configs", l.len());
+    assert!(
+        l.len() <= 64,
+        "{} legal configs: too many to compile in CI",
+        l.len()
+    );
+    for t in [1, 4] {
+        for s in [1, 16] {
+            assert!(
+                l.iter().any(|c| c.tokens8 == t && c.split_k == s),
+                "t {t} s {s}"
+            );
+        }
+    }
+    // 32 weight rows per CTA fit the registers with one token tile only.
+    assert!(l.iter().any(|c| c.tokens8 == 1 && c.rows == 2));
+    assert!(l.iter().all(|c| c.tokens8 == 1 || c.rows == 1));
+    for u in [2, 4] {
+        assert!(l.iter().any(|c| c.unroll == u));
+    }
+    for c in &l {
+        assert!(c.register_estimate() <= 255, "{c:?}");
+        assert!(c.reduce_batch() * c.split_k <= 32, "{c:?}");
+        assert!(128 % c.tile_n() == 0, "{c:?}");
+    }
+}
+
+#[test]
+fn configs_say_which_kernel_they_are() {
+    let c = GemmFp8Config::Stream(StreamConfig {
+        warps: 4,
+        rows: 1,
+        unroll: 4,
+        tokens8: 1,
+        split_k: 8,
+    });
+    let v = serde_json::to_value(&c).unwrap();
+    assert_eq!(v["kernel"], "stream");
+    assert_eq!(serde_json::from_value::<GemmFp8Config>(v).unwrap(), c);
+}
+
+#[test]
+fn entry_names_are_unique() {
+    let l = GemmFp8::legal_space(&limits());
+    let p = GemmFp8::branch_problems()[0];
+    let names: HashSet<String> = l.iter().map(|c| GemmFp8::entry(&p, c)).collect();
+    assert_eq!(names.len(), l.len());
+    for c in &l {
+        GemmFp8::check_problem(&p, c).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    }
+}
+
+/// Names the template reads: `{{ name }}` and `{% if name %}`.
+fn template_names() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = GemmFp8::TEMPLATE;
+    loop {
+        let next = ["{{", "{%"]
+            .iter()
+            .filter_map(|o| rest.find(o).map(|i| (i, *o)))
+            .min();
+        let Some((i, open)) = next else { break };
+        let close = if open == "{{" { "}}" } else { "%}" };
+        let after = &rest[i + open.len()..];
+        let j = after.find(close).expect("unclosed tera tag");
+        let words: Vec<&str> = after[..j].split_whitespace().collect();
+        match words.as_slice() {
+            [name] if open == "{{" => {
+                names.insert(name.to_string());
+            }
+            ["if", name] => {
+                names.insert(name.to_string());
+            }
+            ["else"] | ["endif"] => {}
+            other => panic!("template tag {other:?} is more than a name or an if"),
+        }
+        rest = &after[j + close.len()..];
+    }
+    names
+}
+
+#[test]
+fn render_vars_match_the_template() {
+    let used = template_names();
+    assert!(used.contains("unroll") && used.contains("use_split_k"));
+    let p = GemmFp8::branch_problems()[0];
+    for c in GemmFp8::legal_space(&limits()) {
+        let vars = GemmFp8::render_vars(&p, &c);
+        let keys: BTreeSet<String> = vars.keys().cloned().collect();
+        assert_eq!(keys, used, "{c:?}");
+        assert_eq!(vars["entry"], json!(GemmFp8::entry(&p, &c)));
+        // The source does not depend on the problem.
+        assert_eq!(vars, GemmFp8::render_vars(&prob(1, 7168, 16384), &c));
+    }
+}
+
+#[test]
+fn quant_source_names_its_entry() {
+    assert!(QUANT_SOURCE.contains(&format!("\n{QUANT_ENTRY}(")));
+    // The GPU's amax floor is the CPU encoder's.
+    let floor: f32 = QUANT_SOURCE
+        .lines()
+        .find_map(|l| l.strip_prefix("#define KILN_AMAX_FLOOR "))
+        .and_then(|v| v.trim().trim_end_matches('f').parse().ok())
+        .expect("the quantiser defines KILN_AMAX_FLOOR");
+    assert_eq!(floor, fp8::AMAX_FLOOR);
+    let g = quant_geometry(3, 1024);
+    assert_eq!(g.grid[0] * g.block[0] / 32, 24);
+    assert_eq!(quant_geometry(1, 128).grid, [1, 1, 1]);
+}
+
+#[test]
+fn supports_whole_scale_blocks_and_decode_m_only() {
+    assert!(GemmFp8::supports(&prob(1, 2560, 7168)).is_ok());
+    assert!(GemmFp8::supports(&prob(32, 2563, 128)).is_ok());
+    let e = GemmFp8::supports(&prob(1, 2560, 7100)).unwrap_err();
+    assert!(e.reason.contains("multiple of 128"), "{e}");
+    assert!(GemmFp8::supports(&prob(33, 2560, 7168)).is_err());
+    assert!(GemmFp8::supports(&prob(0, 2560, 7168)).is_err());
+}
+
+#[test]
+fn default_config_is_legal_for_every_decode_m() {
+    let l = limits();
+    let mut shapes: Vec<(u32, u32)> = STEP3.to_vec();
+    shapes.extend([
+        (48, 7168),
+        (2563, 7168),
+        (48, 128),
+        (200, 1024),
+        (2563, 128),
+        (1, 128),
+    ]);
+    for (n, k) in shapes {
+        for m in 1..=MAX_M {
+            let p = prob(m, n, k);
+            GemmFp8::supports(&p).unwrap();
+            let c = GemmFp8::default_config(&p);
+            GemmFp8::check_config(&c, &l).unwrap_or_else(|e| panic!("{p:?} -> {c:?}: {e}"));
+            GemmFp8::check_problem(&p, &c).unwrap_or_else(|e| panic!("{p:?} -> {c:?}: {e}"));
+            assert!(worth_measuring(&p, stream(&c)), "{p:?} -> {c:?}");
+        }
+    }
+    // Small grids split K; the wide wq weight does not.
+    assert!(GemmFp8::default_config(&prob(1, 2560, 7168)).split_k() > 1);
+    assert!(GemmFp8::default_config(&prob(16, 48, 7168)).split_k() > 1);
+    assert_eq!(GemmFp8::default_config(&prob(1, 16384, 2048)).split_k(), 1);
+}
+
+#[test]
+fn workspace_counters_and_geometry() {
+    let p = prob(3, 200, 1024);
+    let c = GemmFp8Config::Stream(StreamConfig {
+        warps: 4,
+        rows: 2,
+        unroll: 2,
+        tokens8: 1,
+        split_k: 8,
+    });
+    GemmFp8::check_config(&c, &limits()).unwrap();
+    GemmFp8::check_problem(&p, &c).unwrap();
+    assert_eq!(counters_len(&p, &c), 7);
+    assert_eq!(GemmFp8::workspace_bytes(&p, &c), 8 * 7 * 32 * 8 * 4);
+    let g = GemmFp8::geometry(&p, &c);
+    assert_eq!(g.grid, [7, 1, 8]);
+    assert_eq!(g.block, [128, 1, 1]);
+    assert_eq!(g.dynamic_smem_bytes, 4 * 8 * 32 * 4);
+    // 8 scale blocks cannot feed 16 splits.
+    let deep = GemmFp8Config::Stream(StreamConfig {
+        split_k: 16,
+        ..stream(&c).clone()
+    });
+    assert!(GemmFp8::check_problem(&p, &deep).is_err());
+    assert_eq!(blocks_per_split(&prob(1, 48, 7168), stream(&c)), 14);
+    let one = GemmFp8Config::Stream(StreamConfig {
+        split_k: 1,
+        ..stream(&c).clone()
+    });
+    assert_eq!(
+        (GemmFp8::workspace_bytes(&p, &one), counters_len(&p, &one)),
+        (0, 0)
+    );
+}
+
+#[test]
+fn flops_and_bytes() {
+    let p = prob(2, 256, 1024);
+    assert_eq!(GemmFp8::flops(&p), 2.0 * 2.0 * 256.0 * 1024.0);
+    let want =
+        256.0 * 1024.0 + 2.0 * 1024.0 + 4.0 * (2.0 * 8.0 + 2.0 * 8.0) + 2.0 * 2.0 * 256.0;
+    assert_eq!(GemmFp8::min_bytes(&p), want);
+}
+
+#[test]
+fn estimates_follow_the_weight_bytes() {
+    let l = limits();
+    let best = |p: &GemmFp8Problem| {
+        GemmFp8::candidates(p, &l)
+            .iter()
+            .map(|c| GemmFp8::estimate_us(p, c, &l))
+            .fold(f64::INFINITY, f64::min)
+    };
+    let (qkv, wq, o) = (
+        prob(1, 2560, 7168),
+        prob(1, 16384, 2048),
+        prob(1, 7168, 16384),
+    );
+    assert!(best(&qkv) < best(&wq) && best(&wq) < best(&o));
+    assert!(best(&o) > weight_bytes(&o) / 4.0e12 * 1e6);
+}
+
+#[test]
+fn fragment_slots_cover_every_output_once() {
+    // The template's fragment_slot, written again.
+    for c in legal() {
+        let mut seen = HashSet::new();
+        for o in 0..c.outputs() {
+            let (row, token) = (o % c.tile_n(), o / c.tile_n());
+            let lane = (row & 7) * 4 + ((token & 7) >> 1);
+            let j = ((row >> 4) * c.tokens8 + (token >> 3)) * 4
+                + ((row >> 3) & 1) * 2
+                + (token & 1);
+            assert!(j < c.frag() && lane < 32);
+            assert!(seen.insert(j * 32 + lane));
+        }
+        assert_eq!(seen.len() as u32, c.frag() * 32);
+    }
+}
+
+#[test]
+fn the_templates_register_assembly_computes_the_block_product() {
+    // One 64-wide K block of 16 weight rows and 8 tokens, small integers (exact).
+    let w: Vec<Vec<i64>> = (0..16)
+        .map(|r| {
+            (0..64)
+                .map(|k| ((r * 37 + k * 11) % 13) as i64 - 6)
+                .collect()
+        })
+        .collect();
+    let x: Vec<Vec<i64>> = (0..8)
+        .map(|n| {
+            (0..64)
+                .map(|k| ((n * 17 + k * 5) % 11) as i64 - 5)
+                .collect()
+        })
+        .collect();
+    // Lane (g, t) loads bytes 16t..16t+16 (a chunk) of weight rows g, g+8 and token row
+    // g and widens it to h[0..8], h[p] = chunk elements 2p, 2p+1 (widen: h[2v] and
+    // h[2v+1] are the low and high halves of word v, low byte first). mma_chunk: step s
+    // (0..3) takes a = { hw(g)[2s], hw(g+8)[2s], hw(g)[2s+1], hw(g+8)[2s+1] } and
+    // b = { hx(g)[2s], hx(g)[2s+1] }.
+    let h = |row: &Vec<i64>, t: usize, p: usize| [row[16 * t + 2 * p], row[16 * t + 2 * p + 1]];
+    let mut d = [[0i64; 4]; 32];
+    for s in 0..4 {
+        let mut a = [[[0i64; 2]; 4]; 32];
+        let mut b = [[[0i64; 2]; 2]; 32];
+        for lane in 0..32 {
+            let (g, t) = (lane / 4, lane % 4);
+            a[lane] = [
+                h(&w[g], t, 2 * s),
+                h(&w[g + 8], t, 2 * s),
+                h(&w[g], t, 2 * s + 1),
+                h(&w[g + 8], t, 2 * s + 1),
+            ];
+            b[lane] = [h(&x[g], t, 2 * s), h(&x[g], t, 2 * s + 1)];
+        }
+        crate::families::mma_emulation::mma_m16n8k16(&a, &b, &mut d);
+    }
+    // c0, c1: weight row g, tokens 2t, 2t+1; c2, c3: row g+8.
+    for lane in 0..32 {
+        let (g, t) = (lane / 4, lane % 4);
+        for i in 0..4 {
+            let row = g + if i >= 2 { 8 } else { 0 };
+            let token = 2 * t + (i & 1);
+            let want: i64 = (0..64).map(|k| w[row][k] * x[token][k]).sum();
+            assert_eq!(d[lane][i], want, "lane {lane} c{i}");
+        }
+    }
+}
+
+#[test]
+fn widening_a_word_keeps_byte_order() {
+    // widen(): h[2v] = cvt(word v & 0xffff) holds bytes 0, 1 (low byte in the low half),
+    // h[2v+1] = cvt(word v >> 16) bytes 2, 3: chunk elements 4v .. 4v+3 in order, as
+    // the permutation above assumes (little-endian words of a 16-byte load).
+    let chunk: Vec<u8> = (0..16).collect();
+    for v in 0..4 {
+        let word = u32::from_le_bytes(chunk[4 * v..4 * v + 4].try_into().unwrap());
+        let halves = [word & 0xffff, word >> 16];
+        for (q, half) in halves.iter().enumerate() {
+            let p = 2 * v + q;
+            assert_eq!(
+                [*half as u8, (*half >> 8) as u8],
+                [chunk[2 * p], chunk[2 * p + 1]]
+            );
+        }
+    }
+}
