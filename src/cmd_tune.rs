@@ -331,7 +331,11 @@ pub fn compare_bench(old: &BenchFile, new: &BenchFile, threshold: f64) -> Vec<St
     out
 }
 
-fn measure_all(tuned_dir: &Path, reps: usize, steady: bool) -> Result<BenchFile, Box<dyn std::error::Error>> {
+fn measure_all(
+    tuned_dir: &Path,
+    reps: usize,
+    steady: bool,
+) -> Result<BenchFile, Box<dyn std::error::Error>> {
     let device = Device::open(0)?;
     let compiler = Compiler::new()?;
     let path = Artifact::path(tuned_dir, &device.info.slug(), GemmBf16::NAME);
@@ -465,16 +469,38 @@ fn print_bench(f: &BenchFile) {
         .filter(|r| r.problem["m"].as_u64().is_some_and(|m| m <= 32))
         .collect();
     if f.rows.iter().any(|r| r.kiln_steady_us.is_some()) {
-        let mut t = Table::new(&["family", "problem", "steady kiln us", "steady baseline us", "speedup", "W TB/s"]);
+        let mut t = Table::new(&[
+            "family",
+            "problem",
+            "steady kiln us",
+            "steady baseline us",
+            "speedup",
+            "W TB/s",
+        ]);
         for r in f.rows.iter().filter(|r| r.kiln_steady_us.is_some()) {
-            let (k, b) = (r.kiln_steady_us.unwrap_or(f64::NAN), r.baseline_steady_us.unwrap_or(f64::NAN));
+            let (k, b) = (
+                r.kiln_steady_us.unwrap_or(f64::NAN),
+                r.baseline_steady_us.unwrap_or(f64::NAN),
+            );
             let wb = r.weight_tb_s * r.kiln_us / k;
-            t.row(vec![r.family.clone(), compact(&r.problem), format!("{k:.2}"), format!("{b:.2}"), format!("{:.2}", b / k), format!("{wb:.2}")]);
+            t.row(vec![
+                r.family.clone(),
+                compact(&r.problem),
+                format!("{k:.2}"),
+                format!("{b:.2}"),
+                format!("{:.2}", b / k),
+                format!("{wb:.2}"),
+            ]);
         }
-        println!("steady state (back-to-back launches over inputs rotated past 3x L2):\n{}", t.render());
+        println!(
+            "steady state (back-to-back launches over inputs rotated past 3x L2):\n{}",
+            t.render()
+        );
     }
     if let Some(e) = f.empty_kernel_us {
-        println!("an empty kernel measures {e:.2} us this way (launch + event overhead in every row)");
+        println!(
+            "an empty kernel measures {e:.2} us this way (launch + event overhead in every row)"
+        );
     }
     println!(
         "geometric-mean speedup over {}: {:.3} (all {} rows), {:.3} (M <= 32, {} rows). {}",
@@ -527,7 +553,13 @@ mod tests {
     }
 
     fn file(rows: Vec<BenchRow>) -> BenchFile {
-        BenchFile { schema: 1, device: Value::Null, method: String::new(), empty_kernel_us: None, rows }
+        BenchFile {
+            schema: 1,
+            device: Value::Null,
+            method: String::new(),
+            empty_kernel_us: None,
+            rows,
+        }
     }
 
     #[test]

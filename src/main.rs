@@ -132,9 +132,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info { json } => cmd_info::info(json),
         Command::List { json } => cmd_info::list(json),
-        Command::Compile { family, all: _, arch, limit, filter, json } => {
-            cmd_compile::compile(family, &arch, limit, filter.as_deref(), json)
-        }
+        Command::Compile {
+            family,
+            all: _,
+            arch,
+            limit,
+            filter,
+            json,
+        } => cmd_compile::compile(family, &arch, limit, filter.as_deref(), json),
         Command::Tune {
             family,
             problems,
@@ -156,7 +161,9 @@ fn main() -> ExitCode {
             from,
             reps,
             steady,
-        } => cmd_tune::bench(family, tuned_dir, json, compare, threshold, from, reps, steady),
+        } => cmd_tune::bench(
+            family, tuned_dir, json, compare, threshold, from, reps, steady,
+        ),
         Command::Export {
             dir,
             tuned_dir,

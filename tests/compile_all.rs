@@ -172,6 +172,10 @@ fn the_fp8_activation_quantiser_compiles_without_spills() {
     let k = compiler
         .compile(&src, &CompileOptions::default())
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(k.resources.registers > 0, "no ptxas report parsed:\n{}", k.log);
+    assert!(
+        k.resources.registers > 0,
+        "no ptxas report parsed:\n{}",
+        k.log
+    );
     assert!(!k.resources.spills(), "{:?}", k.resources);
 }

@@ -15,57 +15,23 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde_json::json;
 
+#[path = "gpu_parts/common.rs"]
+mod common;
 #[path = "gpu_parts/fp8.rs"]
 mod fp8;
 #[path = "gpu_parts/mfa.rs"]
 mod mfa;
 
+use common::{rel_err, report, seed};
+
 const GPU: &str = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh";
 /// Norm-wise relative error allowed for BF16 outputs (fp32 accumulation, one BF16 rounding).
 const BF16_TOL: f64 = 1e-2;
-
-fn seed() -> u64 {
-    std::env::var("KILN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
 
 fn random_bf16(rng: &mut impl Rng, len: usize) -> Vec<bf16> {
     (0..len)
         .map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)))
         .collect()
-}
-
-fn report(name: &str, value: &serde_json::Value) {
-    if let Some(dir) = std::env::var_os("KILN_GPU_REPORT") {
-        let dir = std::path::PathBuf::from(dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join(format!("{name}.json")),
-            serde_json::to_vec_pretty(value).unwrap(),
-        )
-        .unwrap();
-    }
-}
-
-/// ||out - ref|| / ||ref||, and whether any output is NaN or infinite.
-fn rel_err(out: &[bf16], reference: &[f64]) -> (f64, bool) {
-    let mut num = 0.0;
-    let mut den = 0.0;
-    let mut bad = false;
-    for (o, r) in out.iter().zip(reference) {
-        let o = o.to_f64();
-        bad |= !o.is_finite();
-        num += (o - r) * (o - r);
-        den += r * r;
-    }
-    ((num / den.max(1e-300)).sqrt(), bad)
 }
 
 struct Case {

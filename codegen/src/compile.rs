@@ -31,14 +31,12 @@ pub struct KernelSource {
 }
 
 /// What NVRTC is asked for, beyond the source.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct CompileOptions {
     pub arch: Arch,
     /// Extra NVRTC options (e.g. `-lineinfo`, `--use_fast_math`).
     pub extra: Vec<String>,
 }
-
 
 impl CompileOptions {
     /// The options that define the output, sorted, with no machine paths.

@@ -43,7 +43,11 @@ pub enum RuntimeError {
     Codegen(#[from] kiln_codegen::CodegenError),
 
     #[error("no candidate config of {family} passed compilation and validation for {problem}: {reasons}")]
-    NoValidCandidate { family: String, problem: String, reasons: String },
+    NoValidCandidate {
+        family: String,
+        problem: String,
+        reasons: String,
+    },
 
     #[error("baseline {name}: {reason}")]
     Baseline { name: String, reason: String },

@@ -131,7 +131,12 @@ impl Bench {
     /// `per_rep`; the median over `opts.reps` spans. This is how a decode step
     /// runs kernels; the isolated measurement of [`Bench::measure`] adds the
     /// full launch latency to each.
-    pub fn measure_stream<F>(&mut self, opts: &MeasureOptions, per_rep: usize, mut run: F) -> Result<Measurement>
+    pub fn measure_stream<F>(
+        &mut self,
+        opts: &MeasureOptions,
+        per_rep: usize,
+        mut run: F,
+    ) -> Result<Measurement>
     where
         F: FnMut(usize) -> Result<()>,
     {
@@ -140,7 +145,10 @@ impl Bench {
             run(i)?;
         }
         let ctx = stream.context().clone();
-        let event = || ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).during("creating a timing event");
+        let event = || {
+            ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .during("creating a timing event")
+        };
         let mut pairs = Vec::with_capacity(opts.reps);
         for _ in 0..opts.reps {
             stream.memset_zeros(&mut self.flush).during("flushing L2")?;
@@ -152,10 +160,14 @@ impl Bench {
             e.record(&stream).during("recording a timing event")?;
             pairs.push((s, e));
         }
-        stream.synchronize().during("waiting for timed runs (a kernel may have faulted)")?;
+        stream
+            .synchronize()
+            .during("waiting for timed runs (a kernel may have faulted)")?;
         let mut us = Vec::with_capacity(pairs.len());
         for (s, e) in &pairs {
-            us.push(s.elapsed_ms(e).during("reading a timing event")? as f64 * 1e3 / per_rep as f64);
+            us.push(
+                s.elapsed_ms(e).during("reading a timing event")? as f64 * 1e3 / per_rep as f64,
+            );
         }
         Ok(Measurement::from_samples(us, true))
     }
@@ -165,7 +177,11 @@ impl Bench {
 impl Bench {
     /// An empty kernel (132 blocks of 128 threads) timed exactly like a real
     /// one: the launch and event overhead every measurement includes.
-    pub fn empty_kernel_us(&mut self, compiler: &kiln_codegen::Compiler, reps: usize) -> Result<f64> {
+    pub fn empty_kernel_us(
+        &mut self,
+        compiler: &kiln_codegen::Compiler,
+        reps: usize,
+    ) -> Result<f64> {
         let src = kiln_codegen::KernelSource {
             family: "empty".into(),
             entry: "kiln_empty".into(),
@@ -173,13 +189,26 @@ impl Bench {
         };
         let k = compiler.compile(&src, &kiln_codegen::CompileOptions::default())?;
         let kernel = crate::kernel::LoadedKernel::load(&self.device, &k.cubin, "kiln_empty", 0)?;
-        let cfg = cudarc::driver::LaunchConfig { grid_dim: (132, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: (132, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let stream = self.device.stream.clone();
-        let m = self.measure(&MeasureOptions { warmup: 3, reps, flush_l2: true }, || {
-            let mut b = stream.launch_builder(&kernel.func);
-            // SAFETY: kiln_empty takes no arguments.
-            unsafe { b.launch(cfg) }.map(|_| ()).during("launching the empty kernel")
-        })?;
+        let m = self.measure(
+            &MeasureOptions {
+                warmup: 3,
+                reps,
+                flush_l2: true,
+            },
+            || {
+                let mut b = stream.launch_builder(&kernel.func);
+                // SAFETY: kiln_empty takes no arguments.
+                unsafe { b.launch(cfg) }
+                    .map(|_| ())
+                    .during("launching the empty kernel")
+            },
+        )?;
         Ok(m.median_us)
     }
 }

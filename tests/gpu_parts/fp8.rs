@@ -16,6 +16,7 @@
 // `!(err <= tol)` on purpose: a NaN error must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+use crate::common::{open, rel_err, report, seed};
 use std::collections::HashMap;
 
 use half::bf16;
@@ -30,50 +31,6 @@ use serde_json::{json, Value};
 
 /// Norm-wise relative error allowed (fp32 accumulation and scale folding, one BF16 rounding).
 const TOL: f64 = 1e-2;
-
-fn seed() -> u64 {
-    std::env::var("KILN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
-
-fn report(name: &str, value: &Value) {
-    if let Some(dir) = std::env::var_os("KILN_GPU_REPORT") {
-        let dir = std::path::PathBuf::from(dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join(format!("{name}.json")),
-            serde_json::to_vec_pretty(value).unwrap(),
-        )
-        .unwrap();
-    }
-}
-
-fn open() -> (Device, Compiler) {
-    let dev = Device::open(0).unwrap_or_else(|e| panic!("{e}"));
-    let compiler = Compiler::new().unwrap_or_else(|e| panic!("{e}"));
-    (dev, compiler)
-}
-
-/// ||out - ref|| / ||ref||, and whether any output is NaN or infinite.
-fn rel_err(out: &[bf16], reference: &[f64]) -> (f64, bool) {
-    let mut num = 0.0;
-    let mut den = 0.0;
-    let mut bad = false;
-    for (o, r) in out.iter().zip(reference) {
-        let o = o.to_f64();
-        bad |= !o.is_finite();
-        num += (o - r) * (o - r);
-        den += r * r;
-    }
-    ((num / den.max(1e-300)).sqrt(), bad)
-}
 
 /// Values in (-1, 1) times a magnitude per 128-wide group spread over ~e^3, so scales differ
 /// from group to group (and token to token, weight block to weight block).

@@ -16,6 +16,7 @@
 // `!(err <= tol)` on purpose: a NaN error must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+use crate::common::{open, report, seed};
 use std::collections::HashMap;
 
 use half::bf16;
@@ -43,36 +44,6 @@ mod norm_rope;
 const TOL: f64 = 1e-2;
 const PER_SEQ: usize = (HEADS * HEAD_DIM) as usize;
 const D: usize = HEAD_DIM as usize;
-
-fn seed() -> u64 {
-    std::env::var("KILN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
-
-fn report(name: &str, value: &Value) {
-    if let Some(dir) = std::env::var_os("KILN_GPU_REPORT") {
-        let dir = std::path::PathBuf::from(dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join(format!("{name}.json")),
-            serde_json::to_vec_pretty(value).unwrap(),
-        )
-        .unwrap();
-    }
-}
-
-fn open() -> (Device, Compiler) {
-    let dev = Device::open(0).unwrap_or_else(|e| panic!("{e}"));
-    let compiler = Compiler::new().unwrap_or_else(|e| panic!("{e}"));
-    (dev, compiler)
-}
 
 /// Host copy of one pool pair.
 enum HostPools {

@@ -139,7 +139,9 @@ impl<'a> GemmBf16Bench<'a> {
     fn ensure_rotation(&mut self) -> Result<usize> {
         if self.rotation.is_empty() {
             let bytes = 2 * (self.a.len() + self.b.len());
-            let copies = (3 * self.device.info.l2_bytes as usize).div_ceil(bytes.max(1)).max(2);
+            let copies = (3 * self.device.info.l2_bytes as usize)
+                .div_ceil(bytes.max(1))
+                .max(2);
             for _ in 0..copies {
                 let a = self.device.stream.clone_dtod(&self.a);
                 let b = self.device.stream.clone_dtod(&self.b);
@@ -160,14 +162,20 @@ impl<'a> GemmBf16Bench<'a> {
     /// Steady-state time per launch of `config`, back to back over rotated inputs.
     pub fn time_steady(&mut self, config: &GemmBf16Config, reps: usize) -> Result<Measurement> {
         let per = self.ensure_rotation()?;
-        let (kernel, ws) = self.kernels.get_mut(&key(config)).ok_or_else(|| kiln_runtime::RuntimeError::IllegalConfig {
-            config: key(config),
-            problem: format!("{:?}", self.problem),
-            reason: "not prepared".into(),
+        let (kernel, ws) = self.kernels.get_mut(&key(config)).ok_or_else(|| {
+            kiln_runtime::RuntimeError::IllegalConfig {
+                config: key(config),
+                problem: format!("{:?}", self.problem),
+                reason: "not prepared".into(),
+            }
         })?;
         let stream = self.device.stream.clone();
         let (p, rot, c) = (&self.problem, &self.rotation, &mut self.c);
-        let opts = MeasureOptions { warmup: 1, reps, flush_l2: true };
+        let opts = MeasureOptions {
+            warmup: 1,
+            reps,
+            flush_l2: true,
+        };
         self.bench.measure_stream(&opts, per, |i| {
             let (a, b) = &rot[i % rot.len()];
             kernel.launch(&stream, p, a, b, c, ws)
@@ -175,11 +183,19 @@ impl<'a> GemmBf16Bench<'a> {
     }
 
     /// Steady-state time per cuBLAS call, back to back over the same rotated inputs.
-    pub fn time_steady_cublas(&mut self, blas: &crate::baseline::CublasBf16, reps: usize) -> Result<Measurement> {
+    pub fn time_steady_cublas(
+        &mut self,
+        blas: &crate::baseline::CublasBf16,
+        reps: usize,
+    ) -> Result<Measurement> {
         let per = self.ensure_rotation()?;
         let p = self.problem;
         let (rot, c) = (&self.rotation, &mut self.c);
-        let opts = MeasureOptions { warmup: 1, reps, flush_l2: true };
+        let opts = MeasureOptions {
+            warmup: 1,
+            reps,
+            flush_l2: true,
+        };
         self.bench.measure_stream(&opts, per, |i| {
             let (a, b) = &rot[i % rot.len()];
             blas.gemm(p.m, p.n, p.k, a, b, c)

@@ -257,12 +257,15 @@ impl Tiled {
         let (wtm, wtn) = (c.warp_tile_m(), c.warp_tile_n());
         let threads = c.threads();
         // Warps split the tile evenly.
-        illegal(!c.bm.is_multiple_of(c.warps_m) || !c.bn.is_multiple_of(c.warps_n), || {
-            format!(
-                "{}x{} tile over {}x{} warps",
-                c.bm, c.bn, c.warps_m, c.warps_n
-            )
-        })?;
+        illegal(
+            !c.bm.is_multiple_of(c.warps_m) || !c.bn.is_multiple_of(c.warps_n),
+            || {
+                format!(
+                    "{}x{} tile over {}x{} warps",
+                    c.bm, c.bn, c.warps_m, c.warps_n
+                )
+            },
+        )?;
         // A warp's rows are whole m16 mma tiles (ldmatrix.x4 reads 16 rows of A).
         illegal(wtm % 16 != 0, || {
             format!("warp tile m {wtm} is not a multiple of 16")

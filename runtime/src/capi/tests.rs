@@ -9,8 +9,7 @@ impl TempDir {
     fn new(tag: &str) -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let p =
-            std::env::temp_dir().join(format!("kiln-capi-{tag}-{}-{n}", std::process::id()));
+        let p = std::env::temp_dir().join(format!("kiln-capi-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -184,9 +183,7 @@ fn capi_bad_manifests() {
     assert!(set.is_null());
     let e = last_error();
     assert!(
-        e.starts_with("kiln_open: ")
-            && e.contains("manifest.json")
-            && e.contains("kiln export"),
+        e.starts_with("kiln_open: ") && e.contains("manifest.json") && e.contains("kiln export"),
         "{e}"
     );
 

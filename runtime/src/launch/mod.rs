@@ -37,5 +37,7 @@ pub fn compile_cubin<F: kiln_codegen::Family>(
     config: &F::Config,
 ) -> Result<Vec<u8>> {
     let src = kiln_codegen::render::render::<F>(problem, config)?;
-    Ok(compiler.compile(&src, &kiln_codegen::CompileOptions::default())?.cubin)
+    Ok(compiler
+        .compile(&src, &kiln_codegen::CompileOptions::default())?
+        .cubin)
 }

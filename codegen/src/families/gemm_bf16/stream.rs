@@ -391,11 +391,8 @@ pub fn estimate_us(p: &GemmBf16Problem, c: &StreamConfig, limits: &DeviceLimits)
     // then nothing while its mma's run and the next loads start (about half a chunk on
     // average as the chunk drains); a depth-2 warp keeps one to two chunks out.
     let avg_chunks = if c.depth >= 2 { 1.5 } else { 0.5 };
-    let inflight = per_sm.min(ctas_per_sm)
-        * busy_warps
-        * (c.unroll * c.rows) as f64
-        * 1024.0
-        * avg_chunks;
+    let inflight =
+        per_sm.min(ctas_per_sm) * busy_warps * (c.unroll * c.rows) as f64 * 1024.0 * avg_chunks;
     let sm_bps = (inflight / LATENCY_S).min(SM_BPS) * scale;
     let weight_bytes = p.n as f64 * p.k as f64 * 2.0;
     let memory_s = (weight_bytes / (DRAM_BPS * scale)).max(ctas_per_sm * cta_bytes / sm_bps);
@@ -451,13 +448,23 @@ mod tests {
         }
         assert!(l.iter().any(|c| c.rows == 4));
         for d in [1, 2] {
-            assert!(l.iter().any(|c| c.depth == d && c.unroll == 2 && c.split_k == 1));
-            assert!(l.iter().any(|c| c.depth == d && c.unroll == 4 && c.split_k == 4));
+            assert!(l
+                .iter()
+                .any(|c| c.depth == d && c.unroll == 2 && c.split_k == 1));
+            assert!(l
+                .iter()
+                .any(|c| c.depth == d && c.unroll == 4 && c.split_k == 4));
         }
         // The measured winners of depth 1 keep a depth-2 twin where registers allow, among
         // them the M = 32 one (rows 2, unroll 2, 4 warps).
-        assert!(l.iter().any(|c| c.depth == 2 && c.tokens8 == 4 && c.rows == 2 && c.unroll == 2));
-        assert!(l.iter().any(|c| c.depth == 2 && c.tokens8 == 1 && c.rows == 1 && c.unroll == 4 && c.warps == 8));
+        assert!(l
+            .iter()
+            .any(|c| c.depth == 2 && c.tokens8 == 4 && c.rows == 2 && c.unroll == 2));
+        assert!(l.iter().any(|c| c.depth == 2
+            && c.tokens8 == 1
+            && c.rows == 1
+            && c.unroll == 4
+            && c.warps == 8));
         for c in &l {
             assert!(c.register_estimate() <= 255, "{c:?}");
             assert!(c.reduce_batch() * c.split_k <= 32, "{c:?}");

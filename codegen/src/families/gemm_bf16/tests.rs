@@ -203,10 +203,8 @@ fn default_config_is_legal_for_many_problems() {
                     continue;
                 }
                 let c = GemmBf16::default_config(&p);
-                GemmBf16::check_config(&c, &l)
-                    .unwrap_or_else(|e| panic!("{p:?} -> {c:?}: {e}"));
-                GemmBf16::check_problem(&p, &c)
-                    .unwrap_or_else(|e| panic!("{p:?} -> {c:?}: {e}"));
+                GemmBf16::check_config(&c, &l).unwrap_or_else(|e| panic!("{p:?} -> {c:?}: {e}"));
+                GemmBf16::check_problem(&p, &c).unwrap_or_else(|e| panic!("{p:?} -> {c:?}: {e}"));
                 // Decode streams the weight.
                 assert_eq!(
                     matches!(c, GemmBf16Config::Stream(_)),

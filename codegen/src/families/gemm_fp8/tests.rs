@@ -216,8 +216,7 @@ fn workspace_counters_and_geometry() {
 fn flops_and_bytes() {
     let p = prob(2, 256, 1024);
     assert_eq!(GemmFp8::flops(&p), 2.0 * 2.0 * 256.0 * 1024.0);
-    let want =
-        256.0 * 1024.0 + 2.0 * 1024.0 + 4.0 * (2.0 * 8.0 + 2.0 * 8.0) + 2.0 * 2.0 * 256.0;
+    let want = 256.0 * 1024.0 + 2.0 * 1024.0 + 4.0 * (2.0 * 8.0 + 2.0 * 8.0) + 2.0 * 2.0 * 256.0;
     assert_eq!(GemmFp8::min_bytes(&p), want);
 }
 
@@ -247,9 +246,8 @@ fn fragment_slots_cover_every_output_once() {
         for o in 0..c.outputs() {
             let (row, token) = (o % c.tile_n(), o / c.tile_n());
             let lane = (row & 7) * 4 + ((token & 7) >> 1);
-            let j = ((row >> 4) * c.tokens8 + (token >> 3)) * 4
-                + ((row >> 3) & 1) * 2
-                + (token & 1);
+            let j =
+                ((row >> 4) * c.tokens8 + (token >> 3)) * 4 + ((row >> 3) & 1) * 2 + (token & 1);
             assert!(j < c.frag() && lane < 32);
             assert!(seen.insert(j * 32 + lane));
         }
