@@ -11,6 +11,8 @@ use kiln_codegen::Family;
 use crate::device::Device;
 use crate::error::{DriverContext, Result, RuntimeError};
 use crate::kernel::LoadedKernel;
+
+use super::need;
 use crate::launch::mfa_decode::MfaKvLayout;
 
 /// The cache pools a RoPE-append writes (rows of 256 values, as `mfa_decode` reads them).
@@ -67,14 +69,6 @@ fn illegal(p: &FusedNormRopeProblem, c: &str, reason: impl Into<String>) -> Runt
 fn check(p: &FusedNormRopeProblem, c: &FusedNormRopeConfig) -> Result<()> {
     FusedNormRope::supports(p)?;
     FusedNormRope::check_problem(p, c).map_err(|e| illegal(p, &format!("{c:?}"), e.0))
-}
-
-fn need(name: &'static str, got: usize, need: usize) -> Result<()> {
-    if got < need {
-        Err(RuntimeError::BufferTooSmall { name, got, need })
-    } else {
-        Ok(())
-    }
 }
 
 impl FusedNormRopeKernel {

@@ -9,6 +9,8 @@ use crate::device::Device;
 use crate::error::{DriverContext, Result, RuntimeError};
 use crate::kernel::LoadedKernel;
 
+use super::need;
+
 /// Scratch for split-K: fp32 partial tiles and per-tile arrival counters.
 pub type GemmWorkspace = super::SplitWorkspace;
 
@@ -21,12 +23,7 @@ pub struct GemmBf16Kernel {
 }
 
 fn check_problem(p: &GemmBf16Problem, c: &GemmBf16Config) -> Result<()> {
-    GemmBf16::supports(p)?;
-    GemmBf16::check_problem(p, c).map_err(|e| RuntimeError::IllegalConfig {
-        config: format!("{c:?}"),
-        problem: format!("{p:?}"),
-        reason: e.0,
-    })
+    super::check_serves::<GemmBf16>(p, c)
 }
 
 impl GemmBf16Kernel {
@@ -166,14 +163,6 @@ impl GemmBf16Reference {
         // SAFETY: matches the reference kernel's signature (A, B, C, M, N, K);
         // sizes checked above.
         unsafe { launch.launch(cfg) }.during("launching the gemm_bf16 reference")?;
-        Ok(())
-    }
-}
-
-fn need(name: &'static str, got: usize, need: usize) -> Result<()> {
-    if got < need {
-        Err(RuntimeError::BufferTooSmall { name, got, need })
-    } else {
         Ok(())
     }
 }

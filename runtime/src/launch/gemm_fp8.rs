@@ -11,6 +11,8 @@ use crate::device::Device;
 use crate::error::{DriverContext, Result, RuntimeError};
 use crate::kernel::LoadedKernel;
 
+use super::need;
+
 /// Scratch for split-K: fp32 partial tiles and per-tile arrival counters.
 pub type GemmFp8Workspace = super::SplitWorkspace;
 
@@ -33,20 +35,7 @@ pub struct GemmFp8Kernel {
 }
 
 fn check_problem(p: &GemmFp8Problem, c: &GemmFp8Config) -> Result<()> {
-    GemmFp8::supports(p)?;
-    GemmFp8::check_problem(p, c).map_err(|e| RuntimeError::IllegalConfig {
-        config: format!("{c:?}"),
-        problem: format!("{p:?}"),
-        reason: e.0,
-    })
-}
-
-fn need(name: &'static str, got: usize, need: usize) -> Result<()> {
-    if got < need {
-        Err(RuntimeError::BufferTooSmall { name, got, need })
-    } else {
-        Ok(())
-    }
+    super::check_serves::<GemmFp8>(p, c)
 }
 
 impl GemmFp8Kernel {

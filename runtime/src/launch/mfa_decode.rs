@@ -13,6 +13,8 @@ use crate::device::Device;
 use crate::error::{DriverContext, Result, RuntimeError};
 use crate::kernel::LoadedKernel;
 
+use super::need;
+
 /// The device buffer type the launch takes, so callers can name it without depending on cudarc.
 pub use cudarc::driver::CudaSlice;
 
@@ -79,12 +81,7 @@ pub struct MfaDecodeKernel {
 }
 
 fn check_problem(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> Result<()> {
-    MfaDecode::supports(p)?;
-    MfaDecode::check_problem(p, c).map_err(|e| RuntimeError::IllegalConfig {
-        config: format!("{c:?}"),
-        problem: format!("{p:?}"),
-        reason: e.0,
-    })
+    super::check_serves::<MfaDecode>(p, c)
 }
 
 fn mismatch(entry: &str, p: &MfaDecodeProblem, reason: impl Into<String>) -> RuntimeError {
@@ -281,14 +278,6 @@ impl MfaDecodeKernel {
         // problem and layout; the geometry comes from the same family code that sized the
         // template. Page ids inside `block_table` are device data the caller vouches for.
         unsafe { launch.launch(cfg) }.during(format!("launching {entry}"))?;
-        Ok(())
-    }
-}
-
-fn need(name: &'static str, got: usize, need: usize) -> Result<()> {
-    if got < need {
-        Err(RuntimeError::BufferTooSmall { name, got, need })
-    } else {
         Ok(())
     }
 }

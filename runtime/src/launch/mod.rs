@@ -9,7 +9,7 @@ pub mod mfa_decode;
 use cudarc::driver::CudaSlice;
 
 use crate::device::Device;
-use crate::error::Result;
+use crate::error::{Result, RuntimeError};
 
 /// Scratch of a split reduction (split-K GEMM, split-KV attention): fp32
 /// partials and per-output arrival counters. Counters start at zero and
@@ -40,4 +40,23 @@ pub fn compile_cubin<F: kiln_codegen::Family>(
     Ok(compiler
         .compile(&src, &kiln_codegen::CompileOptions::default())?
         .cubin)
+}
+
+/// The family can solve `p`, and `c` can serve it.
+pub(crate) fn check_serves<F: kiln_codegen::Family>(p: &F::Problem, c: &F::Config) -> Result<()> {
+    F::supports(p)?;
+    F::check_problem(p, c).map_err(|e| RuntimeError::IllegalConfig {
+        config: format!("{c:?}"),
+        problem: format!("{p:?}"),
+        reason: e.0,
+    })
+}
+
+/// A buffer holds at least `need` elements.
+pub(crate) fn need(name: &'static str, got: usize, need: usize) -> Result<()> {
+    if got < need {
+        Err(RuntimeError::BufferTooSmall { name, got, need })
+    } else {
+        Ok(())
+    }
 }
