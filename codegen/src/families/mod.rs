@@ -7,3 +7,5 @@ pub mod mfa_decode;
 
 #[cfg(test)]
 mod mma_emulation;
+#[cfg(test)]
+mod template_tags;

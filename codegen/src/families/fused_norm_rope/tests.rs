@@ -5,30 +5,8 @@ fn limits() -> DeviceLimits {
     DeviceLimits::HOPPER
 }
 
-/// Names the template reads: `{{ name }}` and `{% if name %}`.
 fn template_names() -> BTreeSet<String> {
-    let t = FusedNormRope::TEMPLATE;
-    let mut names = BTreeSet::new();
-    for (open, close) in [("{{", "}}"), ("{%", "%}")] {
-        let mut rest = t;
-        while let Some(i) = rest.find(open) {
-            let after = &rest[i + open.len()..];
-            let j = after.find(close).expect("unclosed tera tag");
-            let words: Vec<&str> = after[..j].split_whitespace().collect();
-            match words.as_slice() {
-                [name] if open == "{{" => {
-                    names.insert(name.to_string());
-                }
-                ["if", name] => {
-                    names.insert(name.to_string());
-                }
-                ["else"] | ["endif"] => {}
-                other => panic!("template tag {other:?} is more than a name or an if"),
-            }
-            rest = &after[j + close.len()..];
-        }
-    }
-    names
+    crate::families::template_tags::template_names(FusedNormRope::TEMPLATE)
 }
 
 #[test]

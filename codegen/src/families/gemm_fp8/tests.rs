@@ -80,33 +80,8 @@ fn entry_names_are_unique() {
     }
 }
 
-/// Names the template reads: `{{ name }}` and `{% if name %}`.
 fn template_names() -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut rest = GemmFp8::TEMPLATE;
-    loop {
-        let next = ["{{", "{%"]
-            .iter()
-            .filter_map(|o| rest.find(o).map(|i| (i, *o)))
-            .min();
-        let Some((i, open)) = next else { break };
-        let close = if open == "{{" { "}}" } else { "%}" };
-        let after = &rest[i + open.len()..];
-        let j = after.find(close).expect("unclosed tera tag");
-        let words: Vec<&str> = after[..j].split_whitespace().collect();
-        match words.as_slice() {
-            [name] if open == "{{" => {
-                names.insert(name.to_string());
-            }
-            ["if", name] => {
-                names.insert(name.to_string());
-            }
-            ["else"] | ["endif"] => {}
-            other => panic!("template tag {other:?} is more than a name or an if"),
-        }
-        rest = &after[j + close.len()..];
-    }
-    names
+    crate::families::template_tags::template_names(GemmFp8::TEMPLATE)
 }
 
 #[test]
