@@ -115,6 +115,11 @@ fn gemm_bf16_every_config_matches_the_references() {
     cases.push(gpu_case(&dev, &refk, &mut rng, 29, 4099, 2051));
     cases.push(gpu_case(&dev, &refk, &mut rng, 13, 200, 4096));
     cases.push(gpu_case(&dev, &refk, &mut rng, 1, 2563, 7168));
+    // Bulk-kernel edges: 32 tokens with K % 16 == 8 (a half k16 step) and N past a tile;
+    // a wide N whose tiles fall whole to the CTAs and a router-like N below one tile.
+    cases.push(gpu_case(&dev, &refk, &mut rng, 32, 4100, 2056));
+    cases.push(gpu_case(&dev, &refk, &mut rng, 5, 16384, 1024));
+    cases.push(gpu_case(&dev, &refk, &mut rng, 16, 48, 7168));
 
     let limits = dev.info.limits();
     let configs: Vec<GemmBf16Config> = GemmBf16::legal_space(&limits);

@@ -3,7 +3,7 @@
 # a fresh re-measurement against the first must pass, a planted 10% slowdown must fail.
 set -uo pipefail
 T=/tmp/kiln-tuned
-./kiln bench --tuned-dir $T --json "$OUT/bench.json" || exit 1
+./kiln bench --tuned-dir $T --steady --json "$OUT/bench.json" || exit 1
 ./kiln bench --tuned-dir $T --json /tmp/bench2.json --compare "$OUT/bench.json" --threshold 5%
 fresh=$?
 python3 - <<'PY'

@@ -36,59 +36,24 @@ fn legal_stream() -> Vec<StreamConfig> {
         .collect()
 }
 
-/// Names the template reads (`{{ name }}` and `{% if name %}`), by kernel: the branches
-/// of the top-level `{% if stream %}` are "stream" and "tiled"; the rest is "common".
+/// Names each kernel's template reads (`{{ name }}` and `{% if name %}`), by kernel, and
+/// "common": the two selectors of the family's text, which is the three files joined by
+/// `{% if bulk %}`, `{% elif stream %}` and `{% else %}`.
 fn template_names() -> BTreeMap<&'static str, BTreeSet<String>> {
-    let t = GemmBf16::TEMPLATE;
-    let mut names: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    // Open ifs: (is the top-level stream if, in its else branch).
-    let mut stack: Vec<(bool, bool)> = Vec::new();
-    let mut section = "common";
-    let mut rest = t;
-    loop {
-        let next = ["{{", "{%"]
-            .iter()
-            .filter_map(|o| rest.find(o).map(|i| (i, *o)))
-            .min();
-        let Some((i, open)) = next else { break };
-        let close = if open == "{{" { "}}" } else { "%}" };
-        let after = &rest[i + open.len()..];
-        let j = after.find(close).expect("unclosed tera tag");
-        let words: Vec<&str> = after[..j].split_whitespace().collect();
-        match words.as_slice() {
-            [name] if open == "{{" => {
-                names.entry(section).or_default().insert(name.to_string());
-            }
-            ["if", name] => {
-                let top = stack.is_empty() && *name == "stream";
-                if top {
-                    section = "stream";
-                }
-                names.entry("common").or_default().insert(name.to_string());
-                if !top {
-                    names.entry(section).or_default().insert(name.to_string());
-                }
-                stack.push((top, false));
-            }
-            ["else"] => {
-                let top = stack.last_mut().expect("else without if");
-                top.1 = true;
-                if top.0 {
-                    section = "tiled";
-                }
-            }
-            ["endif"] => {
-                let (top, _) = stack.pop().expect("endif without if");
-                if top {
-                    section = "common";
-                }
-            }
-            other => panic!("template tag {other:?} is more than a name or an if"),
-        }
-        rest = &after[j + close.len()..];
-    }
-    assert!(stack.is_empty(), "unclosed if");
-    names
+    use crate::families::template_tags::template_names as names;
+    const TILED: &str = include_str!("../../../../templates/gemm_bf16.cu.tera");
+    const STREAM: &str = include_str!("../../../../templates/gemm_bf16_stream.cu.tera");
+    const BULK: &str = include_str!("../../../../templates/gemm_bf16_bulk.cu.tera");
+    assert_eq!(
+        GemmBf16::TEMPLATE,
+        format!("{{% if bulk %}}{BULK}{{% elif stream %}}{STREAM}{{% else %}}{TILED}{{% endif %}}")
+    );
+    let mut out = BTreeMap::new();
+    out.insert("tiled", names(TILED));
+    out.insert("stream", names(STREAM));
+    out.insert("bulk", names(BULK));
+    out.insert("common", ["bulk", "stream"].map(String::from).into());
+    out
 }
 
 #[test]
@@ -121,9 +86,14 @@ fn legal_space_is_large_enough_and_small_enough() {
     for t in [1, 2, 4] {
         assert!(stream.iter().any(|c| c.tokens8 == t));
     }
+    let bulk = GemmBf16::legal_space(&limits())
+        .into_iter()
+        .filter(|c| matches!(c, GemmBf16Config::Bulk(_)))
+        .count();
+    assert!((24..=120).contains(&bulk), "{bulk} legal bulk configs");
     assert_eq!(
         GemmBf16::legal_space(&limits()).len(),
-        tiled.len() + stream.len()
+        tiled.len() + stream.len() + bulk
     );
 }
 
@@ -179,6 +149,12 @@ fn legal_configs_have_sane_geometry() {
                 GemmBf16Config::Stream(c) => {
                     assert_eq!(g.grid[0] as u64, p.n.div_ceil(16 * c.rows) as u64);
                     assert_eq!(g.dynamic_smem_bytes, c.warps * c.frag() * 128);
+                }
+                GemmBf16Config::Bulk(c) => {
+                    // Persistent: never more CTAs than stages, nor than the config's count.
+                    assert!(g.grid[0] >= 1 && g.grid[0] <= c.ctas);
+                    assert!(g.grid[0] as u64 <= bulk::total_stages(&p, c));
+                    assert_eq!(g.dynamic_smem_bytes, c.smem_bytes());
                 }
             }
         }
@@ -268,15 +244,20 @@ fn extreme_supported_problems_have_a_default() {
 fn entry_names_are_unique() {
     let mut seen = HashSet::new();
     let legal = GemmBf16::legal_space(&limits());
+    let mut built = 0;
     for c in &legal {
         for p in GemmBf16::branch_problems() {
+            if GemmBf16::check_problem(&p, c).is_err() {
+                continue;
+            }
+            built += 1;
             assert!(
                 seen.insert(GemmBf16::entry(&p, c)),
                 "duplicate entry for {c:?}"
             );
         }
     }
-    assert_eq!(seen.len(), 2 * legal.len());
+    assert_eq!(seen.len(), built);
 }
 
 #[test]
@@ -285,9 +266,13 @@ fn branch_problems_cover_every_branch_of_every_config() {
     assert_eq!(aligned.len(), 2);
     for p in GemmBf16::branch_problems() {
         GemmBf16::supports(&p).unwrap();
-        // Every legal config (both kernels, every split and token count) can be built
-        // for both branches.
+        // Every legal config (every kernel, split and token count) can be built for both
+        // branches; the bulk kernel has only the aligned one.
         for c in GemmBf16::legal_space(&limits()) {
+            if matches!(c, GemmBf16Config::Bulk(_)) && !is_aligned(&p) {
+                assert!(GemmBf16::check_problem(&p, &c).is_err());
+                continue;
+            }
             GemmBf16::check_problem(&p, &c).unwrap_or_else(|e| panic!("{p:?} {c:?}: {e}"));
         }
     }
@@ -305,10 +290,18 @@ fn render_vars_match_the_template() {
     let first_stream = legal
         .iter()
         .find(|c| matches!(c, GemmBf16Config::Stream(_)));
-    for (kernel, c) in [("tiled", first_tiled), ("stream", first_stream)] {
-        let c = c.expect("both kernels have legal configs");
+    let first_bulk = legal.iter().find(|c| matches!(c, GemmBf16Config::Bulk(_)));
+    for (kernel, c) in [
+        ("tiled", first_tiled),
+        ("stream", first_stream),
+        ("bulk", first_bulk),
+    ] {
+        let c = c.expect("every kernel has legal configs");
         let used: BTreeSet<String> = names["common"].union(&names[kernel]).cloned().collect();
         for p in GemmBf16::branch_problems() {
+            if GemmBf16::check_problem(&p, c).is_err() {
+                continue; // bulk: aligned K only
+            }
             let vars = GemmBf16::render_vars(&p, c);
             let keys: BTreeSet<String> = vars.keys().cloned().collect();
             let missing: Vec<_> = used.difference(&keys).collect();
@@ -323,6 +316,7 @@ fn render_vars_match_the_template() {
             );
             assert_eq!(vars["entry"], json!(GemmBf16::entry(&p, c)));
             assert_eq!(vars["stream"], json!(kernel == "stream"));
+            assert_eq!(vars["bulk"], json!(kernel == "bulk"));
         }
     }
 }
@@ -457,7 +451,7 @@ fn estimate_ranks_obvious_cases() {
 /// The tuner measures the 24 best estimates: for decode shapes those must be mostly
 /// stream configs with the smallest token tile, led by one.
 #[test]
-fn decode_shortlists_are_led_by_the_stream_kernel() {
+fn decode_shortlists_are_led_by_a_streaming_kernel() {
     let l = limits();
     for (n, k) in [
         (2560, 7168),
@@ -474,27 +468,29 @@ fn decode_shortlists_are_led_by_the_stream_kernel() {
                 .collect();
             ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
             let top = &ranked[..24];
-            let streams: Vec<&StreamConfig> = top
+            // Token tiles of the weight-streaming configs (stream and bulk kernels).
+            let streams: Vec<u32> = top
                 .iter()
                 .filter_map(|(_, c)| match c {
-                    GemmBf16Config::Stream(s) => Some(s),
+                    GemmBf16Config::Stream(s) => Some(s.tokens8),
+                    GemmBf16Config::Bulk(b) => Some(b.tokens8),
                     _ => None,
                 })
                 .collect();
             assert!(
-                matches!(top[0].1, GemmBf16Config::Stream(_)),
+                !matches!(top[0].1, GemmBf16Config::Tiled(_)),
                 "{p:?}: best estimate {:?} at {:.1} us",
                 top[0].1,
                 top[0].0
             );
             assert!(
                 streams.len() >= 12,
-                "{p:?}: {} stream configs shortlisted",
+                "{p:?}: {} streaming configs shortlisted",
                 streams.len()
             );
             let tightest = m.div_ceil(8).next_power_of_two();
             assert!(
-                streams.iter().all(|s| s.tokens8 == tightest),
+                streams.iter().all(|&t| t == tightest),
                 "{p:?}: a wider token tile than {tightest} was shortlisted"
             );
         }
