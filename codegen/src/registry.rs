@@ -9,6 +9,7 @@ use crate::families::fused_norm_rope::FusedNormRope;
 use crate::families::gemm_bf16::GemmBf16;
 use crate::families::gemm_fp8::GemmFp8;
 use crate::families::mfa_decode::MfaDecode;
+use crate::families::mlp_jet::MlpJet;
 use crate::family::{DeviceLimits, Family};
 
 /// One renderable variant: a legal config for one template branch.
@@ -173,10 +174,17 @@ static GEMM_BF16: Erased<GemmBf16> = Erased(PhantomData);
 static GEMM_FP8: Erased<GemmFp8> = Erased(PhantomData);
 static MFA_DECODE: Erased<MfaDecode> = Erased(PhantomData);
 static FUSED_NORM_ROPE: Erased<FusedNormRope> = Erased(PhantomData);
+static MLP_JET: Erased<MlpJet> = Erased(PhantomData);
 
 /// All families, in a stable order.
 pub fn families() -> Vec<&'static dyn AnyFamily> {
-    vec![&GEMM_BF16, &GEMM_FP8, &MFA_DECODE, &FUSED_NORM_ROPE]
+    vec![
+        &GEMM_BF16,
+        &GEMM_FP8,
+        &MFA_DECODE,
+        &FUSED_NORM_ROPE,
+        &MLP_JET,
+    ]
 }
 
 pub fn family(name: &str) -> Result<&'static dyn AnyFamily> {

@@ -1,0 +1,600 @@
+//! `mlp_jet`: a tanh MLP evaluated together with its spatial derivatives (PI-BasisNet's
+//! basis network `phi: R^d -> R^p`), in one fused pass over a tile of points with the
+//! weights staged through shared memory.
+//!
+//! Layers `z = W a + b`, `s = tanh(z)`. Every derivative stream flows through the same
+//! weights: tangents `z'_i = W a'_i`, `a'_i = s' z'_i`; Laplacian `Lz = W La`,
+//! `La = s' Lz + s'' sum_i (z'_i)^2`; Hessian diagonal `a''_ii = s' z''_ii + s'' (z'_i)^2`,
+//! with `s' = 1 - s^2`, `s'' = -2 s s'`. The input layer starts from `a = x`, `a'_i = e_i`,
+//! `La = 0`; the last layer is linear (no tanh). The 1-D second derivative is the Laplacian
+//! with `d = 1` (same kernel).
+//!
+//! # Memory layout (all fp32, row-major, no padding)
+//!
+//! * `x [points, d]`.
+//! * `params`: one arena, layer by layer, `W_l [out_l, in_l]` then `b_l [out_l]`, for
+//!   `l = 0..=depth`: layer 0 is `d -> width`, layers `1..depth` are `width -> width`, layer
+//!   `depth` is `width -> p` ([`param_count`] floats; [`layer_offsets`] gives each offset).
+//!   Must be 16-byte aligned (a `cudaMalloc` pointer is).
+//! * `u [points, p]`; `grad [points, d, p]` (`grad[n][i][o] = d u_o / d x_i`);
+//!   `second [points, p]` (Laplacian, or `d2u/dx2` when d = 1) or `[points, d, p]` (Hessian
+//!   diagonal, `second[n][i][o] = d2 u_o / dx_i^2`). Streams that a problem does not ask for
+//!   are not written (pass null).
+//!
+//! # Launch contract
+//!
+//! Arguments ([`MlpJet::args`]): `x, params, u, grad, second, n` with `n = points`. The grid
+//! is persistent (at most the CTAs that are resident at once); each CTA walks tiles of
+//! [`tile_points`] points. No scratch.
+//!
+//! The template (`templates/mlp_jet.cu.tera`) explains the work split and the pipeline.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::family::{
+    DeviceLimits, Family, Illegal, KernelArg, LaunchGeometry, RenderVars, Scratch, Unsupported,
+};
+
+/// The family.
+pub struct MlpJet;
+
+/// f64 CPU reference and parameter initialisation.
+pub mod reference;
+pub use reference::{init_params, reference_points, Jets};
+
+/// Which derivative streams one call computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Streams {
+    /// `u` only.
+    Value,
+    /// `u` and `grad u`.
+    ValueGrad,
+    /// `u`, `du/dx` and `d2u/dx2` (d = 1).
+    ValueD2,
+    /// `u`, `grad u` and the Laplacian.
+    ValueGradLaplacian,
+    /// `u`, `grad u` and the diagonal of the Hessian.
+    ValueGradHessdiag,
+}
+
+/// One call: the net's shape, the number of points and the streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MlpJetProblem {
+    /// Input (spatial) dimension.
+    pub d: u32,
+    /// Hidden width.
+    pub width: u32,
+    /// Hidden tanh layers (depth + 1 linear layers).
+    pub depth: u32,
+    /// Outputs (basis functions).
+    pub p: u32,
+    /// Points evaluated (`N`).
+    pub points: u32,
+    pub streams: Streams,
+}
+
+/// How the per-layer product is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Math {
+    /// fp32 FMA on the CUDA cores: exact fp32 arithmetic.
+    Fma,
+}
+
+/// A point of the search space.
+///
+/// Lanes of a warp form a `lane_rows x (32 / lane_rows)` grid: neurons of the layer output
+/// down, groups of points across. A lane holds its neurons times `points_per_lane` points
+/// times every stream of those points in registers. Warps split the points, and also the
+/// neurons only as far as the registers require ([`row_warps`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MlpJetConfig {
+    pub warps: u32,
+    /// Lanes of a warp splitting the neurons: 8, 16 or 32.
+    pub lane_rows: u32,
+    /// Points per lane.
+    pub points_per_lane: u32,
+    pub math: Math,
+}
+
+/// Input dimensions supported.
+pub const MAX_D: u32 = 32;
+/// Outputs supported.
+pub const MAX_P: u32 = 128;
+/// Hidden widths the kernel is written for (multiples of the weight slab).
+pub const WIDTHS: [u32; 4] = [32, 64, 128, 256];
+/// Hidden layers supported.
+pub const DEPTHS: std::ops::RangeInclusive<u32> = 2..=8;
+/// Most points one call may evaluate (output offsets stay below 2^40 floats).
+pub const MAX_POINTS: u32 = 1 << 28;
+/// Columns of a weight slab: the K depth one shared-memory stage holds.
+pub const SLAB_K: u32 = 32;
+/// Floats of a slab row: `SLAB_K` plus 4 of padding, so that the rows lanes read at once
+/// fall on distinct banks.
+pub const SLAB_LD: u32 = SLAB_K + 4;
+/// Slab buffers (double buffering: the next slab loads while this one is used).
+pub const SLAB_STAGES: u32 = 2;
+/// Most fp32 accumulators a lane may hold (neurons x points x streams).
+pub const MAX_ACC: u32 = 128;
+/// SMs of the grid the launch geometry plans for (H100 / H200).
+const SMS: u32 = 132;
+
+impl Streams {
+    /// Tangent streams (one per input dimension, or none).
+    pub fn tangents(self, d: u32) -> u32 {
+        match self {
+            Streams::Value => 0,
+            _ => d,
+        }
+    }
+    /// Second-order streams: 1 (Laplacian, d2), d (Hessian diagonal) or 0.
+    pub fn seconds(self, d: u32) -> u32 {
+        match self {
+            Streams::Value | Streams::ValueGrad => 0,
+            Streams::ValueD2 | Streams::ValueGradLaplacian => 1,
+            Streams::ValueGradHessdiag => d,
+        }
+    }
+    /// Whether the second-order streams are the Hessian diagonal (else the Laplacian).
+    pub fn hessdiag(self) -> bool {
+        self == Streams::ValueGradHessdiag
+    }
+    /// Short tag of what the kernel computes (`value_d2` is the Laplacian at d = 1).
+    fn tag(self) -> &'static str {
+        match self {
+            Streams::Value => "v",
+            Streams::ValueGrad => "vg",
+            Streams::ValueD2 | Streams::ValueGradLaplacian => "vgl",
+            Streams::ValueGradHessdiag => "vgh",
+        }
+    }
+}
+
+impl MlpJetProblem {
+    /// Streams carried per point: value, tangents, second-order streams.
+    pub fn streams_per_point(&self) -> u32 {
+        1 + self.streams.tangents(self.d) + self.streams.seconds(self.d)
+    }
+    /// The nets the PINN targets name: u, grad u and the Laplacian.
+    pub fn laplacian(d: u32, width: u32, depth: u32, p: u32, points: u32) -> Self {
+        MlpJetProblem {
+            d,
+            width,
+            depth,
+            p,
+            points,
+            streams: Streams::ValueGradLaplacian,
+        }
+    }
+    /// Floats of each output: `u`, `grad`, `second` (0 when not computed).
+    pub fn output_lens(&self) -> [usize; 3] {
+        let (n, d, p) = (self.points as usize, self.d as usize, self.p as usize);
+        let t = self.streams.tangents(self.d) as usize;
+        let s = self.streams.seconds(self.d) as usize;
+        [n * p, n * t * p, n * s * p]
+    }
+}
+
+/// Offsets (in floats) of `W_l` and `b_l` in the arena, for `l = 0..=depth`.
+pub fn layer_offsets(d: u32, width: u32, depth: u32, p: u32) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    for l in 0..=depth {
+        let fan_in = if l == 0 { d } else { width } as usize;
+        let fan_out = if l == depth { p } else { width } as usize;
+        out.push((at, at + fan_out * fan_in));
+        at += fan_out * fan_in + fan_out;
+    }
+    out
+}
+
+/// Floats of the parameter arena.
+pub fn param_count(d: u32, width: u32, depth: u32, p: u32) -> usize {
+    let (_, b) = *layer_offsets(d, width, depth, p)
+        .last()
+        .expect("depth + 1 layers");
+    b + p as usize
+}
+
+impl MlpJetConfig {
+    pub fn threads(&self) -> u32 {
+        32 * self.warps
+    }
+    fn lane_cols(&self) -> u32 {
+        32 / self.lane_rows
+    }
+}
+
+/// Warps splitting the neurons of `p` under `c`: the fewest (a power of two dividing the
+/// warps) that bring a lane's accumulators (neurons x points x streams) to at most
+/// [`MAX_ACC`]; more would only cut the points a tile shares its weight reads over. `None`
+/// when even a split over every warp does not fit, or does not divide the width.
+pub fn row_warps(p: &MlpJetProblem, c: &MlpJetConfig) -> Option<u32> {
+    let s = p.streams_per_point();
+    let mut wr = 1;
+    while wr <= c.warps {
+        let span = c.lane_rows * wr;
+        if span > p.width || p.width % span != 0 {
+            return None;
+        }
+        if (p.width / span) * c.points_per_lane * s <= MAX_ACC {
+            return Some(wr);
+        }
+        wr *= 2;
+    }
+    None
+}
+
+/// Points of one CTA tile of `p` under `c` (1 when the config cannot serve `p`).
+pub fn tile_points(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
+    let wr = row_warps(p, c).unwrap_or(c.warps);
+    (c.warps / wr) * c.lane_cols() * c.points_per_lane
+}
+
+/// Derived shape of one (problem, config): what the template is rendered with.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    /// Streams per point.
+    s: u32,
+    /// Warps down the neurons, and lanes x warps down (the neurons covered at once).
+    row_warps: u32,
+    span: u32,
+    /// Hidden neurons per lane.
+    rows: u32,
+    /// Output neurons per lane in one output pass (at most `rows`).
+    out_rows: u32,
+    /// Output neurons per pass, and passes.
+    pass_rows: u32,
+    passes: u32,
+    tile: u32,
+    /// Floats of one point group's columns in shared memory (padded, see the template).
+    group_floats: u32,
+    act_floats: u32,
+    slab_floats: u32,
+    smem_bytes: u32,
+}
+
+/// The shape of a config that serves `p` (callers check [`row_warps`] first; a config that
+/// cannot serve gets the all-warps split, which `check_problem` rejects).
+fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
+    let s = p.streams_per_point();
+    let row_warps = row_warps(p, c).unwrap_or(c.warps);
+    let span = c.lane_rows * row_warps;
+    let rows = (p.width / span).max(1);
+    let out_rows = p.p.div_ceil(span).min(rows);
+    let pass_rows = span * out_rows;
+    let passes = p.p.div_ceil(pass_rows);
+    let groups = (c.warps / row_warps) * c.lane_cols();
+    // +4 floats: consecutive groups start 4 banks apart (an odd number of 16-byte chunks).
+    let group_floats = c.points_per_lane * s * p.width + 4;
+    let act_floats = groups * group_floats;
+    let slab_floats = p.width * SLAB_LD;
+    let smem_bytes = 4 * (act_floats + SLAB_STAGES * slab_floats);
+    Shape {
+        s,
+        row_warps,
+        span,
+        rows,
+        out_rows,
+        pass_rows,
+        passes,
+        tile: groups * c.points_per_lane,
+        group_floats,
+        act_floats,
+        slab_floats,
+        smem_bytes,
+    }
+}
+
+fn illegal(cond: bool, why: impl FnOnce() -> String) -> Result<(), Illegal> {
+    if cond {
+        Err(Illegal(why()))
+    } else {
+        Ok(())
+    }
+}
+
+/// CTAs resident on one SM: shared memory, and registers planned at 255 per thread.
+fn ctas_per_sm(smem_bytes: u32, threads: u32) -> u32 {
+    let smem_fit = (228 * 1024) / (smem_bytes + 1024);
+    let reg_fit = 65536 / (threads * 256);
+    smem_fit.min(reg_fit).max(1)
+}
+
+impl Family for MlpJet {
+    type Problem = MlpJetProblem;
+    type Config = MlpJetConfig;
+
+    const NAME: &'static str = "mlp_jet";
+    const TEMPLATE: &'static str = include_str!("../../../templates/mlp_jet.cu.tera");
+
+    fn space() -> Vec<MlpJetConfig> {
+        let mut out = Vec::new();
+        for warps in [4, 8] {
+            for lane_rows in [8, 16, 32] {
+                for points_per_lane in [1, 2, 4] {
+                    out.push(MlpJetConfig {
+                        warps,
+                        lane_rows,
+                        points_per_lane,
+                        math: Math::Fma,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    // is_multiple_of is newer than the workspace's rust-version.
+    #[allow(clippy::manual_is_multiple_of)]
+    fn check_config(c: &MlpJetConfig, limits: &DeviceLimits) -> Result<(), Illegal> {
+        // 4 or 8 warps: enough to hide shared-memory latency, few enough for 255 registers.
+        illegal(c.warps != 4 && c.warps != 8, || {
+            format!("{} warps is not 4 or 8", c.warps)
+        })?;
+        illegal(c.threads() > limits.max_threads_per_block, || {
+            format!("{} threads exceed the device's block", c.threads())
+        })?;
+        // A lane grid of whole rows: 8, 16 or 32 lanes down (8 keeps weight reads conflict-free).
+        illegal(![8, 16, 32].contains(&c.lane_rows), || {
+            format!("lane_rows {} is not 8, 16 or 32", c.lane_rows)
+        })?;
+        // 1, 2 or 4 points per lane (more only multiplies registers).
+        illegal(![1, 2, 4].contains(&c.points_per_lane), || {
+            format!("{} points per lane is not 1, 2 or 4", c.points_per_lane)
+        })?;
+        Ok(())
+    }
+
+    // is_multiple_of is newer than the workspace's rust-version.
+    #[allow(clippy::manual_is_multiple_of)]
+    fn check_problem(p: &MlpJetProblem, c: &MlpJetConfig) -> Result<(), Illegal> {
+        // Every lane owns whole neurons of every hidden layer, and its accumulators
+        // (neurons x points x streams) fit MAX_ACC registers once warps split the neurons.
+        illegal(row_warps(p, c).is_none(), || {
+            format!(
+                "{} streams of {} points per lane over width {} need more than {MAX_ACC} \
+                 accumulators per lane, or {} lanes down do not divide the width",
+                p.streams_per_point(),
+                c.points_per_lane,
+                p.width,
+                c.lane_rows
+            )
+        })?;
+        let sh = shape(p, c);
+        // Activations of a tile plus two weight slabs fit a Hopper SM's opt-in shared memory.
+        let limit = DeviceLimits::HOPPER.max_dynamic_smem_per_block;
+        illegal(sh.smem_bytes > limit, || {
+            format!("{} B of shared memory exceed {limit}", sh.smem_bytes)
+        })?;
+        Ok(())
+    }
+
+    fn supports(p: &MlpJetProblem) -> Result<(), Unsupported> {
+        let no = |reason: String| Unsupported {
+            family: Self::NAME,
+            problem: format!("{p:?}"),
+            reason,
+        };
+        if !(1..=MAX_D).contains(&p.d) {
+            return Err(no(format!("d must be 1..={MAX_D}, got {}", p.d)));
+        }
+        if !WIDTHS.contains(&p.width) {
+            return Err(no(format!(
+                "width must be one of {WIDTHS:?}, got {}; pad the net with zero neurons",
+                p.width
+            )));
+        }
+        if !DEPTHS.contains(&p.depth) {
+            return Err(no(format!(
+                "depth (hidden tanh layers) must be {}..={}, got {}",
+                DEPTHS.start(),
+                DEPTHS.end(),
+                p.depth
+            )));
+        }
+        if !(1..=MAX_P).contains(&p.p) {
+            return Err(no(format!("p must be 1..={MAX_P}, got {}", p.p)));
+        }
+        if p.points == 0 || p.points > MAX_POINTS {
+            return Err(no(format!("points must be 1..={MAX_POINTS}")));
+        }
+        if p.streams == Streams::ValueD2 && p.d != 1 {
+            return Err(no(format!(
+                "value_d2 is the 1-D second derivative (d = 1), got d = {}; use value_grad_laplacian",
+                p.d
+            )));
+        }
+        Ok(())
+    }
+
+    fn render_vars(p: &MlpJetProblem, c: &MlpJetConfig) -> RenderVars {
+        let sh = shape(p, c);
+        let vars = json!({
+            "entry": Self::entry(p, c),
+            "d": p.d,
+            "width": p.width,
+            "depth": p.depth,
+            "p": p.p,
+            "tangents": p.streams.tangents(p.d),
+            "seconds": p.streams.seconds(p.d),
+            "hessdiag": p.streams.hessdiag() && p.d > 1,
+            "streams": sh.s,
+            "warps": c.warps,
+            "threads": c.threads(),
+            "row_warps": sh.row_warps,
+            "lane_rows": c.lane_rows,
+            "points_per_lane": c.points_per_lane,
+            "rows": sh.rows,
+            "out_rows": sh.out_rows,
+            "pass_rows": sh.pass_rows,
+            "passes": sh.passes,
+            "tile_points": sh.tile,
+            "group_floats": sh.group_floats,
+            "act_floats": sh.act_floats,
+            "slab_k": SLAB_K,
+            "slab_ld": SLAB_LD,
+            "slab_floats": sh.slab_floats,
+            "smem_bytes": sh.smem_bytes,
+        });
+        match vars {
+            Value::Object(map) => map,
+            _ => unreachable!("json! of an object literal"),
+        }
+    }
+
+    /// The point count is not in the name: it only shapes the grid.
+    fn entry(p: &MlpJetProblem, c: &MlpJetConfig) -> String {
+        // The Hessian diagonal of a 1-D net is its Laplacian: one kernel.
+        let tag = if p.streams.hessdiag() && p.d == 1 {
+            "vgl"
+        } else {
+            p.streams.tag()
+        };
+        format!(
+            "kiln_mlp_jet_{tag}_d{}_w{}_l{}_p{}_{}_w{}_lr{}_q{}",
+            p.d,
+            p.width,
+            p.depth,
+            p.p,
+            match c.math {
+                Math::Fma => "fma",
+            },
+            c.warps,
+            c.lane_rows,
+            c.points_per_lane
+        )
+    }
+
+    fn args() -> Vec<KernelArg> {
+        let arg = |name, c_type| KernelArg { name, c_type };
+        vec![
+            arg("x", "const float*"),
+            arg("params", "const float*"),
+            arg("u", "float*"),
+            arg("grad", "float*"),
+            arg("second", "float*"),
+            arg("n", "int"),
+        ]
+    }
+
+    fn geometry(p: &MlpJetProblem, c: &MlpJetConfig) -> LaunchGeometry {
+        let sh = shape(p, c);
+        let tiles = p.points.div_ceil(sh.tile);
+        let resident = SMS * ctas_per_sm(sh.smem_bytes, c.threads());
+        LaunchGeometry {
+            grid: [tiles.min(resident).max(1), 1, 1],
+            block: [c.threads(), 1, 1],
+            dynamic_smem_bytes: sh.smem_bytes,
+            cluster: [1, 1, 1],
+        }
+    }
+
+    /// No scratch.
+    fn scratch(_p: &MlpJetProblem, _c: &MlpJetConfig) -> Vec<Scratch> {
+        Vec::new()
+    }
+
+    /// The products only (2 per multiply-add): the input layer on the value
+    /// (`width x d`), and every other layer on every stream; the elementwise jet update
+    /// (a tanh and ~S flops per neuron) is not counted.
+    fn flops(p: &MlpJetProblem) -> f64 {
+        let (w, s) = (p.width as f64, p.streams_per_point() as f64);
+        let per_point = w * p.d as f64 + (p.depth as f64 - 1.0) * w * w * s + p.p as f64 * w * s;
+        2.0 * p.points as f64 * per_point
+    }
+
+    /// x and the parameters read once, every output stream written once.
+    fn min_bytes(p: &MlpJetProblem) -> f64 {
+        let outs: usize = p.output_lens().iter().sum();
+        let params = param_count(p.d, p.width, p.depth, p.p);
+        4.0 * (p.points as f64 * p.d as f64 + params as f64 + outs as f64)
+    }
+
+    fn default_config(p: &MlpJetProblem) -> MlpJetConfig {
+        let limits = DeviceLimits::HOPPER;
+        let mut best: Option<(f64, MlpJetConfig)> = None;
+        for c in Self::candidates(p, &limits) {
+            let t = Self::estimate_us(p, &c, &limits);
+            if best.as_ref().is_none_or(|(b, _)| t < *b) {
+                best = Some((t, c));
+            }
+        }
+        // Every supported problem has a candidate: 8 warps x 32 lanes down give one neuron
+        // per lane of width 256 and at most 1 x 65 accumulators (Hessian diagonal, d = 32).
+        best.map(|(_, c)| c).unwrap_or(MlpJetConfig {
+            warps: 8,
+            lane_rows: 32,
+            points_per_lane: 1,
+            math: Math::Fma,
+        })
+    }
+
+    fn estimate_us(p: &MlpJetProblem, c: &MlpJetConfig, limits: &DeviceLimits) -> f64 {
+        let sh = shape(p, c);
+        let q = c.points_per_lane as f64;
+        let s = sh.s as f64;
+        // Per 4-deep k step a lane issues rows x q x S x 4 FMAs, `rows` weight loads and
+        // q x S activation loads; shared memory serves one 128-byte wavefront per clock,
+        // weights cost lane_rows / 8 wavefronts per load, activations one.
+        let rows = sh.rows as f64;
+        let fma = 4.0 * rows * q * s;
+        let loads = rows + q * s;
+        let issue = fma + loads;
+        let wavefronts = rows * (c.lane_rows as f64 / 8.0).max(1.0) + q * s;
+        // Cycles per k4 step per warp on an SM sub-partition vs the SM's shared memory.
+        let warps_sm = (c.warps * ctas_per_sm(sh.smem_bytes, c.threads())) as f64;
+        let issue_cycles = issue * warps_sm / 4.0;
+        let smem_cycles = wavefronts * warps_sm;
+        let efficiency = fma * warps_sm / 4.0 / issue_cycles.max(smem_cycles);
+        // Few warps per sub-partition hide latency poorly; padded output rows are wasted.
+        let latency = (warps_sm / 8.0).min(1.0) * 0.3 + 0.6;
+        let out_waste = (sh.passes * sh.pass_rows) as f64 / p.p as f64;
+        let w = p.width as f64;
+        let useful = (p.depth as f64 - 1.0) * w * w + p.p as f64 * w;
+        let done = (p.depth as f64 - 1.0) * w * w + p.p as f64 * w * out_waste;
+        let rate = 67e12 * efficiency * latency * useful / done;
+        // Tail: tiles spread over the persistent grid.
+        let g = Self::geometry(p, c);
+        let tiles = p.points.div_ceil(sh.tile) as f64;
+        let ctas = g.grid[0] as f64;
+        let balance = (tiles / ctas).ceil() / (tiles / ctas);
+        let compute_s = Self::flops(p) / rate * balance;
+        let memory_s = Self::min_bytes(p) / 3.0e12;
+        let _ = limits;
+        (compute_s.max(memory_s) + 3e-6) * 1e6
+    }
+
+    /// Same net and streams; the nearest point count (log ratio).
+    fn bucket_distance(tuned: &MlpJetProblem, wanted: &MlpJetProblem) -> Option<f64> {
+        let strip = |p: &MlpJetProblem| MlpJetProblem { points: 1, ..*p };
+        if strip(tuned) != strip(wanted) {
+            return None;
+        }
+        Some((tuned.points as f64 / wanted.points as f64).ln().abs())
+    }
+
+    /// One problem per kind of stream set (value, gradient, Laplacian, Hessian diagonal),
+    /// with p past one output pass for some configs and a partial last pass.
+    fn branch_problems() -> Vec<MlpJetProblem> {
+        let prob = |d, width, depth, p, streams| MlpJetProblem {
+            d,
+            width,
+            depth,
+            p,
+            points: 1000,
+            streams,
+        };
+        vec![
+            prob(3, 32, 2, 40, Streams::Value),
+            prob(2, 64, 3, 5, Streams::ValueGrad),
+            prob(4, 128, 2, 17, Streams::ValueGradLaplacian),
+            prob(6, 32, 2, 3, Streams::ValueGradHessdiag),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,345 @@
+use super::*;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+fn limits() -> DeviceLimits {
+    DeviceLimits::HOPPER
+}
+
+fn template_names() -> BTreeSet<String> {
+    crate::families::template_tags::template_names(MlpJet::TEMPLATE)
+}
+
+/// The PINN targets: (d, width, depth, points), u + grad + Laplacian, p = 32.
+fn targets() -> Vec<MlpJetProblem> {
+    vec![
+        MlpJetProblem::laplacian(1, 64, 4, 32, 1 << 20),
+        MlpJetProblem::laplacian(2, 128, 4, 32, 1 << 18),
+        MlpJetProblem::laplacian(20, 128, 4, 32, 1 << 16),
+    ]
+}
+
+fn every_problem() -> Vec<MlpJetProblem> {
+    let mut out = Vec::new();
+    for d in [1u32, 2, 5, 20, 32] {
+        for width in WIDTHS {
+            for depth in [2u32, 4, 8] {
+                for p in [1u32, 7, 32, 100, 128] {
+                    for streams in [
+                        Streams::Value,
+                        Streams::ValueGrad,
+                        Streams::ValueD2,
+                        Streams::ValueGradLaplacian,
+                        Streams::ValueGradHessdiag,
+                    ] {
+                        if streams == Streams::ValueD2 && d != 1 {
+                            continue;
+                        }
+                        out.push(MlpJetProblem {
+                            d,
+                            width,
+                            depth,
+                            p,
+                            points: 1001,
+                            streams,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn space_and_variants_stay_modest() {
+    let legal = MlpJet::legal_space(&limits());
+    assert_eq!(legal.len(), 18);
+    let f = crate::registry::family("mlp_jet").unwrap();
+    let variants = f.variants(&limits());
+    let entries: HashSet<_> = variants.iter().map(|v| v.entry.clone()).collect();
+    assert_eq!(entries.len(), variants.len());
+    assert!(
+        (20..=80).contains(&variants.len()),
+        "{} variants to compile",
+        variants.len()
+    );
+    // Every stream kind is compiled.
+    for tag in ["_v_", "_vg_", "_vgl_", "_vgh_"] {
+        assert!(variants.iter().any(|v| v.entry.contains(tag)), "{tag}");
+    }
+}
+
+#[test]
+fn warps_split_neurons_only_as_registers_require() {
+    let cfg = |warps, lane_rows, points_per_lane| MlpJetConfig {
+        warps,
+        lane_rows,
+        points_per_lane,
+        math: Math::Fma,
+    };
+    // S = 4: 8 neurons x 4 points x 4 streams = 128 fit without a split.
+    let p = MlpJetProblem::laplacian(2, 128, 4, 32, 100);
+    assert_eq!(row_warps(&p, &cfg(8, 16, 4)), Some(1));
+    // S = 22: 4 neurons x 1 point fit (88); 2 points need two warps down (2 x 2 x 22).
+    let p = MlpJetProblem::laplacian(20, 128, 4, 32, 100);
+    assert_eq!(row_warps(&p, &cfg(8, 32, 1)), Some(1));
+    assert_eq!(row_warps(&p, &cfg(8, 32, 2)), Some(2));
+    assert_eq!(tile_points(&p, &cfg(8, 32, 2)), 8);
+    // Hessian diagonal at d = 32 (S = 65) on width 256: one neuron per lane, 8 warps down.
+    let p = MlpJetProblem {
+        streams: Streams::ValueGradHessdiag,
+        ..MlpJetProblem::laplacian(32, 256, 2, 1, 100)
+    };
+    assert_eq!(row_warps(&p, &cfg(8, 32, 1)), Some(8));
+    assert_eq!(row_warps(&p, &cfg(4, 32, 1)), None);
+    assert!(MlpJet::check_problem(&p, &cfg(4, 32, 1)).is_err());
+    // 32 lanes down a width-32 net with two warps down would leave lanes without a neuron.
+    let p = MlpJetProblem::laplacian(32, 32, 2, 1, 100);
+    assert_eq!(row_warps(&p, &cfg(8, 32, 4)), None);
+}
+
+#[test]
+fn branch_problems_reach_multi_pass_outputs_and_padded_rows() {
+    let mut multi_pass = false;
+    let mut partial = false;
+    for p in MlpJet::branch_problems() {
+        for c in MlpJet::candidates(&p, &limits()) {
+            let sh = shape(&p, &c);
+            multi_pass |= sh.passes > 1;
+            partial |= sh.passes * sh.pass_rows > p.p;
+        }
+    }
+    assert!(multi_pass && partial);
+}
+
+#[test]
+fn entries_name_exactly_what_the_source_depends_on() {
+    let mut by_entry: HashMap<String, RenderVars> = HashMap::new();
+    let mut problems = MlpJet::branch_problems();
+    problems.extend(targets());
+    // value_d2 is the Laplacian at d = 1, and so is the Hessian diagonal: one kernel each.
+    let lap1 = MlpJetProblem::laplacian(1, 64, 3, 5, 100);
+    problems.push(MlpJetProblem {
+        streams: Streams::ValueD2,
+        ..lap1
+    });
+    problems.push(lap1);
+    for c in MlpJet::legal_space(&limits()) {
+        for p in &problems {
+            if MlpJet::check_problem(p, &c).is_err() {
+                continue;
+            }
+            let e = MlpJet::entry(p, &c);
+            let v = MlpJet::render_vars(p, &c);
+            if let Some(prev) = by_entry.insert(e.clone(), v.clone()) {
+                assert_eq!(prev, v, "entry {e} names two sources");
+            }
+        }
+    }
+    let values: HashSet<String> = by_entry
+        .values()
+        .map(|v| serde_json::to_string(v).unwrap())
+        .collect();
+    assert_eq!(values.len(), by_entry.len(), "one source under two entries");
+    let c = MlpJet::default_config(&lap1);
+    let d2 = MlpJetProblem {
+        streams: Streams::ValueD2,
+        ..lap1
+    };
+    assert_eq!(MlpJet::entry(&d2, &c), MlpJet::entry(&lap1, &c));
+    // The point count only shapes the grid.
+    let more = MlpJetProblem {
+        points: 1 << 20,
+        ..lap1
+    };
+    assert_eq!(MlpJet::entry(&more, &c), MlpJet::entry(&lap1, &c));
+}
+
+#[test]
+fn render_vars_match_the_template() {
+    let used = template_names();
+    for c in MlpJet::legal_space(&limits()) {
+        for p in MlpJet::branch_problems() {
+            if MlpJet::check_problem(&p, &c).is_err() {
+                continue;
+            }
+            let keys: BTreeSet<String> = MlpJet::render_vars(&p, &c).keys().cloned().collect();
+            assert_eq!(keys, used, "render vars vs template names");
+        }
+    }
+}
+
+#[cfg(feature = "jit")]
+#[test]
+fn every_variant_renders() {
+    for c in MlpJet::legal_space(&limits()) {
+        for p in MlpJet::branch_problems() {
+            if MlpJet::check_problem(&p, &c).is_ok() {
+                let src = crate::render::render::<MlpJet>(&p, &c).unwrap();
+                assert!(src.source.contains(&format!("{}(", MlpJet::entry(&p, &c))));
+            }
+        }
+    }
+}
+
+#[test]
+fn args_match_the_template_signature() {
+    let t = MlpJet::TEMPLATE;
+    let start = t.find("{{ entry }}(").unwrap() + "{{ entry }}(".len();
+    let end = start + t[start..].find(")\n{").unwrap();
+    let names: Vec<String> = t[start..end]
+        .split(',')
+        .map(|p| p.split_whitespace().last().unwrap().to_string())
+        .collect();
+    let want: Vec<&str> = MlpJet::args().iter().map(|a| a.name).collect();
+    assert_eq!(names, want);
+}
+
+#[test]
+fn every_supported_problem_has_a_legal_default() {
+    let l = limits();
+    let mut n = 0;
+    for p in every_problem() {
+        MlpJet::supports(&p).unwrap_or_else(|e| panic!("{e}"));
+        let c = MlpJet::default_config(&p);
+        MlpJet::check_config(&c, &l).unwrap_or_else(|e| panic!("{p:?} -> {c:?}: {e}"));
+        MlpJet::check_problem(&p, &c).unwrap_or_else(|e| panic!("{p:?} -> {c:?}: {e}"));
+        let g = MlpJet::geometry(&p, &c);
+        assert!(g.grid[0] >= 1 && g.grid[0] <= 2 * 132);
+        assert!(g.dynamic_smem_bytes <= l.max_dynamic_smem_per_block);
+        assert!(MlpJet::estimate_us(&p, &c, &l).is_finite());
+        n += 1;
+    }
+    assert!(n > 1000);
+}
+
+#[test]
+fn unsupported_problems_say_why() {
+    let ok = MlpJetProblem::laplacian(2, 64, 3, 8, 100);
+    MlpJet::supports(&ok).unwrap();
+    let bad = [
+        MlpJetProblem { d: 0, ..ok },
+        MlpJetProblem { d: 33, ..ok },
+        MlpJetProblem { width: 96, ..ok },
+        MlpJetProblem { depth: 1, ..ok },
+        MlpJetProblem { depth: 9, ..ok },
+        MlpJetProblem { p: 0, ..ok },
+        MlpJetProblem { p: 129, ..ok },
+        MlpJetProblem { points: 0, ..ok },
+        MlpJetProblem {
+            streams: Streams::ValueD2,
+            ..ok
+        },
+    ];
+    for p in bad {
+        assert!(MlpJet::supports(&p).is_err(), "{p:?}");
+    }
+    let e = MlpJet::supports(&MlpJetProblem { width: 96, ..ok }).unwrap_err();
+    assert!(e.to_string().contains("pad the net"));
+}
+
+#[test]
+fn shapes_cover_the_outputs_and_fit() {
+    for p in every_problem() {
+        for c in MlpJet::candidates(&p, &limits()) {
+            let sh = shape(&p, &c);
+            assert_eq!(sh.rows * sh.span, p.width);
+            assert_eq!(sh.span, c.lane_rows * sh.row_warps);
+            assert_eq!(sh.tile, tile_points(&p, &c));
+            assert!(sh.out_rows <= sh.rows && sh.passes * sh.pass_rows >= p.p);
+            assert!((sh.passes - 1) * sh.pass_rows < p.p, "an empty pass");
+            assert!(sh.rows * c.points_per_lane * sh.s <= MAX_ACC);
+            assert_eq!((sh.group_floats / 4) % 2, 1);
+        }
+    }
+}
+
+#[test]
+fn targets_get_fast_configs() {
+    for p in targets() {
+        let c = MlpJet::default_config(&p);
+        let sh = shape(&p, &c);
+        // A lane does at least 48 multiply-adds per shared-memory load it issues.
+        let fma = 4 * sh.rows * c.points_per_lane * sh.s;
+        let loads = sh.rows + c.points_per_lane * sh.s;
+        assert!(fma >= 2 * loads, "{p:?} -> {c:?}");
+        assert!(sh.rows * c.points_per_lane * sh.s >= 64, "{p:?} -> {c:?}");
+        assert_eq!(c.math, Math::Fma);
+    }
+}
+
+#[test]
+fn arena_layout_flops_and_bytes() {
+    let p = MlpJetProblem::laplacian(2, 64, 3, 5, 10);
+    let offs = layer_offsets(2, 64, 3, 5);
+    assert_eq!(offs[0], (0, 128));
+    assert_eq!(offs[1], (192, 192 + 4096));
+    assert_eq!(offs[3].0, 192 + 2 * (4096 + 64));
+    assert_eq!(param_count(2, 64, 3, 5), offs[3].1 + 5);
+    // 16-byte aligned weight matrices (cp.async).
+    for w in [32u32, 64, 128, 256] {
+        for d in 1..=32 {
+            for (at, _) in layer_offsets(d, w, 4, 7).into_iter().skip(1) {
+                assert_eq!(at % 4, 0);
+            }
+        }
+    }
+    assert_eq!(p.streams_per_point(), 4);
+    assert_eq!(p.output_lens(), [50, 100, 50]);
+    let f = MlpJet::flops(&p);
+    assert_eq!(
+        f,
+        2.0 * 10.0 * (64.0 * 2.0 + 2.0 * 64.0 * 64.0 * 4.0 + 5.0 * 64.0 * 4.0)
+    );
+    let b = MlpJet::min_bytes(&p);
+    assert_eq!(b, 4.0 * (20.0 + param_count(2, 64, 3, 5) as f64 + 200.0));
+    let h = MlpJetProblem {
+        streams: Streams::ValueGradHessdiag,
+        ..p
+    };
+    assert_eq!(h.output_lens(), [50, 100, 100]);
+    assert_eq!(h.streams_per_point(), 5);
+}
+
+#[test]
+fn buckets_and_serde() {
+    let p = MlpJetProblem::laplacian(2, 128, 4, 32, 1 << 18);
+    let v = serde_json::to_value(p).unwrap();
+    assert_eq!(v["streams"], "value_grad_laplacian");
+    let back: MlpJetProblem = serde_json::from_value(v).unwrap();
+    assert_eq!(back, p);
+    let q = MlpJetProblem {
+        points: 1 << 16,
+        ..p
+    };
+    let dist = MlpJet::bucket_distance(&p, &q).unwrap();
+    assert!((dist - 4f64.ln()).abs() < 1e-12, "{dist}");
+    assert_eq!(
+        MlpJet::bucket_distance(&p, &MlpJetProblem { d: 3, ..q }),
+        None
+    );
+    let c = MlpJet::default_config(&p);
+    let cv = serde_json::to_value(c).unwrap();
+    assert_eq!(cv["math"], "fma");
+}
+
+#[test]
+fn estimate_prefers_register_tiles_that_reuse_loads() {
+    let p = MlpJetProblem::laplacian(1, 64, 4, 32, 1 << 20);
+    let l = limits();
+    let small = MlpJetConfig {
+        warps: 8,
+        lane_rows: 32,
+        points_per_lane: 1,
+        math: Math::Fma,
+    };
+    let big = MlpJetConfig {
+        warps: 8,
+        lane_rows: 8,
+        points_per_lane: 4,
+        math: Math::Fma,
+    };
+    MlpJet::check_problem(&p, &small).unwrap();
+    MlpJet::check_problem(&p, &big).unwrap();
+    assert!(MlpJet::estimate_us(&p, &big, &l) < MlpJet::estimate_us(&p, &small, &l));
+}
