@@ -21,6 +21,8 @@ mod common;
 mod fp8;
 #[path = "gpu_parts/mfa.rs"]
 mod mfa;
+#[path = "gpu_parts/pinn.rs"]
+mod pinn;
 
 use common::{rel_err, report, seed};
 
@@ -115,7 +117,7 @@ fn gemm_bf16_every_config_matches_the_references() {
     cases.push(gpu_case(&dev, &refk, &mut rng, 29, 4099, 2051));
     cases.push(gpu_case(&dev, &refk, &mut rng, 13, 200, 4096));
     cases.push(gpu_case(&dev, &refk, &mut rng, 1, 2563, 7168));
-    // Bulk-kernel edges: 32 tokens with K % 16 == 8 (a half k16 step) and N past a tile;
+    // Ring-kernel edges: 32 tokens with K % 16 == 8 (a half k16 step) and N past a tile;
     // a wide N whose tiles fall whole to the CTAs and a router-like N below one tile.
     cases.push(gpu_case(&dev, &refk, &mut rng, 32, 4100, 2056));
     cases.push(gpu_case(&dev, &refk, &mut rng, 5, 16384, 1024));

@@ -170,7 +170,7 @@ impl MlpJetProblem {
     }
     /// Floats of each output: `u`, `grad`, `second` (0 when not computed).
     pub fn output_lens(&self) -> [usize; 3] {
-        let (n, d, p) = (self.points as usize, self.d as usize, self.p as usize);
+        let (n, p) = (self.points as usize, self.p as usize);
         let t = self.streams.tangents(self.d) as usize;
         let s = self.streams.seconds(self.d) as usize;
         [n * p, n * t * p, n * s * p]
@@ -211,6 +211,8 @@ impl MlpJetConfig {
 /// warps) that bring a lane's accumulators (neurons x points x streams) to at most
 /// [`MAX_ACC`]; more would only cut the points a tile shares its weight reads over. `None`
 /// when even a split over every warp does not fit, or does not divide the width.
+// is_multiple_of is newer than the workspace's rust-version.
+#[allow(clippy::manual_is_multiple_of)]
 pub fn row_warps(p: &MlpJetProblem, c: &MlpJetConfig) -> Option<u32> {
     let s = p.streams_per_point();
     let mut wr = 1;
@@ -233,14 +235,27 @@ pub fn tile_points(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
     (c.warps / wr) * c.lane_cols() * c.points_per_lane
 }
 
+/// Outputs (basis functions) of the PINN target nets.
+pub const TARGET_P: u32 = 32;
+
+/// The PINN targets (u, grad u and the Laplacian, p = [`TARGET_P`]): (d, width, depth,
+/// points) = (1, 64, 4, 2^20), (2, 128, 4, 2^18), (20, 128, 4, 2^16). The PyTorch autograd
+/// baseline (`benches/peers/pinn_torch.py`) runs the same nets.
+pub fn pinn_targets() -> [MlpJetProblem; 3] {
+    [
+        MlpJetProblem::laplacian(1, 64, 4, TARGET_P, 1 << 20),
+        MlpJetProblem::laplacian(2, 128, 4, TARGET_P, 1 << 18),
+        MlpJetProblem::laplacian(20, 128, 4, TARGET_P, 1 << 16),
+    ]
+}
+
 /// Derived shape of one (problem, config): what the template is rendered with.
 #[derive(Clone, Copy, Debug)]
 struct Shape {
     /// Streams per point.
     s: u32,
-    /// Warps down the neurons, and lanes x warps down (the neurons covered at once).
+    /// Warps down the neurons.
     row_warps: u32,
-    span: u32,
     /// Hidden neurons per lane.
     rows: u32,
     /// Output neurons per lane in one output pass (at most `rows`).
@@ -264,6 +279,7 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
     let span = c.lane_rows * row_warps;
     let rows = (p.width / span).max(1);
     let out_rows = p.p.div_ceil(span).min(rows);
+    debug_assert_eq!(rows * span, p.width);
     let pass_rows = span * out_rows;
     let passes = p.p.div_ceil(pass_rows);
     let groups = (c.warps / row_warps) * c.lane_cols();
@@ -275,7 +291,6 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
     Shape {
         s,
         row_warps,
-        span,
         rows,
         out_rows,
         pass_rows,

@@ -5,7 +5,7 @@
 //! then the tanh update), starting from `a = x`, `a'_i = e_i`, zero second-order streams.
 //! It does not share the kernel's special case for layer 0, so it checks that too.
 
-use super::{layer_offsets, MlpJetProblem, Streams};
+use super::{layer_offsets, MlpJetProblem};
 
 /// Reference outputs of a set of points, in the kernel's layouts restricted to those points:
 /// `u [m, p]`, `grad [m, d, p]`, `second [m, p]` or `[m, d, p]` (empty when not computed).
@@ -165,6 +165,7 @@ pub fn value_f64(p: &MlpJetProblem, x: &[f64], params: &[f32]) -> Vec<f64> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Streams;
     use super::*;
 
     fn uniform(seed: u64) -> impl FnMut() -> f64 {

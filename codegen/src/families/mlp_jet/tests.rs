@@ -9,13 +9,8 @@ fn template_names() -> BTreeSet<String> {
     crate::families::template_tags::template_names(MlpJet::TEMPLATE)
 }
 
-/// The PINN targets: (d, width, depth, points), u + grad + Laplacian, p = 32.
 fn targets() -> Vec<MlpJetProblem> {
-    vec![
-        MlpJetProblem::laplacian(1, 64, 4, 32, 1 << 20),
-        MlpJetProblem::laplacian(2, 128, 4, 32, 1 << 18),
-        MlpJetProblem::laplacian(20, 128, 4, 32, 1 << 16),
-    ]
+    pinn_targets().to_vec()
 }
 
 fn every_problem() -> Vec<MlpJetProblem> {
@@ -243,8 +238,7 @@ fn shapes_cover_the_outputs_and_fit() {
     for p in every_problem() {
         for c in MlpJet::candidates(&p, &limits()) {
             let sh = shape(&p, &c);
-            assert_eq!(sh.rows * sh.span, p.width);
-            assert_eq!(sh.span, c.lane_rows * sh.row_warps);
+            assert_eq!(sh.rows * c.lane_rows * sh.row_warps, p.width);
             assert_eq!(sh.tile, tile_points(&p, &c));
             assert!(sh.out_rows <= sh.rows && sh.passes * sh.pass_rows >= p.p);
             assert!((sh.passes - 1) * sh.pass_rows < p.p, "an empty pass");

@@ -1,0 +1,449 @@
+//! GPU tier for `mlp_jet` (included by `tests/gpu.rs`; run by `scripts/gpu-run.sh` with
+//! `--ignored`). Fresh random points and Xavier-initialised weights per run (KILN_SEED
+//! reproduces), every output poisoned with NaN before every launch, each stream compared with
+//! the f64 CPU reference: relative error = max |got - ref| / max |ref| over the stream, value
+//! and gradient within 1e-5, second derivatives within 1e-4; a NaN fails.
+//!
+//! * `mlp_jet_every_config_small`: every legal config of nets covering every stream set,
+//!   widths 32..256, d up to 32, one and several output passes, point counts that are not a
+//!   multiple of any tile; all points checked.
+//! * `mlp_jet_targets`: the three PINN target nets at their full point counts, a few configs
+//!   each, 600 sampled points (first and last included) checked, every output checked for NaN.
+//! * `mlp_jet_bench`: the target nets, every legal config, median of 20 launches with L2
+//!   flushed, TFLOP/s (products only, as `MlpJet::flops` counts them).
+
+// `!(err <= tol)` on purpose: a NaN error must fail.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
+use crate::common::{open, report, seed};
+
+use kiln_codegen::families::mlp_jet::{
+    self as fam, init_params, reference_points, Jets, MlpJet, MlpJetConfig, MlpJetProblem, Streams,
+};
+use kiln_codegen::{CompileOptions, Compiler, Family};
+use kiln_runtime::launch::mlp_jet::{CudaSlice, MlpJetKernel, MlpJetOutputs};
+use kiln_runtime::measure::{Bench, MeasureOptions};
+use kiln_runtime::Device;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde_json::{json, Value};
+
+/// Value and gradient: fp32 products accumulated in k order, tanhf.
+const TOL_FIRST: f64 = 1e-5;
+/// Laplacian, d2 and Hessian diagonal.
+const TOL_SECOND: f64 = 1e-4;
+
+/// Host inputs of one case.
+struct Case {
+    p: MlpJetProblem,
+    x: Vec<f32>,
+    params: Vec<f32>,
+    /// Points checked against the reference, and the reference there.
+    checked: Vec<usize>,
+    want: Jets,
+}
+
+impl Case {
+    fn new(rng: &mut impl Rng, p: MlpJetProblem, sample: Option<usize>) -> Case {
+        let mut uniform = || rng.random_range(-1.0f64..1.0);
+        let params = init_params(&p, 1.0, &mut uniform);
+        let x: Vec<f32> = (0..p.points as usize * p.d as usize)
+            .map(|_| uniform() as f32)
+            .collect();
+        let n = p.points as usize;
+        let checked: Vec<usize> = match sample {
+            Some(m) if m < n => {
+                let mut v: Vec<usize> = (0..m).map(|i| i * (n - 1) / (m - 1)).collect();
+                v.dedup();
+                v
+            }
+            _ => (0..n).collect(),
+        };
+        let want = reference_points(&p, &x, &params, &checked);
+        Case {
+            p,
+            x,
+            params,
+            checked,
+            want,
+        }
+    }
+}
+
+/// Relative error of each stream (u, grad, second) at the checked points, and whether any
+/// output anywhere is not finite.
+fn compare(case: &Case, got: &[Vec<f32>; 3]) -> ([f64; 3], bool) {
+    let p = &case.p;
+    let np = p.p as usize;
+    let nt = p.streams.tangents(p.d) as usize;
+    let ns = p.streams.seconds(p.d) as usize;
+    let bad = got.iter().any(|o| o.iter().any(|v| !v.is_finite()));
+    let per_point = [np, nt * np, ns * np];
+    let wants = [&case.want.u, &case.want.grad, &case.want.second];
+    let mut errs = [0.0f64; 3];
+    for s in 0..3 {
+        let w = per_point[s];
+        if w == 0 {
+            continue;
+        }
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for (i, &pt) in case.checked.iter().enumerate() {
+            let g = &got[s][pt * w..(pt + 1) * w];
+            let r = &wants[s][i * w..(i + 1) * w];
+            for (a, b) in g.iter().zip(r) {
+                let e = (*a as f64 - b).abs();
+                num = if e.is_nan() {
+                    f64::INFINITY
+                } else {
+                    num.max(e)
+                };
+                den = den.max(b.abs());
+            }
+        }
+        errs[s] = num / den.max(1e-30);
+    }
+    (errs, bad)
+}
+
+/// Device buffers of one case.
+struct DevCase {
+    x: CudaSlice<f32>,
+    params: CudaSlice<f32>,
+    outs: Vec<CudaSlice<f32>>,
+}
+
+impl DevCase {
+    fn new(dev: &Device, c: &Case) -> DevCase {
+        let lens = c.p.output_lens();
+        DevCase {
+            x: dev.upload(&c.x, "x").unwrap(),
+            params: dev.upload(&c.params, "params").unwrap(),
+            outs: lens
+                .iter()
+                .map(|&l| dev.upload(&vec![f32::NAN; l.max(1)], "output").unwrap())
+                .collect(),
+        }
+    }
+
+    fn poison(&mut self, dev: &Device) {
+        for o in &mut self.outs {
+            let nan = vec![f32::NAN; o.len()];
+            dev.stream.memcpy_htod(&nan, o).unwrap();
+        }
+    }
+
+    fn launch(&mut self, dev: &Device, k: &MlpJetKernel, p: &MlpJetProblem) {
+        let [_, g, s] = p.output_lens();
+        let [u, grad, second] = &mut self.outs[..] else {
+            unreachable!("three outputs")
+        };
+        let mut out = MlpJetOutputs {
+            u,
+            grad: (g > 0).then_some(grad),
+            second: (s > 0).then_some(second),
+        };
+        k.launch(&dev.stream, p, &self.x, &self.params, &mut out)
+            .unwrap_or_else(|e| panic!("{:?} on {p:?}: {e}", k.config));
+    }
+
+    fn download(&self, dev: &Device, p: &MlpJetProblem) -> [Vec<f32>; 3] {
+        let lens = p.output_lens();
+        let mut out: [Vec<f32>; 3] = Default::default();
+        for i in 0..3 {
+            let mut v = dev
+                .download(&self.outs[i])
+                .unwrap_or_else(|e| panic!("{p:?}: {e}"));
+            v.truncate(lens[i]);
+            out[i] = v;
+        }
+        out
+    }
+}
+
+/// Compile every (problem, config) pair in parallel; later loads hit the compile cache.
+fn precompile(compiler: &Compiler, work: &[(MlpJetProblem, MlpJetConfig)]) {
+    let errors: Vec<String> = work
+        .par_iter()
+        .filter_map(|(p, c)| {
+            let src = kiln_codegen::render::render::<MlpJet>(p, c).unwrap();
+            compiler
+                .compile(&src, &CompileOptions::default())
+                .err()
+                .map(|e| format!("{}: {e}", MlpJet::entry(p, c)))
+        })
+        .collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+/// Launch `c` on `case` with outputs poisoned, compare; failures are pushed as JSON.
+fn validate(
+    dev: &Device,
+    compiler: &Compiler,
+    case: &Case,
+    dc: &mut DevCase,
+    c: &MlpJetConfig,
+    failures: &mut Vec<Value>,
+) -> [f64; 3] {
+    let p = &case.p;
+    let k = MlpJetKernel::compile(dev, compiler, p, c).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    dc.poison(dev);
+    dc.launch(dev, &k, p);
+    let got = dc.download(dev, p);
+    let (errs, bad) = compare(case, &got);
+    let tols = [TOL_FIRST, TOL_FIRST, TOL_SECOND];
+    if bad || (0..3).any(|s| !(errs[s] <= tols[s])) {
+        failures.push(json!({"problem": p, "config": c, "rel_err": errs, "non_finite": bad}));
+    }
+    errs
+}
+
+fn worst(a: &mut [f64; 3], b: [f64; 3]) {
+    for s in 0..3 {
+        a[s] = a[s].max(b[s]);
+    }
+}
+
+fn small_problems() -> Vec<MlpJetProblem> {
+    let prob = |d, width, depth, p, points, streams| MlpJetProblem {
+        d,
+        width,
+        depth,
+        p,
+        points,
+        streams,
+    };
+    vec![
+        // The three targets' nets at small point counts.
+        MlpJetProblem::laplacian(1, 64, 4, fam::TARGET_P, 1001),
+        MlpJetProblem::laplacian(2, 128, 4, fam::TARGET_P, 777),
+        MlpJetProblem::laplacian(20, 128, 4, fam::TARGET_P, 301),
+        // Every stream set; several output passes (p > width), a partial last pass.
+        prob(3, 32, 2, 40, 999, Streams::Value),
+        prob(2, 64, 3, 5, 513, Streams::ValueGrad),
+        prob(1, 32, 5, 3, 1000, Streams::ValueD2),
+        prob(6, 256, 2, 128, 257, Streams::ValueGradHessdiag),
+        prob(4, 256, 3, 100, 333, Streams::ValueGradLaplacian),
+        prob(5, 32, 8, 77, 131, Streams::ValueGradLaplacian),
+        // The most streams (65) and the widest input.
+        prob(32, 64, 2, 7, 65, Streams::ValueGradHessdiag),
+        prob(32, 256, 2, 1, 33, Streams::ValueGradHessdiag),
+        // One point.
+        prob(2, 64, 2, 1, 1, Streams::ValueGradLaplacian),
+    ]
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
+fn mlp_jet_every_config_small() {
+    let (dev, compiler) = open();
+    let seed = seed();
+    eprintln!("mlp_jet small: seed {seed} (KILN_SEED reproduces)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let limits = dev.info.limits();
+    let t0 = std::time::Instant::now();
+    let cases: Vec<Case> = small_problems()
+        .into_iter()
+        .map(|p| Case::new(&mut rng, p, None))
+        .collect();
+    let work: Vec<_> = cases
+        .iter()
+        .flat_map(|c| {
+            MlpJet::candidates(&c.p, &limits)
+                .into_iter()
+                .map(move |cfg| (c.p, cfg))
+        })
+        .collect();
+    precompile(&compiler, &work);
+    let mut failures = Vec::new();
+    let mut rows = Vec::new();
+    let mut configs_seen = std::collections::HashSet::new();
+    let mut all_worst = [0.0f64; 3];
+    for case in &cases {
+        let mut dc = DevCase::new(&dev, case);
+        let mut w = [0.0f64; 3];
+        let candidates = MlpJet::candidates(&case.p, &limits);
+        assert!(!candidates.is_empty(), "{:?}", case.p);
+        for c in &candidates {
+            worst(
+                &mut w,
+                validate(&dev, &compiler, case, &mut dc, c, &mut failures),
+            );
+            configs_seen.insert(*c);
+        }
+        worst(&mut all_worst, w);
+        eprintln!(
+            "  {:?}: {} configs, worst rel err u {:.2e} grad {:.2e} second {:.2e}",
+            case.p,
+            candidates.len(),
+            w[0],
+            w[1],
+            w[2]
+        );
+        rows.push(json!({"problem": case.p, "configs": candidates.len(), "worst_rel_err": w}));
+    }
+    let space = MlpJet::legal_space(&limits);
+    let missed: Vec<_> = space.iter().filter(|c| !configs_seen.contains(c)).collect();
+    if !missed.is_empty() {
+        failures.push(json!({"configs_never_run": missed}));
+    }
+    report(
+        "mlp_jet_validation_small",
+        &json!({"test": "mlp_jet_every_config_small", "seed": seed, "launches": work.len(),
+                "worst_rel_err": all_worst, "tolerance": [TOL_FIRST, TOL_FIRST, TOL_SECOND],
+                "wall_s": t0.elapsed().as_secs_f64(), "rows": rows, "failures": failures}),
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {}",
+        failures.len(),
+        failures[0]
+    );
+}
+
+/// The default config and the next best by the family's estimate.
+fn target_configs(p: &MlpJetProblem, dev: &Device, n: usize) -> Vec<MlpJetConfig> {
+    let limits = dev.info.limits();
+    let mut all = MlpJet::candidates(p, &limits);
+    all.sort_by(|a, b| {
+        MlpJet::estimate_us(p, a, &limits).total_cmp(&MlpJet::estimate_us(p, b, &limits))
+    });
+    let d = MlpJet::default_config(p);
+    let mut out = vec![d];
+    out.extend(all.into_iter().filter(|c| *c != d).take(n - 1));
+    out
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
+fn mlp_jet_targets() {
+    let (dev, compiler) = open();
+    let seed = seed();
+    eprintln!("mlp_jet targets: seed {seed} (KILN_SEED reproduces)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut failures = Vec::new();
+    let mut rows = Vec::new();
+    for p in fam::pinn_targets() {
+        // One point short of the round count: the last tile is partial.
+        let p = MlpJetProblem {
+            points: p.points - 1,
+            ..p
+        };
+        let case = Case::new(&mut rng, p, Some(600));
+        let configs = target_configs(&p, &dev, 4);
+        let work: Vec<_> = configs.iter().map(|c| (p, *c)).collect();
+        precompile(&compiler, &work);
+        let mut dc = DevCase::new(&dev, &case);
+        for c in &configs {
+            let e = validate(&dev, &compiler, &case, &mut dc, c, &mut failures);
+            eprintln!(
+                "  {p:?} {c:?}: rel err {:.2e} {:.2e} {:.2e}",
+                e[0], e[1], e[2]
+            );
+            rows.push(json!({"problem": p, "config": c, "rel_err": e, "checked_points": case.checked.len()}));
+        }
+    }
+    report(
+        "mlp_jet_validation_targets",
+        &json!({"test": "mlp_jet_targets", "seed": seed, "tolerance": [TOL_FIRST, TOL_FIRST, TOL_SECOND],
+                "rows": rows, "failures": failures}),
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {}",
+        failures.len(),
+        failures[0]
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
+fn mlp_jet_bench() {
+    let (dev, compiler) = open();
+    let limits = dev.info.limits();
+    let t0 = std::time::Instant::now();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let targets = fam::pinn_targets();
+    let work: Vec<_> = targets
+        .iter()
+        .flat_map(|p| {
+            MlpJet::candidates(p, &limits)
+                .into_iter()
+                .map(move |c| (*p, c))
+        })
+        .collect();
+    precompile(&compiler, &work);
+    let mut bench = Bench::new(&dev).unwrap();
+    let opts = MeasureOptions {
+        warmup: 3,
+        reps: 20,
+        flush_l2: true,
+    };
+    let mut rows = Vec::new();
+    for p in &targets {
+        // Inputs only (no reference): the validation tests check these kernels.
+        let mut uniform = || rng.random_range(-1.0f64..1.0);
+        let params = init_params(p, 1.0, &mut uniform);
+        let x: Vec<f32> = (0..p.points as usize * p.d as usize)
+            .map(|_| uniform() as f32)
+            .collect();
+        let case = Case {
+            p: *p,
+            x,
+            params,
+            checked: Vec::new(),
+            want: Jets::default(),
+        };
+        let mut dc = DevCase::new(&dev, &case);
+        let default = MlpJet::default_config(p);
+        let mut results = Vec::new();
+        for c in MlpJet::candidates(p, &limits) {
+            let k = MlpJetKernel::compile(&dev, &compiler, p, &c)
+                .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+            let m = bench
+                .measure(&opts, || {
+                    dc.launch(&dev, &k, p);
+                    Ok(())
+                })
+                .unwrap_or_else(|e| panic!("{c:?} on {p:?}: {e}"));
+            results.push((c, m, MlpJet::estimate_us(p, &c, &limits)));
+        }
+        let (best_c, best_m, _) = results
+            .iter()
+            .min_by(|a, b| a.1.median_us.total_cmp(&b.1.median_us))
+            .unwrap();
+        let default_us = results
+            .iter()
+            .find(|r| r.0 == default)
+            .map(|r| r.1.median_us);
+        let tflops = |us: f64| MlpJet::flops(p) / (us * 1e-6) / 1e12;
+        eprintln!(
+            "  d={} width={} depth={} p={} N={}: best {:.1} us ({:.1} TFLOP/s) {best_c:?}, default {:?} us",
+            p.d,
+            p.width,
+            p.depth,
+            p.p,
+            p.points,
+            best_m.median_us,
+            tflops(best_m.median_us),
+            default_us
+        );
+        rows.push(json!({
+            "problem": p,
+            "best": {"config": best_c, "measurement": best_m, "tflops": tflops(best_m.median_us)},
+            "default": {"config": default, "median_us": default_us},
+            "candidates": results.iter().map(|(c, m, est)| json!({"config": c, "median_us": m.median_us,
+                "p20_us": m.p20_us, "p80_us": m.p80_us, "estimate_us": est, "tflops": tflops(m.median_us)})).collect::<Vec<_>>(),
+        }));
+    }
+    report(
+        "mlp_jet_bench",
+        &json!({
+            "test": "mlp_jet_bench",
+            "device": dev.info,
+            "clock_and_temperature": kiln_runtime::measure::gpu_clock_and_temperature(0),
+            "how": "median of 20 CUDA-event-timed launches after 3 warm-up, L2 flushed (2x L2 memset) before each; u + grad + Laplacian, fp32; tflops = products only (MlpJet::flops) / time; compare with pinn_torch.json (PyTorch autograd, same nets)",
+            "wall_s": t0.elapsed().as_secs_f64(),
+            "rows": rows,
+        }),
+    );
+}
