@@ -49,9 +49,9 @@ use crate::family::{
     DeviceLimits, Family, Illegal, KernelArg, LaunchGeometry, RenderVars, Scratch, Unsupported,
 };
 
-pub mod bulk;
+pub mod ring;
 pub mod stream;
-pub use bulk::BulkConfig;
+pub use ring::RingConfig;
 pub use stream::StreamConfig;
 
 /// The family.
@@ -72,7 +72,7 @@ pub struct GemmBf16Problem {
 pub enum GemmBf16Config {
     Tiled(TiledConfig),
     Stream(StreamConfig),
-    Bulk(BulkConfig),
+    Ring(RingConfig),
 }
 
 impl GemmBf16Config {
@@ -80,7 +80,7 @@ impl GemmBf16Config {
         match self {
             GemmBf16Config::Tiled(c) => c.threads(),
             GemmBf16Config::Stream(c) => c.threads(),
-            GemmBf16Config::Bulk(c) => c.threads(),
+            GemmBf16Config::Ring(c) => c.threads(),
         }
     }
     /// K slices reduced in-kernel (grid.z).
@@ -89,7 +89,7 @@ impl GemmBf16Config {
             GemmBf16Config::Tiled(c) => c.split_k,
             GemmBf16Config::Stream(c) => c.split_k,
             // Stream-K: each CTA's range of stages; counted as one slice.
-            GemmBf16Config::Bulk(_) => 1,
+            GemmBf16Config::Ring(_) => 1,
         }
     }
 }
@@ -160,7 +160,7 @@ pub fn counters_len(problem: &GemmBf16Problem, config: &GemmBf16Config) -> usize
     match config {
         GemmBf16Config::Tiled(c) if c.split_k > 1 => tiles(problem, c) as usize,
         GemmBf16Config::Stream(c) if c.split_k > 1 => stream::tiles(problem, c) as usize,
-        GemmBf16Config::Bulk(c) => bulk::counters_len(problem, c),
+        GemmBf16Config::Ring(c) => ring::counters_len(problem, c),
         _ => 0,
     }
 }
@@ -190,7 +190,7 @@ fn workspace_floats(p: &GemmBf16Problem, c: &GemmBf16Config) -> u64 {
     match c {
         GemmBf16Config::Tiled(c) => tiled_workspace_floats(p, c),
         GemmBf16Config::Stream(c) => stream::workspace_floats(p, c),
-        GemmBf16Config::Bulk(c) => bulk::workspace_floats(p, c),
+        GemmBf16Config::Ring(c) => ring::workspace_floats(p, c),
     }
 }
 
@@ -381,7 +381,7 @@ impl Tiled {
         let chunks_per_row = c.bk / 8;
         let vars = json!({
             "stream": false,
-            "bulk": false,
+            "ring": false,
             "entry": Self::entry(p, c),
             "aligned": is_aligned(p),
             "use_split_k": c.split_k > 1,
@@ -548,10 +548,10 @@ impl Family for GemmBf16 {
     type Config = GemmBf16Config;
 
     const NAME: &'static str = "gemm_bf16";
-    /// The kernels' templates in one text; the `bulk` and `stream` variables pick one.
+    /// The kernels' templates in one text; the `ring` and `stream` variables pick one.
     const TEMPLATE: &'static str = concat!(
-        "{% if bulk %}",
-        include_str!("../../../templates/gemm_bf16_bulk.cu.tera"),
+        "{% if ring %}",
+        include_str!("../../../templates/gemm_bf16_ring.cu.tera"),
         "{% elif stream %}",
         include_str!("../../../templates/gemm_bf16_stream.cu.tera"),
         "{% else %}",
@@ -559,19 +559,19 @@ impl Family for GemmBf16 {
         "{% endif %}"
     );
 
-    /// The tiled space, then the stream space, then the bulk space.
+    /// The tiled space, then the stream space, then the ring space.
     fn space() -> Vec<GemmBf16Config> {
         let tiled = Tiled::space().into_iter().map(GemmBf16Config::Tiled);
         let stream = stream::space().into_iter().map(GemmBf16Config::Stream);
-        let bulk = bulk::space().into_iter().map(GemmBf16Config::Bulk);
-        tiled.chain(stream).chain(bulk).collect()
+        let ring = ring::space().into_iter().map(GemmBf16Config::Ring);
+        tiled.chain(stream).chain(ring).collect()
     }
 
     fn check_config(c: &GemmBf16Config, limits: &DeviceLimits) -> Result<(), Illegal> {
         match c {
             GemmBf16Config::Tiled(c) => Tiled::check_config(c, limits),
             GemmBf16Config::Stream(c) => stream::check_config(c, limits),
-            GemmBf16Config::Bulk(c) => bulk::check_config(c, limits),
+            GemmBf16Config::Ring(c) => ring::check_config(c, limits),
         }
     }
 
@@ -579,7 +579,7 @@ impl Family for GemmBf16 {
         match c {
             GemmBf16Config::Tiled(c) => Tiled::check_problem(p, c),
             GemmBf16Config::Stream(c) => stream::check_problem(p, c),
-            GemmBf16Config::Bulk(c) => bulk::check_problem(p, c),
+            GemmBf16Config::Ring(c) => ring::check_problem(p, c),
         }
     }
 
@@ -587,7 +587,7 @@ impl Family for GemmBf16 {
         match c {
             GemmBf16Config::Tiled(c) => Tiled::render_vars(p, c),
             GemmBf16Config::Stream(c) => stream::render_vars(p, c),
-            GemmBf16Config::Bulk(c) => bulk::render_vars(p, c),
+            GemmBf16Config::Ring(c) => ring::render_vars(p, c),
         }
     }
 
@@ -595,7 +595,7 @@ impl Family for GemmBf16 {
         match c {
             GemmBf16Config::Tiled(c) => Tiled::entry(p, c),
             GemmBf16Config::Stream(c) => stream::entry(p, c),
-            GemmBf16Config::Bulk(c) => bulk::entry(p, c),
+            GemmBf16Config::Ring(c) => ring::entry(p, c),
         }
     }
 
@@ -603,7 +603,7 @@ impl Family for GemmBf16 {
         match c {
             GemmBf16Config::Tiled(c) => Tiled::geometry(p, c),
             GemmBf16Config::Stream(c) => stream::geometry(p, c),
-            GemmBf16Config::Bulk(c) => bulk::geometry(p, c),
+            GemmBf16Config::Ring(c) => ring::geometry(p, c),
         }
     }
 
@@ -620,7 +620,7 @@ impl Family for GemmBf16 {
         match c {
             GemmBf16Config::Tiled(c) => Tiled::estimate_us(p, c, limits),
             GemmBf16Config::Stream(c) => stream::estimate_us(p, c, limits),
-            GemmBf16Config::Bulk(c) => bulk::estimate_us(p, c, limits),
+            GemmBf16Config::Ring(c) => ring::estimate_us(p, c, limits),
         }
     }
 
@@ -632,7 +632,7 @@ impl Family for GemmBf16 {
             .filter(|c| Self::check_problem(problem, c).is_ok())
             .filter(|c| match c {
                 GemmBf16Config::Stream(s) => stream::worth_measuring(problem, s),
-                GemmBf16Config::Bulk(b) => bulk::worth_measuring(problem, b),
+                GemmBf16Config::Ring(b) => ring::worth_measuring(problem, b),
                 GemmBf16Config::Tiled(_) => true,
             })
             .collect()

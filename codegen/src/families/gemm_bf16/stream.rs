@@ -280,7 +280,7 @@ pub fn entry(p: &GemmBf16Problem, c: &StreamConfig) -> String {
 pub fn render_vars(p: &GemmBf16Problem, c: &StreamConfig) -> RenderVars {
     let vars = json!({
         "stream": true,
-        "bulk": false,
+        "ring": false,
         "entry": entry(p, c),
         "aligned": is_aligned(p),
         "use_split_k": c.split_k > 1,

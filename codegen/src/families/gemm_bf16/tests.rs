@@ -38,21 +38,21 @@ fn legal_stream() -> Vec<StreamConfig> {
 
 /// Names each kernel's template reads (`{{ name }}` and `{% if name %}`), by kernel, and
 /// "common": the two selectors of the family's text, which is the three files joined by
-/// `{% if bulk %}`, `{% elif stream %}` and `{% else %}`.
+/// `{% if ring %}`, `{% elif stream %}` and `{% else %}`.
 fn template_names() -> BTreeMap<&'static str, BTreeSet<String>> {
     use crate::families::template_tags::template_names as names;
     const TILED: &str = include_str!("../../../../templates/gemm_bf16.cu.tera");
     const STREAM: &str = include_str!("../../../../templates/gemm_bf16_stream.cu.tera");
-    const BULK: &str = include_str!("../../../../templates/gemm_bf16_bulk.cu.tera");
+    const RING: &str = include_str!("../../../../templates/gemm_bf16_ring.cu.tera");
     assert_eq!(
         GemmBf16::TEMPLATE,
-        format!("{{% if bulk %}}{BULK}{{% elif stream %}}{STREAM}{{% else %}}{TILED}{{% endif %}}")
+        format!("{{% if ring %}}{RING}{{% elif stream %}}{STREAM}{{% else %}}{TILED}{{% endif %}}")
     );
     let mut out = BTreeMap::new();
     out.insert("tiled", names(TILED));
     out.insert("stream", names(STREAM));
-    out.insert("bulk", names(BULK));
-    out.insert("common", ["bulk", "stream"].map(String::from).into());
+    out.insert("ring", names(RING));
+    out.insert("common", ["ring", "stream"].map(String::from).into());
     out
 }
 
@@ -86,14 +86,14 @@ fn legal_space_is_large_enough_and_small_enough() {
     for t in [1, 2, 4] {
         assert!(stream.iter().any(|c| c.tokens8 == t));
     }
-    let bulk = GemmBf16::legal_space(&limits())
+    let ring = GemmBf16::legal_space(&limits())
         .into_iter()
-        .filter(|c| matches!(c, GemmBf16Config::Bulk(_)))
+        .filter(|c| matches!(c, GemmBf16Config::Ring(_)))
         .count();
-    assert!((24..=120).contains(&bulk), "{bulk} legal bulk configs");
+    assert!((24..=120).contains(&ring), "{ring} legal ring configs");
     assert_eq!(
         GemmBf16::legal_space(&limits()).len(),
-        tiled.len() + stream.len() + bulk
+        tiled.len() + stream.len() + ring
     );
 }
 
@@ -150,10 +150,10 @@ fn legal_configs_have_sane_geometry() {
                     assert_eq!(g.grid[0] as u64, p.n.div_ceil(16 * c.rows) as u64);
                     assert_eq!(g.dynamic_smem_bytes, c.warps * c.frag() * 128);
                 }
-                GemmBf16Config::Bulk(c) => {
+                GemmBf16Config::Ring(c) => {
                     // Persistent: never more CTAs than stages, nor than the config's count.
                     assert!(g.grid[0] >= 1 && g.grid[0] <= c.ctas);
-                    assert!(g.grid[0] as u64 <= bulk::total_stages(&p, c));
+                    assert!(g.grid[0] as u64 <= ring::total_stages(&p, c));
                     assert_eq!(g.dynamic_smem_bytes, c.smem_bytes());
                 }
             }
@@ -267,9 +267,9 @@ fn branch_problems_cover_every_branch_of_every_config() {
     for p in GemmBf16::branch_problems() {
         GemmBf16::supports(&p).unwrap();
         // Every legal config (every kernel, split and token count) can be built for both
-        // branches; the bulk kernel has only the aligned one.
+        // branches; the ring kernel has only the aligned one.
         for c in GemmBf16::legal_space(&limits()) {
-            if matches!(c, GemmBf16Config::Bulk(_)) && !is_aligned(&p) {
+            if matches!(c, GemmBf16Config::Ring(_)) && !is_aligned(&p) {
                 assert!(GemmBf16::check_problem(&p, &c).is_err());
                 continue;
             }
@@ -290,17 +290,17 @@ fn render_vars_match_the_template() {
     let first_stream = legal
         .iter()
         .find(|c| matches!(c, GemmBf16Config::Stream(_)));
-    let first_bulk = legal.iter().find(|c| matches!(c, GemmBf16Config::Bulk(_)));
+    let first_ring = legal.iter().find(|c| matches!(c, GemmBf16Config::Ring(_)));
     for (kernel, c) in [
         ("tiled", first_tiled),
         ("stream", first_stream),
-        ("bulk", first_bulk),
+        ("ring", first_ring),
     ] {
         let c = c.expect("every kernel has legal configs");
         let used: BTreeSet<String> = names["common"].union(&names[kernel]).cloned().collect();
         for p in GemmBf16::branch_problems() {
             if GemmBf16::check_problem(&p, c).is_err() {
-                continue; // bulk: aligned K only
+                continue; // ring: aligned K only
             }
             let vars = GemmBf16::render_vars(&p, c);
             let keys: BTreeSet<String> = vars.keys().cloned().collect();
@@ -316,7 +316,7 @@ fn render_vars_match_the_template() {
             );
             assert_eq!(vars["entry"], json!(GemmBf16::entry(&p, c)));
             assert_eq!(vars["stream"], json!(kernel == "stream"));
-            assert_eq!(vars["bulk"], json!(kernel == "bulk"));
+            assert_eq!(vars["ring"], json!(kernel == "ring"));
         }
     }
 }
@@ -468,12 +468,12 @@ fn decode_shortlists_are_led_by_a_streaming_kernel() {
                 .collect();
             ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
             let top = &ranked[..24];
-            // Token tiles of the weight-streaming configs (stream and bulk kernels).
+            // Token tiles of the weight-streaming configs (stream and ring kernels).
             let streams: Vec<u32> = top
                 .iter()
                 .filter_map(|(_, c)| match c {
                     GemmBf16Config::Stream(s) => Some(s.tokens8),
-                    GemmBf16Config::Bulk(b) => Some(b.tokens8),
+                    GemmBf16Config::Ring(b) => Some(b.tokens8),
                     _ => None,
                 })
                 .collect();

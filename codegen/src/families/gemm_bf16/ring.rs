@@ -1,10 +1,10 @@
-//! The bulk-copy weight-streaming kernel of `gemm_bf16` (`templates/gemm_bf16_bulk.cu.tera`):
+//! The ring weight-streaming kernel of `gemm_bf16` (`templates/gemm_bf16_ring.cu.tera`):
 //! decode GEMMs with M <= 32 tokens and K % 8 == 0. One producer warp per CTA keeps a ring of
-//! `stages` shared-memory slots filled with `cp.async.bulk` copies (one per weight row and
-//! token row of a stage, completing on an mbarrier); `rows` consumer warps run swap-AB
-//! `mma.sync` from the ring. The grid is persistent and splits the problem's stages
-//! stream-K style: every CTA streams the same number of bytes (+-1 stage); tiles cut
-//! between CTAs are reduced in-kernel, deterministically. The template's header explains it.
+//! `stages` shared-memory slots filled with `cp.async` copies (completing on an mbarrier per
+//! slot); `rows` consumer warps run swap-AB `mma.sync` from the ring. The grid is persistent
+//! and splits the problem's stages stream-K style: every CTA streams the same number of
+//! bytes (+-1 stage); tiles cut between CTAs are reduced in-kernel, deterministically. The
+//! template's header explains it.
 //!
 //! Grid: `[min(ctas, stages of the problem), 1, 1]`; block `32 * (rows + 1)`.
 
@@ -14,15 +14,15 @@ use serde_json::{json, Value};
 use super::{illegal, is_aligned, GemmBf16Problem, MAX_WORKSPACE_BYTES};
 use crate::family::{DeviceLimits, Illegal, LaunchGeometry, RenderVars};
 
-/// Most tokens the bulk kernel serves (4 n8 tiles).
+/// Most tokens the ring kernel serves (4 n8 tiles).
 pub const MAX_M: u32 = 32;
 
-/// A point of the bulk kernel's space.
+/// A point of the ring kernel's space.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct BulkConfig {
+pub struct RingConfig {
     /// Consumer warps, each owning one m16 tile of weight rows: a tile is 16 * rows rows of N.
     pub rows: u32,
-    /// K elements of one pipeline stage (each weight row's bulk copy is 2 * kstage bytes).
+    /// K elements of one pipeline stage (2 * kstage bytes of each weight row).
     pub kstage: u32,
     /// Shared-memory ring slots; `stages - 1` are in flight while one is consumed.
     pub stages: u32,
@@ -32,7 +32,7 @@ pub struct BulkConfig {
     pub ctas: u32,
 }
 
-impl BulkConfig {
+impl RingConfig {
     pub fn threads(&self) -> u32 {
         32 * (self.rows + 1)
     }
@@ -74,48 +74,48 @@ pub fn tokens8_for(m: u32) -> u32 {
 }
 
 /// Whether the tuner should measure `c` for `p` (see [`super::stream::worth_measuring`]).
-pub fn worth_measuring(p: &GemmBf16Problem, c: &BulkConfig) -> bool {
+pub fn worth_measuring(p: &GemmBf16Problem, c: &RingConfig) -> bool {
     c.tokens8 == tokens8_for(p.m)
 }
 
 /// Tiles of 16 * rows weight rows.
-pub fn tiles(p: &GemmBf16Problem, c: &BulkConfig) -> u64 {
+pub fn tiles(p: &GemmBf16Problem, c: &RingConfig) -> u64 {
     (p.n as u64).div_ceil(c.tile_n() as u64)
 }
 
 /// K stages of a tile.
-pub fn k_stages(p: &GemmBf16Problem, c: &BulkConfig) -> u64 {
+pub fn k_stages(p: &GemmBf16Problem, c: &RingConfig) -> u64 {
     (p.k as u64).div_ceil(c.kstage as u64)
 }
 
 /// Stages of the whole problem (the unit the CTAs split).
-pub fn total_stages(p: &GemmBf16Problem, c: &BulkConfig) -> u64 {
+pub fn total_stages(p: &GemmBf16Problem, c: &RingConfig) -> u64 {
     tiles(p, c) * k_stages(p, c)
 }
 
 /// CTAs launched: one range of stages each, never an empty one.
-pub fn grid(p: &GemmBf16Problem, c: &BulkConfig) -> u64 {
+pub fn grid(p: &GemmBf16Problem, c: &RingConfig) -> u64 {
     total_stages(p, c).min(c.ctas as u64)
 }
 
 /// Two partial tiles per CTA at most (its first and its last).
-pub fn workspace_floats(p: &GemmBf16Problem, c: &BulkConfig) -> u64 {
+pub fn workspace_floats(p: &GemmBf16Problem, c: &RingConfig) -> u64 {
     grid(p, c) * 2 * c.outputs() as u64
 }
 
 /// One counter per tile.
-pub fn counters_len(p: &GemmBf16Problem, c: &BulkConfig) -> usize {
+pub fn counters_len(p: &GemmBf16Problem, c: &RingConfig) -> usize {
     tiles(p, c) as usize
 }
 
-pub fn space() -> Vec<BulkConfig> {
+pub fn space() -> Vec<RingConfig> {
     let mut out = Vec::new();
     for rows in [2, 4, 8] {
         for kstage in [128, 256, 512] {
             for stages in [3, 4, 6, 8] {
                 for tokens8 in [1, 2, 4] {
                     for ctas in [132, 264] {
-                        out.push(BulkConfig {
+                        out.push(RingConfig {
                             rows,
                             kstage,
                             stages,
@@ -130,7 +130,7 @@ pub fn space() -> Vec<BulkConfig> {
     out
 }
 
-pub fn check_config(c: &BulkConfig, limits: &DeviceLimits) -> Result<(), Illegal> {
+pub fn check_config(c: &RingConfig, limits: &DeviceLimits) -> Result<(), Illegal> {
     // Consumer warps: 32, 64 or 128 weight rows a tile.
     illegal(![2, 4, 8].contains(&c.rows), || {
         format!("rows {} is not 2, 4 or 8", c.rows)
@@ -170,14 +170,17 @@ pub fn check_config(c: &BulkConfig, limits: &DeviceLimits) -> Result<(), Illegal
     Ok(())
 }
 
-pub fn check_problem(p: &GemmBf16Problem, c: &BulkConfig) -> Result<(), Illegal> {
+pub fn check_problem(p: &GemmBf16Problem, c: &RingConfig) -> Result<(), Illegal> {
     // Every token has an n8 column.
     illegal(p.m > c.tile_m(), || {
         format!("m {} exceeds 8 * tokens8 = {}", p.m, c.tile_m())
     })?;
-    // Bulk copies move whole 16-byte units from 16-byte aligned rows.
+    // 16-byte copies from 16-byte aligned rows.
     illegal(!is_aligned(p), || {
-        format!("k {} is not a multiple of 8 (rows are not 16-byte aligned)", p.k)
+        format!(
+            "k {} is not a multiple of 8 (rows are not 16-byte aligned)",
+            p.k
+        )
     })?;
     // The stage counter math of the kernel stays in range (S * G in 64 bits, tiles in int).
     illegal(tiles(p, c) > i32::MAX as u64, || {
@@ -190,16 +193,16 @@ pub fn check_problem(p: &GemmBf16Problem, c: &BulkConfig) -> Result<(), Illegal>
     Ok(())
 }
 
-pub fn entry(_p: &GemmBf16Problem, c: &BulkConfig) -> String {
+pub fn entry(_p: &GemmBf16Problem, c: &RingConfig) -> String {
     format!(
-        "kiln_gemm_bf16_bulk_r{}_k{}_s{}_t{}_c{}",
+        "kiln_gemm_bf16_ring_r{}_k{}_s{}_t{}_c{}",
         c.rows, c.kstage, c.stages, c.tokens8, c.ctas
     )
 }
 
-pub fn render_vars(p: &GemmBf16Problem, c: &BulkConfig) -> RenderVars {
+pub fn render_vars(p: &GemmBf16Problem, c: &RingConfig) -> RenderVars {
     let vars = json!({
-        "bulk": true,
+        "ring": true,
         "stream": false,
         "entry": entry(p, c),
         "rows": c.rows,
@@ -215,7 +218,7 @@ pub fn render_vars(p: &GemmBf16Problem, c: &BulkConfig) -> RenderVars {
     }
 }
 
-pub fn geometry(p: &GemmBf16Problem, c: &BulkConfig) -> LaunchGeometry {
+pub fn geometry(p: &GemmBf16Problem, c: &RingConfig) -> LaunchGeometry {
     LaunchGeometry {
         grid: [grid(p, c) as u32, 1, 1],
         block: [c.threads(), 1, 1],
@@ -226,8 +229,8 @@ pub fn geometry(p: &GemmBf16Problem, c: &BulkConfig) -> LaunchGeometry {
 
 /// A config for `p` when nothing is tuned: 64-row tiles, 256-element stages, one CTA per
 /// SM with 4 stages (96 KiB of weight in flight per SM).
-pub fn default_config(p: &GemmBf16Problem) -> BulkConfig {
-    BulkConfig {
+pub fn default_config(p: &GemmBf16Problem) -> RingConfig {
+    RingConfig {
         rows: 4,
         kstage: 256,
         stages: 4,
@@ -239,7 +242,7 @@ pub fn default_config(p: &GemmBf16Problem) -> BulkConfig {
 /// Analytical time in microseconds: the busiest CTA's bytes at the SM's share of the DRAM
 /// bandwidth (or what its bytes in flight sustain over ~1.2 us of loaded latency), one
 /// latency to fill the ring, and an L2 round trip or two when tiles are cut between CTAs.
-pub fn estimate_us(p: &GemmBf16Problem, c: &BulkConfig, limits: &DeviceLimits) -> f64 {
+pub fn estimate_us(p: &GemmBf16Problem, c: &RingConfig, limits: &DeviceLimits) -> f64 {
     const DRAM_BPS: f64 = 4.1e12;
     const LATENCY_S: f64 = 1.2e-6;
     let sms = limits.sms.max(1) as f64;
@@ -272,7 +275,7 @@ mod tests {
         GemmBf16Problem { m, n, k }
     }
 
-    fn legal() -> Vec<BulkConfig> {
+    fn legal() -> Vec<RingConfig> {
         space()
             .into_iter()
             .filter(|c| check_config(c, &DeviceLimits::HOPPER).is_ok())
@@ -288,14 +291,18 @@ mod tests {
     #[test]
     fn space_is_pruned_to_a_compilable_size() {
         let l = legal();
-        assert!(l.len() >= 24, "only {} legal bulk configs", l.len());
-        assert!(l.len() <= 120, "{} legal bulk configs", l.len());
+        assert!(l.len() >= 24, "only {} legal ring configs", l.len());
+        assert!(l.len() <= 120, "{} legal ring configs", l.len());
         for t in [1, 2, 4] {
             assert!(l.iter().any(|c| c.tokens8 == t && c.ctas == 132));
             assert!(l.iter().any(|c| c.tokens8 == t && c.ctas == 264));
         }
         assert!(check_config(&default_config(&prob(1, 2560, 7168)), &DeviceLimits::HOPPER).is_ok());
-        assert!(check_config(&default_config(&prob(32, 2560, 7168)), &DeviceLimits::HOPPER).is_ok());
+        assert!(check_config(
+            &default_config(&prob(32, 2560, 7168)),
+            &DeviceLimits::HOPPER
+        )
+        .is_ok());
         for c in &l {
             assert!(c.smem_bytes() <= DeviceLimits::HOPPER.max_dynamic_smem_per_block);
         }
@@ -306,7 +313,13 @@ mod tests {
 
     #[test]
     fn every_stage_has_one_owner_and_tiles_are_cut_at_most_twice_per_cta() {
-        for (n, k) in [(2560u32, 7168u32), (48, 7168), (16384, 2048), (75, 4104), (7168, 16384)] {
+        for (n, k) in [
+            (2560u32, 7168u32),
+            (48, 7168),
+            (16384, 2048),
+            (75, 4104),
+            (7168, 16384),
+        ] {
             for c in legal().into_iter().filter(|c| c.tokens8 == 1) {
                 let p = prob(1, n, k);
                 let (s, g, kst) = (total_stages(&p, &c), grid(&p, &c), k_stages(&p, &c));
@@ -359,14 +372,14 @@ mod tests {
     fn the_estimate_prefers_enough_bytes_in_flight() {
         let l = DeviceLimits::HOPPER;
         let p = prob(1, 7168, 16384);
-        let shallow = BulkConfig {
+        let shallow = RingConfig {
             rows: 2,
             kstage: 128,
             stages: 3,
             tokens8: 1,
             ctas: 132,
         };
-        let deep = BulkConfig {
+        let deep = RingConfig {
             stages: 8,
             ..shallow.clone()
         };
