@@ -235,8 +235,9 @@ pub fn tile_points(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
     (c.warps / wr) * c.lane_cols() * c.points_per_lane
 }
 
-/// Outputs (basis functions) of the PINN target nets.
-pub const TARGET_P: u32 = 32;
+/// Outputs of the PINN target nets: a scalar u, as a PINN's autograd loss computes it (its
+/// cost in PyTorch grows with p: one backward pass per output and per output and input).
+pub const TARGET_P: u32 = 1;
 
 /// The PINN targets (u, grad u and the Laplacian, p = [`TARGET_P`]): (d, width, depth,
 /// points) = (1, 64, 4, 2^20), (2, 128, 4, 2^18), (20, 128, 4, 2^16). The PyTorch autograd

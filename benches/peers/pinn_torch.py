@@ -1,0 +1,130 @@
+"""The PyTorch autograd baseline for kiln's mlp_jet: a tanh MLP (d -> width, depth hidden tanh
+layers, -> p linear) evaluated at N points together with grad u and the Laplacian, the way a
+physics-informed loss computes them:
+
+    u = net(x)                                              # x [N, d], requires_grad
+    g = torch.autograd.grad(u[:, o].sum(), x, create_graph=True)      # per output o
+    lap = sum_i torch.autograd.grad(g[:, i].sum(), x, retain_graph=True)[:, i]
+
+fp32 weights and inputs (Xavier-uniform weights, biases U(-0.1, 0.1), x U(-1, 1): the same
+initialisation as kiln's GPU tests), run twice: TF32 off (fp32 matmuls, what kiln's fma path
+matches) and TF32 on (torch.backends.cuda.matmul.allow_tf32). Each: median of 20
+CUDA-event-timed calls after 3 warm-up calls, a 2x-L2 memset before each call. Accuracy of
+each mode against the same computation in float64 on the first 1024 points is reported as
+max |err| / max |ref| per stream.
+
+Nets (kiln's fam::pinn_targets, p = 1, a scalar u): (d, width, depth, N) = (1, 64, 4, 2^20),
+(2, 128, 4, 2^18), (20, 128, 4, 2^16).
+
+Usage: pinn_torch.py OUT.json [--quick] [--p P]   (--quick: 3 timed calls; --p: outputs)
+"""
+import json
+import sys
+
+import torch
+
+NETS = [(1, 64, 4, 1 << 20), (2, 128, 4, 1 << 18), (20, 128, 4, 1 << 16)]
+
+
+def l2_bytes():
+    props = torch.cuda.get_device_properties(0)
+    return getattr(props, "L2_cache_size", 50 * 2**20)
+
+
+def median_us(fn, flush, reps=20, warmup=3):
+    for _ in range(warmup):
+        fn()
+    pairs = []
+    for _ in range(reps):
+        flush.zero_()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        pairs.append((s, e))
+    torch.cuda.synchronize()
+    times = sorted(s.elapsed_time(e) * 1e3 for s, e in pairs)
+    q = lambda f: times[int(round(f * (len(times) - 1)))]
+    return q(0.5), q(0.2), q(0.8)
+
+
+def make_net(d, width, depth, p, gen):
+    dims = [d] + [width] * depth + [p]
+    layers = []
+    for l in range(depth + 1):
+        lin = torch.nn.Linear(dims[l], dims[l + 1])
+        a = (6.0 / (dims[l] + dims[l + 1])) ** 0.5
+        with torch.no_grad():
+            lin.weight.uniform_(-a, a, generator=gen)
+            lin.bias.uniform_(-0.1, 0.1, generator=gen)
+        layers.append(lin)
+        if l < depth:
+            layers.append(torch.nn.Tanh())
+    return torch.nn.Sequential(*layers).cuda()
+
+
+def jets(net, x):
+    """u [N, p], grad [N, d, p], Laplacian [N, p] by reverse-mode autograd."""
+    x = x.detach().requires_grad_(True)
+    u = net(x)
+    d, p = x.shape[1], u.shape[1]
+    grads, laps = [], []
+    for o in range(p):
+        g = torch.autograd.grad(u[:, o].sum(), x, create_graph=True)[0]
+        lap = torch.zeros_like(u[:, o])
+        for i in range(d):
+            h = torch.autograd.grad(g[:, i].sum(), x, retain_graph=True)[0]
+            lap = lap + h[:, i]
+        grads.append(g.detach())
+        laps.append(lap.detach())
+    return u.detach(), torch.stack(grads, dim=2), torch.stack(laps, dim=1)
+
+
+def rel_err(got, ref):
+    return ((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def main():
+    out_path = sys.argv[1]
+    quick = "--quick" in sys.argv[2:]
+    p = int(sys.argv[sys.argv.index("--p") + 1]) if "--p" in sys.argv else 1
+    flush = torch.empty(2 * l2_bytes(), dtype=torch.uint8, device="cuda")
+    rows = []
+    for d, width, depth, n in NETS:
+        gen = torch.Generator().manual_seed(d * 1000 + width)
+        net = make_net(d, width, depth, p, gen)
+        x = (torch.rand(n, d, generator=gen) * 2 - 1).cuda()
+        net64 = make_net(d, width, depth, p, torch.Generator().manual_seed(0)).double()
+        net64.load_state_dict({k: v.double() for k, v in net.state_dict().items()})
+        ref = jets(net64, x[:1024].double())
+        for tf32 in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+            row = {"d": d, "width": width, "depth": depth, "p": p, "points": n, "tf32": tf32}
+            got = jets(net, x[:1024])
+            row["rel_err_vs_f64"] = {s: rel_err(g, r) for s, g, r in zip(("u", "grad", "laplacian"), got, ref)}
+            try:
+                med, p20, p80 = median_us(lambda: jets(net, x), flush, reps=3 if quick else 20)
+                row.update({"us": med, "p20_us": p20, "p80_us": p80})
+            except RuntimeError as e:  # out of memory on a large net
+                torch.cuda.synchronize()
+                row["error"] = str(e).splitlines()[0][:300]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        del net, net64, x
+        torch.cuda.empty_cache()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    result = {
+        "what": "PyTorch autograd baseline for mlp_jet: u, grad u (autograd.grad, create_graph), "
+                "Laplacian (one more autograd pass per input dim), fp32, TF32 off and on",
+        "how": "median of 20 CUDA-event-timed calls, 3 warm-up, 2x L2 memset before each call; "
+               "rel_err_vs_f64 = max |err| / max |ref| on the first 1024 points vs the same autograd in float64",
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(),
+        "rows": rows,
+    }
+    with open(out_path, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+main()
