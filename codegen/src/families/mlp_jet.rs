@@ -117,7 +117,7 @@ pub const SLAB_LD: u32 = SLAB_K + 4;
 /// Slab buffers (double buffering: the next slab loads while this one is used).
 pub const SLAB_STAGES: u32 = 2;
 /// Most fp32 accumulators a lane may hold (neurons x points x streams).
-pub const MAX_ACC: u32 = 128;
+pub const MAX_ACC: u32 = 96;
 /// SMs of the grid the launch geometry plans for (H100 / H200).
 const SMS: u32 = 132;
 

@@ -72,9 +72,11 @@ fn warps_split_neurons_only_as_registers_require() {
         points_per_lane,
         math: Math::Fma,
     };
-    // S = 4: 8 neurons x 4 points x 4 streams = 128 fit without a split.
+    // S = 4: 8 neurons x 2 points x 4 streams = 64 fit without a split; 4 points need two
+    // warps down (4 neurons each).
     let p = MlpJetProblem::laplacian(2, 128, 4, 32, 100);
-    assert_eq!(row_warps(&p, &cfg(8, 16, 4)), Some(1));
+    assert_eq!(row_warps(&p, &cfg(8, 16, 2)), Some(1));
+    assert_eq!(row_warps(&p, &cfg(8, 16, 4)), Some(2));
     // S = 22: 4 neurons x 1 point fit (88); 2 points need two warps down (2 x 2 x 22).
     let p = MlpJetProblem::laplacian(20, 128, 4, 32, 100);
     assert_eq!(row_warps(&p, &cfg(8, 32, 1)), Some(1));
