@@ -1,18 +1,21 @@
 //! The ring weight-streaming kernel of `gemm_bf16` (`templates/gemm_bf16_ring.cu.tera`):
-//! decode GEMMs with M <= 32 tokens and K % 8 == 0. One producer warp per CTA keeps a ring of
-//! `stages` shared-memory slots filled with `cp.async` copies (completing on an mbarrier per
+//! decode GEMMs with M <= 32 tokens and K % 8 == 0. A CTA keeps a ring of
+//! `stages` shared-memory slots filled with `cp.async` copies by four producer warps (completing on an mbarrier per
 //! slot); `rows` consumer warps run swap-AB `mma.sync` from the ring. The grid is persistent
 //! and splits the problem's stages stream-K style: every CTA streams the same number of
 //! bytes (+-1 stage); tiles cut between CTAs are reduced in-kernel, deterministically. The
 //! template's header explains it.
 //!
-//! Grid: `[min(ctas, stages of the problem), 1, 1]`; block `32 * (rows + 1)`.
+//! Grid: `[min(ctas, stages of the problem), 1, 1]`; block `32 * (rows + 4)`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{illegal, is_aligned, GemmBf16Problem, MAX_WORKSPACE_BYTES};
 use crate::family::{DeviceLimits, Illegal, LaunchGeometry, RenderVars};
+
+/// Producer warps of a CTA (the template's PRODUCERS): one per SM sub-partition.
+pub const PRODUCERS: u32 = 4;
 
 /// Most tokens the ring kernel serves (4 n8 tiles).
 pub const MAX_M: u32 = 32;
@@ -34,7 +37,7 @@ pub struct RingConfig {
 
 impl RingConfig {
     pub fn threads(&self) -> u32 {
-        32 * (self.rows + 1)
+        32 * (self.rows + PRODUCERS)
     }
     /// Weight rows (columns of C) per tile.
     pub fn tile_n(&self) -> u32 {
@@ -364,7 +367,7 @@ mod tests {
         let g = geometry(&prob(1, 48, 7168), &c);
         // 1 tile of 64 rows x 28 stages of 256: 28 CTAs.
         assert_eq!(g.grid, [28, 1, 1]);
-        assert_eq!(g.block, [160, 1, 1]);
+        assert_eq!(g.block, [256, 1, 1]);
         assert_eq!(workspace_floats(&prob(1, 48, 7168), &c), 28 * 2 * 64 * 8);
     }
 
