@@ -81,6 +81,20 @@ pub struct MlpJetProblem {
 pub enum Math {
     /// fp32 FMA on the CUDA cores: exact fp32 arithmetic.
     Fma,
+    /// Tensor cores, `mma.sync` m16n8k8 TF32 with each fp32 operand split into a TF32 high
+    /// part and a TF32 remainder, three products (hi*hi + hi*lo + lo*hi): ~fp32 accuracy at
+    /// tensor-core rate. Needs 8 lanes down (the fragment's 8 x 4 lane grid); streams are
+    /// carried in pairs (an odd count wastes one column per point).
+    Tf32x3,
+}
+
+impl Math {
+    fn tag(self) -> &'static str {
+        match self {
+            Math::Fma => "fma",
+            Math::Tf32x3 => "tf32x3",
+        }
+    }
 }
 
 /// A point of the search space.
@@ -214,11 +228,13 @@ impl MlpJetConfig {
 // is_multiple_of is newer than the workspace's rust-version.
 #[allow(clippy::manual_is_multiple_of)]
 pub fn row_warps(p: &MlpJetProblem, c: &MlpJetConfig) -> Option<u32> {
-    let s = p.streams_per_point();
+    let s = acc_streams(p, c);
+    // tf32x3: a lane holds rows g and g + 8 of each 16-row tile, so an even number of rows.
+    let unit = if c.math == Math::Tf32x3 { 2 } else { 1 };
     let mut wr = 1;
     while wr <= c.warps {
         let span = c.lane_rows * wr;
-        if span > p.width || p.width % span != 0 {
+        if span * unit > p.width || p.width % (span * unit) != 0 {
             return None;
         }
         if (p.width / span) * c.points_per_lane * s <= MAX_ACC {
@@ -227,6 +243,16 @@ pub fn row_warps(p: &MlpJetProblem, c: &MlpJetConfig) -> Option<u32> {
         wr *= 2;
     }
     None
+}
+
+/// Streams a lane accumulates per point: all of them, padded to pairs for tf32x3 (a lane's
+/// accumulator fragment holds two adjacent columns).
+fn acc_streams(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
+    let s = p.streams_per_point();
+    match c.math {
+        Math::Fma => s,
+        Math::Tf32x3 => s.div_ceil(2) * 2,
+    }
 }
 
 /// Points of one CTA tile of `p` under `c` (1 when the config cannot serve `p`).
@@ -279,14 +305,26 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
     let row_warps = row_warps(p, c).unwrap_or(c.warps);
     let span = c.lane_rows * row_warps;
     let rows = (p.width / span).max(1);
-    let out_rows = p.p.div_ceil(span).min(rows);
+    let mut out_rows = p.p.div_ceil(span).min(rows);
     debug_assert_eq!(rows * span, p.width);
+    let groups = (c.warps / row_warps) * c.lane_cols();
+    let (group_floats, act_floats) = match c.math {
+        Math::Fma => {
+            // +4 floats: consecutive groups start 4 banks apart (an odd number of 16-byte
+            // chunks).
+            let g = c.points_per_lane * s * p.width + 4;
+            (g, groups * g)
+        }
+        Math::Tf32x3 => {
+            // Whole 16-row tiles; a warp's columns (points x paired streams), each a k-vector
+            // padded by 4 floats so the 8 columns of a fragment fall on distinct banks.
+            out_rows = out_rows.div_ceil(2) * 2;
+            let g = c.points_per_lane * 4 * acc_streams(p, c) * (p.width + 4);
+            (g, (c.warps / row_warps) * g)
+        }
+    };
     let pass_rows = span * out_rows;
     let passes = p.p.div_ceil(pass_rows);
-    let groups = (c.warps / row_warps) * c.lane_cols();
-    // +4 floats: consecutive groups start 4 banks apart (an odd number of 16-byte chunks).
-    let group_floats = c.points_per_lane * s * p.width + 4;
-    let act_floats = groups * group_floats;
     let slab_floats = p.width * SLAB_LD;
     let smem_bytes = 4 * (act_floats + SLAB_STAGES * slab_floats);
     Shape {
@@ -329,8 +367,8 @@ impl Family for MlpJet {
     fn space() -> Vec<MlpJetConfig> {
         let mut out = Vec::new();
         for warps in [4, 8] {
-            for lane_rows in [8, 16, 32] {
-                for points_per_lane in [1, 2, 4] {
+            for points_per_lane in [1, 2, 4] {
+                for lane_rows in [8, 16, 32] {
                     out.push(MlpJetConfig {
                         warps,
                         lane_rows,
@@ -338,6 +376,12 @@ impl Family for MlpJet {
                         math: Math::Fma,
                     });
                 }
+                out.push(MlpJetConfig {
+                    warps,
+                    lane_rows: 8,
+                    points_per_lane,
+                    math: Math::Tf32x3,
+                });
             }
         }
         out
@@ -356,6 +400,10 @@ impl Family for MlpJet {
         // A lane grid of whole rows: 8, 16 or 32 lanes down (8 keeps weight reads conflict-free).
         illegal(![8, 16, 32].contains(&c.lane_rows), || {
             format!("lane_rows {} is not 8, 16 or 32", c.lane_rows)
+        })?;
+        // tf32x3: the mma fragment's lane grid is 8 rows (g) x 4 columns (t).
+        illegal(c.math == Math::Tf32x3 && c.lane_rows != 8, || {
+            format!("tf32x3 needs 8 lanes down, got {}", c.lane_rows)
         })?;
         // 1, 2 or 4 points per lane (more only multiplies registers).
         illegal(![1, 2, 4].contains(&c.points_per_lane), || {
@@ -437,6 +485,7 @@ impl Family for MlpJet {
             "tangents": p.streams.tangents(p.d),
             "seconds": p.streams.seconds(p.d),
             "hessdiag": p.streams.hessdiag() && p.d > 1,
+            "tf32x3": c.math == Math::Tf32x3,
             "streams": sh.s,
             "warps": c.warps,
             "threads": c.threads(),
@@ -475,9 +524,7 @@ impl Family for MlpJet {
             p.width,
             p.depth,
             p.p,
-            match c.math {
-                Math::Fma => "fma",
-            },
+            c.math.tag(),
             c.warps,
             c.lane_rows,
             c.points_per_lane
@@ -532,7 +579,12 @@ impl Family for MlpJet {
     fn default_config(p: &MlpJetProblem) -> MlpJetConfig {
         let limits = DeviceLimits::HOPPER;
         let mut best: Option<(f64, MlpJetConfig)> = None;
-        for c in Self::candidates(p, &limits) {
+        // The exact fp32 path only: tf32x3 competes in tuning (every candidate is validated
+        // before it may win) but is not a fallback until it has been validated on an H200.
+        for c in Self::candidates(p, &limits)
+            .into_iter()
+            .filter(|c| c.math == Math::Fma)
+        {
             let t = Self::estimate_us(p, &c, &limits);
             if best.as_ref().is_none_or(|(b, _)| t < *b) {
                 best = Some((t, c));
@@ -552,19 +604,34 @@ impl Family for MlpJet {
         let sh = shape(p, c);
         let q = c.points_per_lane as f64;
         let s = sh.s as f64;
-        // Per 4-deep k step a lane issues rows x q x S x 4 FMAs, `rows` weight loads and
-        // q x S activation loads; shared memory serves one 128-byte wavefront per clock,
-        // weights cost lane_rows / 8 wavefronts per load, activations one.
         let rows = sh.rows as f64;
-        let fma = 4.0 * rows * q * s;
-        let loads = rows + q * s;
-        let issue = fma + loads;
-        let wavefronts = rows * (c.lane_rows as f64 / 8.0).max(1.0) + q * s;
-        // Cycles per k4 step per warp on an SM sub-partition vs the SM's shared memory.
         let warps_sm = (c.warps * ctas_per_sm(sh.smem_bytes, c.threads())) as f64;
-        let issue_cycles = issue * warps_sm / 4.0;
-        let smem_cycles = wavefronts * warps_sm;
-        let efficiency = fma * warps_sm / 4.0 / issue_cycles.max(smem_cycles);
+        let efficiency = match c.math {
+            Math::Fma => {
+                // Per 4-deep k step a lane issues rows x q x S x 4 FMAs, `rows` weight loads
+                // and q x S activation loads; shared memory serves one 128-byte wavefront per
+                // clock, weights cost lane_rows / 8 wavefronts per load, activations one.
+                let fma = 4.0 * rows * q * s;
+                let issue = fma + rows + q * s;
+                let wavefronts = rows * (c.lane_rows as f64 / 8.0).max(1.0) + q * s;
+                // Cycles per k4 step on an SM sub-partition vs the SM's shared memory.
+                let issue_cycles = issue * warps_sm / 4.0;
+                let smem_cycles = wavefronts * warps_sm;
+                fma * warps_sm / 4.0 / issue_cycles.max(smem_cycles)
+            }
+            Math::Tf32x3 => {
+                // Per 8-deep k step a warp issues 3 mma per (16-row tile, 8-column tile),
+                // plus a load and a split (2 cvt, 1 sub) per fragment element. Relative to the
+                // FMA rate: mma.sync TF32 at ~60% of 495 TFLOP/s is ~4.4x the fp32 FMA rate,
+                // a third of that per product; padded stream columns are wasted.
+                let (mt, j) = (rows / 2.0, (acc_streams(p, c) / 2) as f64);
+                let mma = 3.0 * mt * q * j;
+                let other = 4.0 * (4.0 * mt + 2.0 * q * j);
+                let mma_cycles = mma * 2048.0 / (4.4 * 256.0 / 4.0);
+                let busy = mma_cycles.max(mma + other);
+                (4.4 / 3.0) * (mma_cycles / busy) * s / (2.0 * j)
+            }
+        };
         // Few warps per sub-partition hide latency poorly; padded output rows are wasted.
         let latency = (warps_sm / 8.0).min(1.0) * 0.3 + 0.6;
         let out_waste = (sh.passes * sh.pass_rows) as f64 / p.p as f64;
@@ -592,8 +659,10 @@ impl Family for MlpJet {
         Some((tuned.points as f64 / wanted.points as f64).ln().abs())
     }
 
-    /// One problem per kind of stream set (value, gradient, Laplacian, Hessian diagonal),
-    /// with p past one output pass for some configs and a partial last pass.
+    /// One problem per kind of stream set that changes the source: value only, Laplacian
+    /// (tangents and one second-order stream), Hessian diagonal (d second-order streams);
+    /// value + gradient compiles the tangent code of the Laplacian without its second-order
+    /// line. p past one output pass for some configs, and a partial last pass.
     fn branch_problems() -> Vec<MlpJetProblem> {
         let prob = |d, width, depth, p, streams| MlpJetProblem {
             d,
@@ -605,7 +674,6 @@ impl Family for MlpJet {
         };
         vec![
             prob(3, 32, 2, 40, Streams::Value),
-            prob(2, 64, 3, 5, Streams::ValueGrad),
             prob(4, 128, 2, 17, Streams::ValueGradLaplacian),
             prob(6, 32, 2, 3, Streams::ValueGradHessdiag),
         ]

@@ -48,7 +48,8 @@ fn every_problem() -> Vec<MlpJetProblem> {
 #[test]
 fn space_and_variants_stay_modest() {
     let legal = MlpJet::legal_space(&limits());
-    assert_eq!(legal.len(), 18);
+    assert_eq!(legal.len(), 24);
+    assert_eq!(legal.iter().filter(|c| c.math == Math::Tf32x3).count(), 6);
     let f = crate::registry::family("mlp_jet").unwrap();
     let variants = f.variants(&limits());
     let entries: HashSet<_> = variants.iter().map(|v| v.entry.clone()).collect();
@@ -59,8 +60,15 @@ fn space_and_variants_stay_modest() {
         variants.len()
     );
     // Every stream kind is compiled.
-    for tag in ["_v_", "_vg_", "_vgl_", "_vgh_"] {
-        assert!(variants.iter().any(|v| v.entry.contains(tag)), "{tag}");
+    for tag in ["_v_", "_vgl_", "_vgh_"] {
+        for math in ["_fma_", "_tf32x3_"] {
+            assert!(
+                variants
+                    .iter()
+                    .any(|v| v.entry.contains(tag) && v.entry.contains(math)),
+                "{tag}{math}"
+            );
+        }
     }
 }
 
@@ -245,7 +253,14 @@ fn shapes_cover_the_outputs_and_fit() {
             assert!(sh.out_rows <= sh.rows && sh.passes * sh.pass_rows >= p.p);
             assert!((sh.passes - 1) * sh.pass_rows < p.p, "an empty pass");
             assert!(sh.rows * c.points_per_lane * sh.s <= MAX_ACC);
-            assert_eq!((sh.group_floats / 4) % 2, 1);
+            match c.math {
+                Math::Fma => assert_eq!((sh.group_floats / 4) % 2, 1),
+                Math::Tf32x3 => {
+                    assert_eq!(sh.rows % 2, 0);
+                    assert_eq!(sh.out_rows % 2, 0);
+                    assert!(sh.rows * c.points_per_lane * acc_streams(&p, &c) <= MAX_ACC);
+                }
+            }
         }
     }
 }
@@ -262,6 +277,30 @@ fn targets_get_fast_configs() {
         assert!(sh.rows * c.points_per_lane * sh.s >= 64, "{p:?} -> {c:?}");
         assert_eq!(c.math, Math::Fma);
     }
+}
+
+#[test]
+fn tf32x3_pads_streams_to_pairs_and_needs_even_rows() {
+    let c = MlpJetConfig {
+        warps: 4,
+        lane_rows: 8,
+        points_per_lane: 2,
+        math: Math::Tf32x3,
+    };
+    // S = 3 carried as 4: 8 rows x 2 points x 4 = 64.
+    let p = MlpJetProblem::laplacian(1, 64, 4, 1, 100);
+    assert_eq!(acc_streams(&p, &c), 4);
+    assert_eq!(row_warps(&p, &c), Some(1));
+    let sh = shape(&p, &c);
+    assert_eq!((sh.rows, sh.out_rows, sh.pass_rows), (8, 2, 16));
+    assert_eq!(sh.act_floats, 4 * 2 * 4 * 4 * 68);
+    // Width 32 over 4 warps down would leave one row per lane: not a 16-row tile.
+    let p = MlpJetProblem {
+        streams: Streams::ValueGradHessdiag,
+        ..MlpJetProblem::laplacian(12, 32, 2, 1, 100)
+    };
+    assert_eq!(row_warps(&p, &c), None);
+    assert!(MlpJet::check_config(&MlpJetConfig { lane_rows: 16, ..c }, &limits()).is_err());
 }
 
 #[test]
