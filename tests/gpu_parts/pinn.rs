@@ -2,7 +2,12 @@
 //! `--ignored`). Fresh random points and Xavier-initialised weights per run (KILN_SEED
 //! reproduces), every output poisoned with NaN before every launch, each stream compared with
 //! the f64 CPU reference: relative error = max |got - ref| / max |ref| over the stream, value
-//! and gradient within 1e-5, second derivatives within 1e-4; a NaN fails.
+//! and gradient within 1e-5, second derivatives within 1e-4; a NaN fails. Some random nets
+//! (a scalar output of a 1-D net in particular) are ill-conditioned for this metric: exact
+//! fp32 evaluation itself misses 1e-5 on about 1 net in 40 (the output is far smaller than
+//! the terms summed into it). So each stream's bound is the larger of the tolerance and
+//! FLOOR_FACTOR x the error of the same jets evaluated in f32 on the CPU (the fp32 floor of
+//! that net), and both numbers are reported.
 //!
 //! * `mlp_jet_every_config_small`: every legal config of nets covering every stream set,
 //!   widths 32..256, d up to 32, one and several output passes, point counts that are not a
@@ -18,7 +23,8 @@
 use crate::common::{open, report, seed};
 
 use kiln_codegen::families::mlp_jet::{
-    self as fam, init_params, reference_points, Jets, MlpJet, MlpJetConfig, MlpJetProblem, Streams,
+    self as fam, init_params, reference_points, reference_points_f32, Jets, MlpJet, MlpJetConfig,
+    MlpJetProblem, Streams,
 };
 use kiln_codegen::{CompileOptions, Compiler, Family};
 use kiln_runtime::launch::mlp_jet::{CudaSlice, MlpJetKernel, MlpJetOutputs};
@@ -32,6 +38,9 @@ use serde_json::{json, Value};
 const TOL_FIRST: f64 = 1e-5;
 /// Laplacian, d2 and Hessian diagonal.
 const TOL_SECOND: f64 = 1e-4;
+/// A kernel may be this many times less accurate than straightforward fp32 on the CPU (other
+/// tanh, tf32x3's 2^-21 per product) on nets where the fp32 floor exceeds the tolerance.
+const FLOOR_FACTOR: f64 = 8.0;
 
 /// Host inputs of one case.
 struct Case {
@@ -41,6 +50,10 @@ struct Case {
     /// Points checked against the reference, and the reference there.
     checked: Vec<usize>,
     want: Jets,
+    /// Bound per stream: the tolerance, or FLOOR_FACTOR x the fp32 floor when larger.
+    bound: [f64; 3],
+    /// Relative error of exact fp32 evaluation (the CPU's) per stream.
+    floor: [f64; 3],
 }
 
 impl Case {
@@ -60,13 +73,42 @@ impl Case {
             _ => (0..n).collect(),
         };
         let want = reference_points(&p, &x, &params, &checked);
+        let f32_jets = reference_points_f32(&p, &x, &params, &checked);
+        let floor = [
+            rel(&f32_jets.u, &want.u),
+            rel(&f32_jets.grad, &want.grad),
+            rel(&f32_jets.second, &want.second),
+        ];
+        let tols = [TOL_FIRST, TOL_FIRST, TOL_SECOND];
+        let bound = [0, 1, 2].map(|s| tols[s].max(FLOOR_FACTOR * floor[s]));
         Case {
             p,
             x,
             params,
             checked,
             want,
+            bound,
+            floor,
         }
+    }
+}
+
+/// max |got - want| / max |want| (infinite for a NaN).
+fn rel(got: &[f64], want: &[f64]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (g, w) in got.iter().zip(want) {
+        let e = (g - w).abs();
+        num = if e.is_nan() {
+            f64::INFINITY
+        } else {
+            num.max(e)
+        };
+        den = den.max(w.abs());
+    }
+    if got.is_empty() {
+        0.0
+    } else {
+        num / den.max(1e-30)
     }
 }
 
@@ -83,24 +125,12 @@ fn compare(case: &Case, got: &[Vec<f32>; 3]) -> ([f64; 3], bool) {
     let mut errs = [0.0f64; 3];
     for s in 0..3 {
         let w = per_point[s];
-        if w == 0 {
-            continue;
-        }
-        let (mut num, mut den) = (0.0f64, 0.0f64);
-        for (i, &pt) in case.checked.iter().enumerate() {
-            let g = &got[s][pt * w..(pt + 1) * w];
-            let r = &wants[s][i * w..(i + 1) * w];
-            for (a, b) in g.iter().zip(r) {
-                let e = (*a as f64 - b).abs();
-                num = if e.is_nan() {
-                    f64::INFINITY
-                } else {
-                    num.max(e)
-                };
-                den = den.max(b.abs());
-            }
-        }
-        errs[s] = num / den.max(1e-30);
+        let at_checked: Vec<f64> = case
+            .checked
+            .iter()
+            .flat_map(|&pt| got[s][pt * w..(pt + 1) * w].iter().map(|&v| v as f64))
+            .collect();
+        errs[s] = rel(&at_checked, wants[s]);
     }
     (errs, bad)
 }
@@ -190,9 +220,11 @@ fn validate(
     dc.launch(dev, &k, p);
     let got = dc.download(dev, p);
     let (errs, bad) = compare(case, &got);
-    let tols = [TOL_FIRST, TOL_FIRST, TOL_SECOND];
-    if bad || (0..3).any(|s| !(errs[s] <= tols[s])) {
-        failures.push(json!({"problem": p, "config": c, "rel_err": errs, "non_finite": bad}));
+    if bad || (0..3).any(|s| !(errs[s] <= case.bound[s])) {
+        failures.push(
+            json!({"problem": p, "config": c, "rel_err": errs, "bound": case.bound,
+                             "fp32_floor": case.floor, "non_finite": bad}),
+        );
     }
     errs
 }
@@ -279,7 +311,10 @@ fn mlp_jet_every_config_small() {
             w[1],
             w[2]
         );
-        rows.push(json!({"problem": case.p, "configs": candidates.len(), "worst_rel_err": w}));
+        rows.push(
+            json!({"problem": case.p, "configs": candidates.len(), "worst_rel_err": w,
+                         "fp32_floor": case.floor, "bound": case.bound}),
+        );
     }
     let space = MlpJet::legal_space(&limits);
     let missed: Vec<_> = space.iter().filter(|c| !configs_seen.contains(c)).collect();
@@ -339,7 +374,10 @@ fn mlp_jet_targets() {
                 "  {p:?} {c:?}: rel err {:.2e} {:.2e} {:.2e}",
                 e[0], e[1], e[2]
             );
-            rows.push(json!({"problem": p, "config": c, "rel_err": e, "checked_points": case.checked.len()}));
+            rows.push(
+                json!({"problem": p, "config": c, "rel_err": e, "fp32_floor": case.floor,
+                             "bound": case.bound, "checked_points": case.checked.len()}),
+            );
         }
     }
     report(
@@ -392,6 +430,8 @@ fn mlp_jet_bench() {
             params,
             checked: Vec::new(),
             want: Jets::default(),
+            bound: [0.0; 3],
+            floor: [0.0; 3],
         };
         let mut dc = DevCase::new(&dev, &case);
         let default = MlpJet::default_config(p);

@@ -41,7 +41,7 @@ pub struct MlpJet;
 
 /// f64 CPU reference and parameter initialisation.
 pub mod reference;
-pub use reference::{init_params, reference_points, Jets};
+pub use reference::{init_params, reference_points, reference_points_f32, Jets};
 
 /// Which derivative streams one call computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

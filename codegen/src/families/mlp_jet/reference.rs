@@ -142,6 +142,80 @@ pub fn reference_all(p: &MlpJetProblem, x: &[f32], params: &[f32]) -> Jets {
     reference_points(p, x, params, &all)
 }
 
+/// The same jets evaluated in f32 (products fused and summed in k order, f32 tanh), at the
+/// points `which`: what exact fp32 arithmetic achieves on this net. Tests compare a kernel's
+/// error with this floor where a net is ill-conditioned for the max-norm metric (an output
+/// far smaller than the terms summed into it).
+pub fn reference_points_f32(p: &MlpJetProblem, x: &[f32], params: &[f32], which: &[usize]) -> Jets {
+    let d = p.d as usize;
+    let nt = p.streams.tangents(p.d) as usize;
+    let nsec = p.streams.seconds(p.d) as usize;
+    let offsets = layer_offsets(p.d, p.width, p.depth, p.p);
+    let mut out = Jets::default();
+    for &n in which {
+        let mut a: Vec<f32> = x[n * d..(n + 1) * d].to_vec();
+        let mut at: Vec<Vec<f32>> = (0..nt)
+            .map(|i| (0..d).map(|k| if k == i { 1.0 } else { 0.0 }).collect())
+            .collect();
+        let mut a2: Vec<Vec<f32>> = vec![vec![0.0; d]; nsec];
+        for (l, &(w_at, b_at)) in offsets.iter().enumerate() {
+            let fan_out = if l == p.depth as usize { p.p } else { p.width } as usize;
+            let fan_in = a.len();
+            let w = &params[w_at..b_at];
+            let mv = |v: &[f32], bias: bool| -> Vec<f32> {
+                (0..fan_out)
+                    .map(|j| {
+                        let row = &w[j * fan_in..(j + 1) * fan_in];
+                        let init = if bias { params[b_at + j] } else { 0.0 };
+                        row.iter()
+                            .zip(v)
+                            .fold(init, |c, (&wv, &av)| wv.mul_add(av, c))
+                    })
+                    .collect()
+            };
+            let z = mv(&a, true);
+            let zt: Vec<Vec<f32>> = at.iter().map(|v| mv(v, false)).collect();
+            let z2: Vec<Vec<f32>> = a2.iter().map(|v| mv(v, false)).collect();
+            if l == p.depth as usize {
+                out.u.extend(z.iter().map(|&v| v as f64));
+                out.grad.extend(zt.iter().flatten().map(|&v| v as f64));
+                out.second.extend(z2.iter().flatten().map(|&v| v as f64));
+                break;
+            }
+            let s: Vec<f32> = z.iter().map(|v| v.tanh()).collect();
+            let s1: Vec<f32> = s.iter().map(|v| 1.0 - v * v).collect();
+            let s2: Vec<f32> = s.iter().zip(&s1).map(|(v, d1)| -2.0 * v * d1).collect();
+            a2 = if p.streams.hessdiag() {
+                z2.iter()
+                    .zip(&zt)
+                    .map(|(zz, t)| {
+                        (0..fan_out)
+                            .map(|j| s1[j].mul_add(zz[j], s2[j] * t[j] * t[j]))
+                            .collect()
+                    })
+                    .collect()
+            } else {
+                z2.iter()
+                    .map(|lz| {
+                        (0..fan_out)
+                            .map(|j| {
+                                let sq = zt.iter().fold(0.0f32, |c, t| t[j].mul_add(t[j], c));
+                                s1[j].mul_add(lz[j], s2[j] * sq)
+                            })
+                            .collect()
+                    })
+                    .collect()
+            };
+            at = zt
+                .iter()
+                .map(|t| t.iter().zip(&s1).map(|(zv, d1)| d1 * zv).collect())
+                .collect();
+            a = s;
+        }
+    }
+    out
+}
+
 /// The value of every output at one point (f64 arithmetic on f64 inputs), for finite
 /// differences.
 pub fn value_f64(p: &MlpJetProblem, x: &[f64], params: &[f32]) -> Vec<f64> {
@@ -314,6 +388,38 @@ mod tests {
             g > 1e-7 && s > 1e-5,
             "grad {g:e}, Laplacian {s:e}: undetected"
         );
+    }
+
+    #[test]
+    fn the_f32_evaluation_is_close_to_f64_and_not_equal() {
+        for streams in [
+            Streams::ValueGradLaplacian,
+            Streams::ValueGradHessdiag,
+            Streams::Value,
+        ] {
+            let p = net(3, 32, 3, 4, streams);
+            let (params, x) = random_net(&p, 8);
+            let all: Vec<usize> = (0..5).collect();
+            let want = reference_points(&p, &x, &params, &all);
+            let got = reference_points_f32(&p, &x, &params, &all);
+            for (g, w) in [
+                (&got.u, &want.u),
+                (&got.grad, &want.grad),
+                (&got.second, &want.second),
+            ] {
+                assert_eq!(g.len(), w.len());
+                let scale = w.iter().fold(0f64, |m, v| m.max(v.abs()));
+                let err = g
+                    .iter()
+                    .zip(w.iter())
+                    .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+                assert!(err <= 1e-5 * scale, "{streams:?}: {err:e} of {scale:e}");
+                assert!(
+                    w.is_empty() || err > 0.0,
+                    "{streams:?}: f32 equals f64 exactly"
+                );
+            }
+        }
     }
 
     #[test]
