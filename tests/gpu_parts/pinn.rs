@@ -9,11 +9,14 @@
 //! FLOOR_FACTOR x the error of the same jets evaluated in f32 on the CPU (the fp32 floor of
 //! that net), and both numbers are reported.
 //!
-//! * `mlp_jet_every_config_small`: every legal config of nets covering every stream set,
-//!   widths 32..256, d up to 32, one and several output passes, point counts that are not a
-//!   multiple of any tile; all points checked.
-//! * `mlp_jet_targets`: the three PINN target nets at their full point counts, a few configs
-//!   each, 600 sampled points (first and last included) checked, every output checked for NaN.
+//! * `mlp_jet_every_config_small`: every legal config (fp32 FMA and tf32x3) of nets covering
+//!   every stream set, widths 32..256, d up to 32, one and several output passes, point counts
+//!   that are not a multiple of any tile, one net with more tiles than resident CTAs (the
+//!   persistent loop); all points checked; every config of the space runs at least once.
+//! * `mlp_jet_targets`: the three PINN target nets at their full point counts minus one (a
+//!   partial last tile; each CTA walks many tiles), the default config and the next three by
+//!   the family's estimate, 600 sampled points (first and last included) checked, every output
+//!   checked for NaN.
 //! * `mlp_jet_bench`: the target nets, every legal config, median of 20 launches with L2
 //!   flushed, TFLOP/s (products only, as `MlpJet::flops` counts them).
 
@@ -258,7 +261,8 @@ fn small_problems() -> Vec<MlpJetProblem> {
         prob(5, 32, 8, 77, 131, Streams::ValueGradLaplacian),
         // The most streams (65) and the widest input.
         prob(32, 64, 2, 7, 65, Streams::ValueGradHessdiag),
-        prob(32, 256, 2, 1, 33, Streams::ValueGradHessdiag),
+        // One point per tile and more tiles than resident CTAs: the persistent loop.
+        prob(32, 256, 2, 1, 301, Streams::ValueGradHessdiag),
         // One point.
         prob(2, 64, 2, 1, 1, Streams::ValueGradLaplacian),
     ]
