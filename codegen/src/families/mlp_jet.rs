@@ -28,6 +28,8 @@
 //! [`tile_points`] points. No scratch.
 //!
 //! The template (`templates/mlp_jet.cu.tera`) explains the work split and the pipeline.
+//! Two ways to compute each layer's product ([`Math`]): fp32 FMA (the default, exact fp32),
+//! and 3xTF32 on tensor cores (a tuning candidate; not a default until validated on a GPU).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
