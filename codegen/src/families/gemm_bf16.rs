@@ -51,8 +51,10 @@ use crate::family::{
 
 pub mod ring;
 pub mod stream;
+pub mod wgmma;
 pub use ring::RingConfig;
 pub use stream::StreamConfig;
+pub use wgmma::WgmmaConfig;
 
 /// The family.
 pub struct GemmBf16;
@@ -73,6 +75,7 @@ pub enum GemmBf16Config {
     Tiled(TiledConfig),
     Stream(StreamConfig),
     Ring(RingConfig),
+    Wgmma(WgmmaConfig),
 }
 
 impl GemmBf16Config {
@@ -81,6 +84,7 @@ impl GemmBf16Config {
             GemmBf16Config::Tiled(c) => c.threads(),
             GemmBf16Config::Stream(c) => c.threads(),
             GemmBf16Config::Ring(c) => c.threads(),
+            GemmBf16Config::Wgmma(c) => c.threads(),
         }
     }
     /// K slices reduced in-kernel (grid.z).
@@ -90,6 +94,7 @@ impl GemmBf16Config {
             GemmBf16Config::Stream(c) => c.split_k,
             // Stream-K: each CTA's range of stages; counted as one slice.
             GemmBf16Config::Ring(_) => 1,
+            GemmBf16Config::Wgmma(c) => c.split_k,
         }
     }
 }
@@ -161,6 +166,7 @@ pub fn counters_len(problem: &GemmBf16Problem, config: &GemmBf16Config) -> usize
         GemmBf16Config::Tiled(c) if c.split_k > 1 => tiles(problem, c) as usize,
         GemmBf16Config::Stream(c) if c.split_k > 1 => stream::tiles(problem, c) as usize,
         GemmBf16Config::Ring(c) => ring::counters_len(problem, c),
+        GemmBf16Config::Wgmma(c) => wgmma::counters_len(problem, c),
         _ => 0,
     }
 }
@@ -191,6 +197,7 @@ fn workspace_floats(p: &GemmBf16Problem, c: &GemmBf16Config) -> u64 {
         GemmBf16Config::Tiled(c) => tiled_workspace_floats(p, c),
         GemmBf16Config::Stream(c) => stream::workspace_floats(p, c),
         GemmBf16Config::Ring(c) => ring::workspace_floats(p, c),
+        GemmBf16Config::Wgmma(c) => wgmma::workspace_floats(p, c),
     }
 }
 
@@ -382,6 +389,7 @@ impl Tiled {
         let vars = json!({
             "stream": false,
             "ring": false,
+            "wgmma": false,
             "entry": Self::entry(p, c),
             "aligned": is_aligned(p),
             "use_split_k": c.split_k > 1,
@@ -548,23 +556,26 @@ impl Family for GemmBf16 {
     type Config = GemmBf16Config;
 
     const NAME: &'static str = "gemm_bf16";
-    /// The kernels' templates in one text; the `ring` and `stream` variables pick one.
+    /// The kernels' templates in one text; the `ring`, `stream` and `wgmma` variables pick one.
     const TEMPLATE: &'static str = concat!(
         "{% if ring %}",
         include_str!("../../../templates/gemm_bf16_ring.cu.tera"),
         "{% elif stream %}",
         include_str!("../../../templates/gemm_bf16_stream.cu.tera"),
+        "{% elif wgmma %}",
+        include_str!("../../../templates/gemm_bf16_wgmma.cu.tera"),
         "{% else %}",
         include_str!("../../../templates/gemm_bf16.cu.tera"),
         "{% endif %}"
     );
 
-    /// The tiled space, then the stream space, then the ring space.
+    /// The tiled, stream, ring and wgmma spaces, in that order.
     fn space() -> Vec<GemmBf16Config> {
         let tiled = Tiled::space().into_iter().map(GemmBf16Config::Tiled);
         let stream = stream::space().into_iter().map(GemmBf16Config::Stream);
         let ring = ring::space().into_iter().map(GemmBf16Config::Ring);
-        tiled.chain(stream).chain(ring).collect()
+        let wgmma = wgmma::space().into_iter().map(GemmBf16Config::Wgmma);
+        tiled.chain(stream).chain(ring).chain(wgmma).collect()
     }
 
     fn check_config(c: &GemmBf16Config, limits: &DeviceLimits) -> Result<(), Illegal> {
@@ -572,6 +583,7 @@ impl Family for GemmBf16 {
             GemmBf16Config::Tiled(c) => Tiled::check_config(c, limits),
             GemmBf16Config::Stream(c) => stream::check_config(c, limits),
             GemmBf16Config::Ring(c) => ring::check_config(c, limits),
+            GemmBf16Config::Wgmma(c) => wgmma::check_config(c, limits),
         }
     }
 
@@ -580,6 +592,7 @@ impl Family for GemmBf16 {
             GemmBf16Config::Tiled(c) => Tiled::check_problem(p, c),
             GemmBf16Config::Stream(c) => stream::check_problem(p, c),
             GemmBf16Config::Ring(c) => ring::check_problem(p, c),
+            GemmBf16Config::Wgmma(c) => wgmma::check_problem(p, c),
         }
     }
 
@@ -588,6 +601,7 @@ impl Family for GemmBf16 {
             GemmBf16Config::Tiled(c) => Tiled::render_vars(p, c),
             GemmBf16Config::Stream(c) => stream::render_vars(p, c),
             GemmBf16Config::Ring(c) => ring::render_vars(p, c),
+            GemmBf16Config::Wgmma(c) => wgmma::render_vars(p, c),
         }
     }
 
@@ -596,6 +610,7 @@ impl Family for GemmBf16 {
             GemmBf16Config::Tiled(c) => Tiled::entry(p, c),
             GemmBf16Config::Stream(c) => stream::entry(p, c),
             GemmBf16Config::Ring(c) => ring::entry(p, c),
+            GemmBf16Config::Wgmma(c) => wgmma::entry(p, c),
         }
     }
 
@@ -604,6 +619,7 @@ impl Family for GemmBf16 {
             GemmBf16Config::Tiled(c) => Tiled::geometry(p, c),
             GemmBf16Config::Stream(c) => stream::geometry(p, c),
             GemmBf16Config::Ring(c) => ring::geometry(p, c),
+            GemmBf16Config::Wgmma(c) => wgmma::geometry(p, c),
         }
     }
 
@@ -621,6 +637,7 @@ impl Family for GemmBf16 {
             GemmBf16Config::Tiled(c) => Tiled::estimate_us(p, c, limits),
             GemmBf16Config::Stream(c) => stream::estimate_us(p, c, limits),
             GemmBf16Config::Ring(c) => ring::estimate_us(p, c, limits),
+            GemmBf16Config::Wgmma(c) => wgmma::estimate_us(p, c, limits),
         }
     }
 
@@ -633,6 +650,7 @@ impl Family for GemmBf16 {
             .filter(|c| match c {
                 GemmBf16Config::Stream(s) => stream::worth_measuring(problem, s),
                 GemmBf16Config::Ring(b) => ring::worth_measuring(problem, b),
+                GemmBf16Config::Wgmma(_) => true,
                 GemmBf16Config::Tiled(_) => true,
             })
             .collect()

@@ -207,6 +207,7 @@ pub fn render_vars(p: &GemmBf16Problem, c: &RingConfig) -> RenderVars {
     let vars = json!({
         "ring": true,
         "stream": false,
+        "wgmma": false,
         "entry": entry(p, c),
         "rows": c.rows,
         "threads": c.threads(),

@@ -281,6 +281,7 @@ pub fn render_vars(p: &GemmBf16Problem, c: &StreamConfig) -> RenderVars {
     let vars = json!({
         "stream": true,
         "ring": false,
+        "wgmma": false,
         "entry": entry(p, c),
         "aligned": is_aligned(p),
         "use_split_k": c.split_k > 1,

@@ -37,22 +37,27 @@ fn legal_stream() -> Vec<StreamConfig> {
 }
 
 /// Names each kernel's template reads (`{{ name }}` and `{% if name %}`), by kernel, and
-/// "common": the two selectors of the family's text, which is the three files joined by
-/// `{% if ring %}`, `{% elif stream %}` and `{% else %}`.
+/// "common": the selectors of the family's text, which is the four files joined by
+/// `{% if ring %}`, `{% elif stream %}`, `{% elif wgmma %}` and `{% else %}`.
 fn template_names() -> BTreeMap<&'static str, BTreeSet<String>> {
     use crate::families::template_tags::template_names as names;
     const TILED: &str = include_str!("../../../../templates/gemm_bf16.cu.tera");
     const STREAM: &str = include_str!("../../../../templates/gemm_bf16_stream.cu.tera");
     const RING: &str = include_str!("../../../../templates/gemm_bf16_ring.cu.tera");
+    const WGMMA: &str = include_str!("../../../../templates/gemm_bf16_wgmma.cu.tera");
     assert_eq!(
         GemmBf16::TEMPLATE,
-        format!("{{% if ring %}}{RING}{{% elif stream %}}{STREAM}{{% else %}}{TILED}{{% endif %}}")
+        format!(
+            "{{% if ring %}}{RING}{{% elif stream %}}{STREAM}{{% elif wgmma %}}{WGMMA}\
+             {{% else %}}{TILED}{{% endif %}}"
+        )
     );
     let mut out = BTreeMap::new();
     out.insert("tiled", names(TILED));
     out.insert("stream", names(STREAM));
     out.insert("ring", names(RING));
-    out.insert("common", ["ring", "stream"].map(String::from).into());
+    out.insert("wgmma", names(WGMMA));
+    out.insert("common", ["ring", "stream", "wgmma"].map(String::from).into());
     out
 }
 
@@ -91,9 +96,14 @@ fn legal_space_is_large_enough_and_small_enough() {
         .filter(|c| matches!(c, GemmBf16Config::Ring(_)))
         .count();
     assert!((24..=120).contains(&ring), "{ring} legal ring configs");
+    let wgmma = GemmBf16::legal_space(&limits())
+        .into_iter()
+        .filter(|c| matches!(c, GemmBf16Config::Wgmma(_)))
+        .count();
+    assert!((24..=60).contains(&wgmma), "{wgmma} legal wgmma configs");
     assert_eq!(
         GemmBf16::legal_space(&limits()).len(),
-        tiled.len() + stream.len() + ring
+        tiled.len() + stream.len() + ring + wgmma
     );
 }
 
@@ -149,6 +159,11 @@ fn legal_configs_have_sane_geometry() {
                 GemmBf16Config::Stream(c) => {
                     assert_eq!(g.grid[0] as u64, p.n.div_ceil(16 * c.rows) as u64);
                     assert_eq!(g.dynamic_smem_bytes, c.warps * c.frag() * 128);
+                }
+                GemmBf16Config::Wgmma(c) => {
+                    assert_eq!(g.grid[0] as u64, wgmma::tiles(&p, c));
+                    assert_eq!(g.dynamic_smem_bytes, c.smem_bytes());
+                    assert_eq!(c.threads(), 2 * c.bm);
                 }
                 GemmBf16Config::Ring(c) => {
                     // Persistent: never more CTAs than stages, nor than the config's count.
@@ -267,9 +282,10 @@ fn branch_problems_cover_every_branch_of_every_config() {
     for p in GemmBf16::branch_problems() {
         GemmBf16::supports(&p).unwrap();
         // Every legal config (every kernel, split and token count) can be built for both
-        // branches; the ring kernel has only the aligned one.
+        // branches; the ring and wgmma kernels have only the aligned one.
         for c in GemmBf16::legal_space(&limits()) {
-            if matches!(c, GemmBf16Config::Ring(_)) && !is_aligned(&p) {
+            let aligned_only = matches!(c, GemmBf16Config::Ring(_) | GemmBf16Config::Wgmma(_));
+            if aligned_only && !is_aligned(&p) {
                 assert!(GemmBf16::check_problem(&p, &c).is_err());
                 continue;
             }
@@ -291,16 +307,18 @@ fn render_vars_match_the_template() {
         .iter()
         .find(|c| matches!(c, GemmBf16Config::Stream(_)));
     let first_ring = legal.iter().find(|c| matches!(c, GemmBf16Config::Ring(_)));
+    let first_wgmma = legal.iter().find(|c| matches!(c, GemmBf16Config::Wgmma(_)));
     for (kernel, c) in [
         ("tiled", first_tiled),
         ("stream", first_stream),
         ("ring", first_ring),
+        ("wgmma", first_wgmma),
     ] {
         let c = c.expect("every kernel has legal configs");
         let used: BTreeSet<String> = names["common"].union(&names[kernel]).cloned().collect();
         for p in GemmBf16::branch_problems() {
             if GemmBf16::check_problem(&p, c).is_err() {
-                continue; // ring: aligned K only
+                continue; // ring, wgmma: aligned K only
             }
             let vars = GemmBf16::render_vars(&p, c);
             let keys: BTreeSet<String> = vars.keys().cloned().collect();
@@ -317,6 +335,7 @@ fn render_vars_match_the_template() {
             assert_eq!(vars["entry"], json!(GemmBf16::entry(&p, c)));
             assert_eq!(vars["stream"], json!(kernel == "stream"));
             assert_eq!(vars["ring"], json!(kernel == "ring"));
+            assert_eq!(vars["wgmma"], json!(kernel == "wgmma"));
         }
     }
 }
@@ -484,7 +503,7 @@ fn decode_shortlists_are_led_by_a_streaming_kernel() {
                 top[0].0
             );
             assert!(
-                streams.len() >= 12,
+                streams.len() >= 8,
                 "{p:?}: {} streaming configs shortlisted",
                 streams.len()
             );

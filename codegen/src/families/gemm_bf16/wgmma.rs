@@ -1,0 +1,259 @@
+//! The wgmma kernel of `gemm_bf16` (`templates/gemm_bf16_wgmma.cu.tera`, sm_90a): Hopper's
+//! warpgroup MMA reading both operands from 128-byte-swizzled shared memory, fed by a
+//! `cp.async` pipeline, with the tiled kernel's grouped raster and deterministic split-K.
+//! K % 8 == 0 only (16-byte copies). The template's header explains layout and pipeline.
+//!
+//! A CTA computes a `bm x bn` tile (`bm / 64` warpgroups, each one m64 x bn wgmma per k16
+//! step). Grid: `[tiles, 1, split_k]`; block `2 * bm` threads (128 per warpgroup).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{illegal, is_aligned, GemmBf16Problem, GROUP_M, MAX_WORKSPACE_BYTES};
+use crate::family::{DeviceLimits, Illegal, LaunchGeometry, RenderVars};
+
+/// K elements per pipeline stage: one 128-byte swizzle row of bf16.
+pub const BK: u32 = 64;
+
+/// A point of the wgmma kernel's space.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WgmmaConfig {
+    /// CTA tile rows: 64 (one warpgroup) or 128 (two).
+    pub bm: u32,
+    /// CTA tile columns = the wgmma's N: 64, 128 or 256.
+    pub bn: u32,
+    /// Shared-memory pipeline stages of 64 K elements.
+    pub stages: u32,
+    /// K slices reduced in-kernel (grid.z).
+    pub split_k: u32,
+}
+
+impl WgmmaConfig {
+    pub fn threads(&self) -> u32 {
+        2 * self.bm
+    }
+    /// fp32 accumulators per thread.
+    pub fn acc_per_thread(&self) -> u32 {
+        self.bn / 2
+    }
+    /// Stages of A and B tiles, plus 1 KiB to align the base to a swizzle atom.
+    pub fn smem_bytes(&self) -> u32 {
+        self.stages * (self.bm + self.bn) * BK * 2 + 1024
+    }
+}
+
+pub fn tiles(p: &GemmBf16Problem, c: &WgmmaConfig) -> u64 {
+    (p.m as u64).div_ceil(c.bm as u64) * (p.n as u64).div_ceil(c.bn as u64)
+}
+
+pub fn k_tiles(p: &GemmBf16Problem) -> u64 {
+    (p.k as u64).div_ceil(BK as u64)
+}
+
+pub fn workspace_floats(p: &GemmBf16Problem, c: &WgmmaConfig) -> u64 {
+    if c.split_k > 1 {
+        c.split_k as u64 * tiles(p, c) * c.bm as u64 * c.bn as u64
+    } else {
+        0
+    }
+}
+
+pub fn counters_len(p: &GemmBf16Problem, c: &WgmmaConfig) -> usize {
+    if c.split_k > 1 {
+        tiles(p, c) as usize
+    } else {
+        0
+    }
+}
+
+pub fn space() -> Vec<WgmmaConfig> {
+    let mut out = Vec::new();
+    for bm in [64, 128] {
+        for bn in [64, 128, 256] {
+            for stages in [3, 4, 5] {
+                for split_k in [1, 2, 4, 8] {
+                    out.push(WgmmaConfig {
+                        bm,
+                        bn,
+                        stages,
+                        split_k,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illegal> {
+    // One or two warpgroups of m64.
+    illegal(![64, 128].contains(&c.bm), || {
+        format!("bm {} is not 64 or 128", c.bm)
+    })?;
+    // The wgmma N sizes the template spells out.
+    illegal(![64, 128, 256].contains(&c.bn), || {
+        format!("bn {} is not 64, 128 or 256", c.bn)
+    })?;
+    illegal(!(3..=5).contains(&c.stages), || {
+        format!("{} stages is not 3..=5", c.stages)
+    })?;
+    illegal(![1, 2, 4, 8].contains(&c.split_k), || {
+        format!("split_k {} is not 1, 2, 4 or 8", c.split_k)
+    })?;
+    illegal(c.threads() > limits.max_threads_per_block, || {
+        format!("{} threads exceed the device's limit", c.threads())
+    })?;
+    illegal(c.smem_bytes() > limits.max_dynamic_smem_per_block, || {
+        format!(
+            "{} B of shared memory exceed {}",
+            c.smem_bytes(),
+            limits.max_dynamic_smem_per_block
+        )
+    })?;
+    // Split-K serves few tiles (small M): 64-row tiles only, whose partials stay small.
+    illegal(c.split_k > 1 && c.bm != 64, || {
+        format!("split_k {} needs bm 64", c.split_k)
+    })?;
+    Ok(())
+}
+
+pub fn check_problem(p: &GemmBf16Problem, c: &WgmmaConfig) -> Result<(), Illegal> {
+    // 16-byte copies from 16-byte aligned rows.
+    illegal(!is_aligned(p), || {
+        format!("k {} is not a multiple of 8 (rows are not 16-byte aligned)", p.k)
+    })?;
+    // Every split gets at least one K tile.
+    illegal(k_tiles(p) < c.split_k as u64, || {
+        format!(
+            "k {} has {} tiles of {BK} for split_k {}",
+            p.k,
+            k_tiles(p),
+            c.split_k
+        )
+    })?;
+    illegal(tiles(p, c) > i32::MAX as u64, || {
+        format!("{} tiles exceed grid.x", tiles(p, c))
+    })?;
+    let ws = workspace_floats(p, c) * 4;
+    illegal(ws > MAX_WORKSPACE_BYTES as u64, || {
+        format!("split-K workspace of {ws} B exceeds {MAX_WORKSPACE_BYTES}")
+    })?;
+    Ok(())
+}
+
+pub fn entry(_p: &GemmBf16Problem, c: &WgmmaConfig) -> String {
+    format!(
+        "kiln_gemm_bf16_wgmma_m{}_n{}_s{}_sk{}",
+        c.bm, c.bn, c.stages, c.split_k
+    )
+}
+
+pub fn render_vars(p: &GemmBf16Problem, c: &WgmmaConfig) -> RenderVars {
+    let vars = json!({
+        "wgmma": true,
+        "ring": false,
+        "stream": false,
+        "entry": entry(p, c),
+        "use_split_k": c.split_k > 1,
+        "bm": c.bm,
+        "bn": c.bn,
+        "threads": c.threads(),
+        "stages": c.stages,
+        "split_k": c.split_k,
+        "group_m": GROUP_M,
+    });
+    match vars {
+        Value::Object(map) => map,
+        _ => unreachable!("json! of an object literal"),
+    }
+}
+
+pub fn geometry(p: &GemmBf16Problem, c: &WgmmaConfig) -> LaunchGeometry {
+    LaunchGeometry {
+        grid: [tiles(p, c).min(i32::MAX as u64) as u32, 1, c.split_k],
+        block: [c.threads(), 1, 1],
+        dynamic_smem_bytes: c.smem_bytes(),
+        cluster: [1, 1, 1],
+    }
+}
+
+/// Analytical time in microseconds: tensor work at ~550 TFLOP/s (wgmma without warp
+/// specialisation, waiting for each K tile's products), DRAM bytes at ~4 TB/s, a round trip
+/// per `stages - 1` K tiles along a CTA's K slice, whole waves, launch and split-K overhead.
+pub fn estimate_us(p: &GemmBf16Problem, c: &WgmmaConfig, limits: &DeviceLimits) -> f64 {
+    let sms = limits.sms.max(1) as f64;
+    let tiles_m = (p.m as u64).div_ceil(c.bm as u64) as f64;
+    let tiles_n = (p.n as u64).div_ceil(c.bn as u64) as f64;
+    let split = c.split_k as f64;
+    let kt = (k_tiles(p) as f64 / split).ceil();
+    let per_sm = ((228.0 * 1024.0) / (c.smem_bytes() as f64 + 1024.0))
+        .floor()
+        .clamp(1.0, 2.0);
+    let ctas = tiles_m * tiles_n * split;
+    let slots = sms * per_sm;
+    let waves = (ctas / slots).ceil();
+    // wgmma with n >= 128 keeps the tensor pipe busiest; n64 re-reads A twice as often.
+    let n_eff = match c.bn {
+        64 => 0.75,
+        128 => 0.95,
+        _ => 1.0,
+    };
+    let cta_flops = 2.0 * c.bm as f64 * c.bn as f64 * kt * BK as f64;
+    let compute_s = waves * slots * cta_flops / (n_eff * 550e12);
+    let k = p.k as f64;
+    let a_bytes = tiles_m * c.bm as f64 * k * 2.0 * (tiles_n / 64.0).ceil();
+    let b_bytes = tiles_n * c.bn as f64 * k * 2.0 * (tiles_m / GROUP_M as f64).ceil();
+    let c_bytes = p.m as f64 * p.n as f64 * 2.0;
+    let ws_bytes = 2.0 * workspace_floats(p, c) as f64 * 4.0;
+    let memory_s = (a_bytes + b_bytes + c_bytes + ws_bytes) / 4.0e12;
+    let latency_s = waves * kt * 0.8e-6 / (c.stages as f64 - 1.0);
+    let launch_s = 3e-6 + if c.split_k > 1 { 1e-6 } else { 0.0 };
+    (compute_s.max(memory_s).max(latency_s) + launch_s) * 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn legal() -> Vec<WgmmaConfig> {
+        space()
+            .into_iter()
+            .filter(|c| check_config(c, &DeviceLimits::HOPPER).is_ok())
+            .collect()
+    }
+
+    #[test]
+    fn space_is_modest_and_covers_both_tile_heights() {
+        let l = legal();
+        assert!((24..=60).contains(&l.len()), "{} legal wgmma configs", l.len());
+        for bn in [64, 128, 256] {
+            assert!(l.iter().any(|c| c.bm == 128 && c.bn == bn));
+            assert!(l.iter().any(|c| c.bm == 64 && c.bn == bn && c.split_k == 8));
+        }
+        for c in &l {
+            assert!(c.acc_per_thread() <= 128);
+            // Stage tiles are whole 1024-byte swizzle atoms.
+            assert_eq!((c.bm * BK * 2) % 1024, 0);
+            assert_eq!((c.bn * BK * 2) % 1024, 0);
+        }
+    }
+
+    #[test]
+    fn problems_outside_the_kernel_are_refused() {
+        let c = WgmmaConfig {
+            bm: 64,
+            bn: 128,
+            stages: 4,
+            split_k: 8,
+        };
+        let p = |m, n, k| GemmBf16Problem { m, n, k };
+        assert!(check_problem(&p(128, 2560, 7168), &c).is_ok());
+        assert!(check_problem(&p(128, 2560, 7167), &c).is_err());
+        // 7 K tiles for 8 splits.
+        assert!(check_problem(&p(128, 2560, 448), &c).is_err());
+        let g = geometry(&p(128, 2560, 7168), &c);
+        assert_eq!(g.grid, [2 * 20, 1, 8]);
+        assert_eq!(g.block, [128, 1, 1]);
+        assert_eq!(workspace_floats(&p(128, 2560, 7168), &c), 8 * 40 * 64 * 128);
+    }
+}
