@@ -15,6 +15,8 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde_json::json;
 
+#[path = "gpu_parts/adam.rs"]
+mod adam;
 #[path = "gpu_parts/common.rs"]
 mod common;
 #[path = "gpu_parts/fp8.rs"]

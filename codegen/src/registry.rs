@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 use serde_json::Value;
 
 use crate::error::{CodegenError, Result};
+use crate::families::adam::Adam;
 use crate::families::fused_norm_rope::FusedNormRope;
 use crate::families::gemm_bf16::GemmBf16;
 use crate::families::gemm_fp8::GemmFp8;
@@ -175,6 +176,7 @@ static GEMM_FP8: Erased<GemmFp8> = Erased(PhantomData);
 static MFA_DECODE: Erased<MfaDecode> = Erased(PhantomData);
 static FUSED_NORM_ROPE: Erased<FusedNormRope> = Erased(PhantomData);
 static MLP_JET: Erased<MlpJet> = Erased(PhantomData);
+static ADAM: Erased<Adam> = Erased(PhantomData);
 
 /// All families, in a stable order.
 pub fn families() -> Vec<&'static dyn AnyFamily> {
@@ -184,6 +186,7 @@ pub fn families() -> Vec<&'static dyn AnyFamily> {
         &MFA_DECODE,
         &FUSED_NORM_ROPE,
         &MLP_JET,
+        &ADAM,
     ]
 }
 

@@ -1,5 +1,6 @@
 //! One module per kernel family, each next to its template in `templates/`.
 
+pub mod adam;
 pub mod fused_norm_rope;
 pub mod gemm_bf16;
 pub mod gemm_fp8;
