@@ -70,7 +70,7 @@ pub fn space() -> Vec<WgmmaConfig> {
     let mut out = Vec::new();
     for bm in [64, 128] {
         for bn in [64, 128, 256] {
-            for stages in [3, 4, 5] {
+            for stages in [3, 4, 5, 6] {
                 for split_k in [1, 2, 4, 8] {
                     out.push(WgmmaConfig {
                         bm,
@@ -94,8 +94,9 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
     illegal(![64, 128, 256].contains(&c.bn), || {
         format!("bn {} is not 64, 128 or 256", c.bn)
     })?;
-    illegal(!(3..=5).contains(&c.stages), || {
-        format!("{} stages is not 3..=5", c.stages)
+    // Prefetch distance stages - 2 (two stages are read by the wgmma's in flight).
+    illegal(!(3..=6).contains(&c.stages), || {
+        format!("{} stages is not 3..=6", c.stages)
     })?;
     illegal(![1, 2, 4, 8].contains(&c.split_k), || {
         format!("split_k {} is not 1, 2, 4 or 8", c.split_k)
@@ -110,9 +111,13 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
             limits.max_dynamic_smem_per_block
         )
     })?;
-    // Split-K serves few tiles (small M): 64-row tiles only, whose partials stay small.
-    illegal(c.split_k > 1 && c.bm != 64, || {
-        format!("split_k {} needs bm 64", c.split_k)
+    // Split-K serves few tiles (small M): partial tiles of at most 128 x 128.
+    illegal(c.split_k > 1 && c.bm * c.bn > 128 * 128, || {
+        format!("split_k {} of a {}x{} tile", c.split_k, c.bm, c.bn)
+    })?;
+    // Six stages only where a stage is small (64-row tiles of 64 or 128 columns).
+    illegal(c.stages == 6 && c.bm + c.bn > 192, || {
+        format!("6 stages of a {}x{} tile", c.bm, c.bn)
     })?;
     Ok(())
 }
@@ -178,8 +183,8 @@ pub fn geometry(p: &GemmBf16Problem, c: &WgmmaConfig) -> LaunchGeometry {
 }
 
 /// Analytical time in microseconds: tensor work at ~550 TFLOP/s (wgmma without warp
-/// specialisation, waiting for each K tile's products), DRAM bytes at ~4 TB/s, a round trip
-/// per `stages - 1` K tiles along a CTA's K slice, whole waves, launch and split-K overhead.
+/// specialisation, one K tile's products in flight), DRAM bytes at ~4 TB/s, a round trip
+/// per `stages - 2` K tiles along a CTA's K slice, whole waves, launch and split-K overhead.
 pub fn estimate_us(p: &GemmBf16Problem, c: &WgmmaConfig, limits: &DeviceLimits) -> f64 {
     let sms = limits.sms.max(1) as f64;
     let tiles_m = (p.m as u64).div_ceil(c.bm as u64) as f64;
@@ -206,7 +211,7 @@ pub fn estimate_us(p: &GemmBf16Problem, c: &WgmmaConfig, limits: &DeviceLimits) 
     let c_bytes = p.m as f64 * p.n as f64 * 2.0;
     let ws_bytes = 2.0 * workspace_floats(p, c) as f64 * 4.0;
     let memory_s = (a_bytes + b_bytes + c_bytes + ws_bytes) / 4.0e12;
-    let latency_s = waves * kt * 0.8e-6 / (c.stages as f64 - 1.0);
+    let latency_s = waves * kt * 0.8e-6 / (c.stages as f64 - 2.0);
     let launch_s = 3e-6 + if c.split_k > 1 { 1e-6 } else { 0.0 };
     (compute_s.max(memory_s).max(latency_s) + launch_s) * 1e6
 }
@@ -225,7 +230,7 @@ mod tests {
     #[test]
     fn space_is_modest_and_covers_both_tile_heights() {
         let l = legal();
-        assert!((24..=60).contains(&l.len()), "{} legal wgmma configs", l.len());
+        assert!((24..=80).contains(&l.len()), "{} legal wgmma configs", l.len());
         for bn in [64, 128, 256] {
             assert!(l.iter().any(|c| c.bm == 128 && c.bn == bn));
             assert!(l.iter().any(|c| c.bm == 64 && c.bn == bn && c.split_k == 8));
