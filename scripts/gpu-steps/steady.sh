@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-measure the committed artifact (isolated and steady state) and compare
-# it with the committed run-6 results.
+# it with the committed run-8 results.
 set -uo pipefail
 ./kiln bench --tuned-dir tuned --steady --json "$OUT/bench_steady.json" \
-  --compare results/2026-11-29-gemm_bf16-run6.json --threshold 5%
+  --compare results/2026-11-29-gemm_bf16-run8.json --threshold 5%
