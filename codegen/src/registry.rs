@@ -11,6 +11,7 @@ use crate::families::gemm_bf16::GemmBf16;
 use crate::families::gemm_fp8::GemmFp8;
 use crate::families::mfa_decode::MfaDecode;
 use crate::families::mlp_jet::MlpJet;
+use crate::families::mlp_jet_backward::MlpJetBackward;
 use crate::family::{DeviceLimits, Family};
 
 /// One renderable variant: a legal config for one template branch.
@@ -177,6 +178,7 @@ static MFA_DECODE: Erased<MfaDecode> = Erased(PhantomData);
 static FUSED_NORM_ROPE: Erased<FusedNormRope> = Erased(PhantomData);
 static MLP_JET: Erased<MlpJet> = Erased(PhantomData);
 static ADAM: Erased<Adam> = Erased(PhantomData);
+static MLP_JET_BACKWARD: Erased<MlpJetBackward> = Erased(PhantomData);
 
 /// All families, in a stable order.
 pub fn families() -> Vec<&'static dyn AnyFamily> {
@@ -187,6 +189,7 @@ pub fn families() -> Vec<&'static dyn AnyFamily> {
         &FUSED_NORM_ROPE,
         &MLP_JET,
         &ADAM,
+        &MLP_JET_BACKWARD,
     ]
 }
 

@@ -1,0 +1,526 @@
+//! `mlp_jet_backward`: the reverse pass of [`mlp_jet`](super::mlp_jet) (a tanh MLP with its
+//! value, gradient and Laplacian streams) to every weight and bias, fused with the forward
+//! jets and the loss head, so that one launch (plus a small ordered reduction) is a whole
+//! training step's gradient of a physics-informed loss.
+//!
+//! # The loss
+//!
+//! Streams per point: `u`, `grad u` (d tangents) and `Lap u`, as `mlp_jet` computes them
+//! ([`Streams::ValueGradLaplacian`]). Two heads ([`Loss`]):
+//!
+//! * [`Loss::LaplacianResidual`] (scalar `u`, p = 1): `L = (1/N) sum_n (r_n^2 + w_n (u_n -
+//!   g_n)^2)` with the residual `r_n = -Lap u(x_n) - f_n` of the Poisson-type equation
+//!   `-Lap u = f`, and an optional data term (targets `g`, weights `w >= 0`; `w = 0` on
+//!   collocation-only points). Output cotangents: `dL/dLap u_n = -2 r_n / N`, `dL/du_n = 2
+//!   w_n (u_n - g_n) / N`, `dL/dgrad u_n = 0`.
+//! * [`Loss::Cotangents`] (any p up to [`MAX_P`]): given `dL/du [n, p]`, `dL/dgrad [n, d, p]`,
+//!   `dL/dLap [n, p]` (each may be absent, i.e. zero), the gradient of `L` with respect to the
+//!   parameters: the backward of any loss built on the three streams.
+//!
+//! # Reverse mode through the jets
+//!
+//! Forward through a hidden layer (`mlp_jet`): `z = W a + b`, `z'_i = W a'_i`, `Lz = W La`;
+//! `s = tanh z`, `s1 = 1 - s^2`, `s2 = -2 s s1`; outputs `A = s`, `T_i = s1 z'_i`,
+//! `M = s1 Lz + s2 Q` with `Q = sum_i z'_i^2`. Given the output cotangents `Ab, Tb_i, Mb`
+//! (bars), with `s3 = s2' = -2 s1^2 - 2 s s2 = s1 (6 s^2 - 2)` (the derivative of `s2` enters
+//! through `M`):
+//!
+//! ```text
+//! zb   = s1 Ab + s2 sum_i Tb_i z'_i + Mb (s2 Lz + s3 Q)
+//! zb'_i = s1 Tb_i + 2 s2 Mb z'_i
+//! Lzb  = s1 Mb
+//! ```
+//!
+//! The kernel stores the layer's *outputs* (`s`, `a'_i = s1 z'_i`, `La = M`), so it rewrites
+//! these with `s2 z'_i = -2 s a'_i`, `s2 Lz = -2 s (La - s2 Q)` and `2 s s2 + s3 = -2 s1^2`:
+//! `zb = s1 Ab - 2 s (sum_i Tb_i a'_i + Mb La) - 2 Mb sum_i a'_i^2`, `zb'_i = s1 Tb_i - 4 s Mb
+//! a'_i` (no division, no pre-activation). Through the linear part, for every stream `k`
+//! (value, tangents, Laplacian) of the layer's input `a_k`:
+//!
+//! ```text
+//! dW += sum_points sum_k zb_k a_k^T      db += sum_points zb_value      ab_k = W^T zb_k
+//! ```
+//!
+//! so `dW` is a GEMM over `K = points x streams`. Layer 0's inputs are `a = x`, `a'_i = e_i`,
+//! `La = 0`: `dW_0[j][i] = sum_points (zb_j x_i + zb'_{i,j})`. The last layer is linear: its
+//! `zb` streams are the output cotangents. The f64 [`reference`] implements the plain form
+//! above (with `s3`), and is checked against finite differences of the loss.
+//!
+//! # Memory layout and launch contract
+//!
+//! `x [points, d]`, `params` (`mlp_jet`'s arena: `W_l [out, in]`, `b_l`, layer by layer; 16-byte
+//! aligned), `f, target, weight [points]` (residual head; `target` and `weight` both null
+//! without a data term), `cot_u [points, p]`, `cot_grad [points, d, p]`, `cot_lap [points,
+//! p]` (cotangent head; null = zero). Two entries of one module:
+//!
+//! 1. [`MlpJetBackward::entry`] with [`MlpJetBackward::args`]: `x, params, f, target, weight,
+//!    cot_u, cot_grad, cot_lap, partial, n`; grid [`MlpJetBackward::geometry`] (persistent,
+//!    one CTA per SM at most). Each CTA writes its partial gradient arena `partial[cta]
+//!    [partial_stride]` (the parameter layout, then its loss sum at index `param_count`).
+//!    `partial` is scratch of [`partial_floats`] floats; no initialisation needed.
+//! 2. `<entry>_reduce(partial, grads, loss, ctas, scale)` ([`REDUCE_ARGS`]): `grads
+//!    [param_count] = scale * sum_cta partial[cta]` in CTA order in f64, `loss[0]` likewise
+//!    (null: not written); `ctas` = the first launch's grid, `scale` = [`scale`]. Grid
+//!    [`reduce_geometry`].
+//!
+//! The template (`templates/mlp_jet_backward.cu.tera`) explains the work split.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::families::mlp_jet::{param_count, MlpJetProblem, Streams};
+use crate::family::{
+    DeviceLimits, Family, Illegal, KernelArg, LaunchGeometry, RenderVars, Scratch, Unsupported,
+};
+
+/// The family.
+pub struct MlpJetBackward;
+
+/// f64 CPU reference: loss and parameter gradients.
+pub mod reference;
+
+/// What closes the chain at the outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Loss {
+    /// Given output cotangents.
+    Cotangents,
+    /// Mean squared residual of `-Lap u = f`, plus an optional weighted data term.
+    LaplacianResidual,
+}
+
+/// One call: the net, the point count and the head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MlpJetBackwardProblem {
+    pub d: u32,
+    pub width: u32,
+    /// Hidden tanh layers.
+    pub depth: u32,
+    pub p: u32,
+    pub points: u32,
+    pub loss: Loss,
+}
+
+impl MlpJetBackwardProblem {
+    /// The forward problem of the same net (u, grad u and the Laplacian).
+    pub fn jet_problem(&self) -> MlpJetProblem {
+        MlpJetProblem {
+            d: self.d,
+            width: self.width,
+            depth: self.depth,
+            p: self.p,
+            points: self.points,
+            streams: Streams::ValueGradLaplacian,
+        }
+    }
+    /// Streams per point: value, d tangents, Laplacian.
+    pub fn streams(&self) -> u32 {
+        self.d + 2
+    }
+    /// Floats of the parameter arena (and of the gradient).
+    pub fn params(&self) -> usize {
+        param_count(self.d, self.width, self.depth, self.p)
+    }
+}
+
+/// A point of the search space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MlpJetBackwardConfig {
+    /// Rows (neurons) per thread in the forward and W^T products: 4 or 8.
+    pub rows: u32,
+    /// Points per tile.
+    pub tile_points: u32,
+}
+
+pub const MAX_D: u32 = 32;
+/// Outputs of the cotangent head (the residual head is scalar).
+pub const MAX_P: u32 = 8;
+/// Hidden widths: the dW block of 16 x 16 threads holds at most 8 x 8 per thread.
+pub const WIDTHS: [u32; 3] = [32, 64, 128];
+pub const DEPTHS: std::ops::RangeInclusive<u32> = 2..=8;
+pub const MAX_POINTS: u32 = 1 << 28;
+const THREADS: u32 = 256;
+/// k depth of a weight slab.
+const SLAB_K: u32 = 32;
+/// SMs the persistent grid plans for (H100 / H200).
+const SMS: u32 = 132;
+/// Tile sizes of the space.
+const TILES: [u32; 7] = [1, 2, 4, 8, 16, 32, 48];
+/// The reduce entry's arguments.
+pub const REDUCE_ARGS: [KernelArg; 5] = [
+    KernelArg {
+        name: "partial",
+        c_type: "const float*",
+    },
+    KernelArg {
+        name: "grads",
+        c_type: "float*",
+    },
+    KernelArg {
+        name: "loss",
+        c_type: "float*",
+    },
+    KernelArg {
+        name: "ctas",
+        c_type: "int",
+    },
+    KernelArg {
+        name: "scale",
+        c_type: "double",
+    },
+];
+
+/// Derived shape of one (problem, config).
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    row_warps: u32,
+    /// Columns (points x streams) padded to the column split.
+    cols: u32,
+    cols_per_thread: u32,
+    slab_floats: u32,
+    slots_floats: u32,
+    dw_vec: u32,
+    partial_stride: u32,
+    smem_bytes: u32,
+}
+
+// is_multiple_of is newer than the workspace's rust-version.
+#[allow(clippy::manual_is_multiple_of)]
+fn shape(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> Option<Shape> {
+    let span = 8 * c.rows;
+    if p.width < span || p.width % span != 0 {
+        return None;
+    }
+    let row_warps = p.width / span;
+    let col_unit = 4 * (8 / row_warps);
+    let ts = c.tile_points * p.streams();
+    let cols = ts.div_ceil(col_unit) * col_unit;
+    let lda = p.width + 4;
+    let slab_floats = (p.width * (SLAB_K + 4)).max(SLAB_K * (p.width + 4));
+    let ne = p.d + p.depth + 2 * p.p + 1;
+    let slots_floats = ((p.depth + 1) * cols * lda).max(ne * THREADS);
+    let pc = p.params() as u32;
+    let smem_floats = 2 * slab_floats + slots_floats + c.tile_points * p.d + ts * p.p;
+    Some(Shape {
+        row_warps,
+        cols,
+        cols_per_thread: cols / col_unit,
+        slab_floats,
+        slots_floats,
+        dw_vec: (p.width / 16).min(4),
+        partial_stride: (pc + 1).div_ceil(4) * 4,
+        smem_bytes: 4 * smem_floats,
+    })
+}
+
+/// Floats of the `partial` scratch of a launch of `p` under `c`.
+pub fn partial_floats(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> usize {
+    let stride = shape(p, c).map_or(0, |s| s.partial_stride) as usize;
+    MlpJetBackward::geometry(p, c).grid[0] as usize * stride
+}
+
+/// The reduce entry's `scale`: 1/N for the residual mean, 1 for given cotangents.
+pub fn scale(p: &MlpJetBackwardProblem) -> f64 {
+    match p.loss {
+        Loss::Cotangents => 1.0,
+        Loss::LaplacianResidual => 1.0 / p.points as f64,
+    }
+}
+
+/// The reduce entry's grid: one thread per gradient entry (and the loss).
+pub fn reduce_geometry(p: &MlpJetBackwardProblem) -> LaunchGeometry {
+    LaunchGeometry {
+        grid: [(p.params() as u32 + 1).div_ceil(THREADS), 1, 1],
+        block: [THREADS, 1, 1],
+        dynamic_smem_bytes: 0,
+        cluster: [1, 1, 1],
+    }
+}
+
+/// The three PINN training-step targets: `mlp_jet`'s target nets with the residual loss.
+pub fn pinn_targets() -> [MlpJetBackwardProblem; 3] {
+    crate::families::mlp_jet::pinn_targets().map(|j| MlpJetBackwardProblem {
+        d: j.d,
+        width: j.width,
+        depth: j.depth,
+        p: j.p,
+        points: j.points,
+        loss: Loss::LaplacianResidual,
+    })
+}
+
+fn illegal(cond: bool, why: impl FnOnce() -> String) -> Result<(), Illegal> {
+    if cond {
+        Err(Illegal(why()))
+    } else {
+        Ok(())
+    }
+}
+
+impl Family for MlpJetBackward {
+    type Problem = MlpJetBackwardProblem;
+    type Config = MlpJetBackwardConfig;
+
+    const NAME: &'static str = "mlp_jet_backward";
+    const TEMPLATE: &'static str = include_str!("../../../templates/mlp_jet_backward.cu.tera");
+
+    fn space() -> Vec<MlpJetBackwardConfig> {
+        let mut out = Vec::new();
+        for rows in [4, 8] {
+            for tile_points in TILES {
+                out.push(MlpJetBackwardConfig { rows, tile_points });
+            }
+        }
+        out
+    }
+
+    fn check_config(c: &MlpJetBackwardConfig, limits: &DeviceLimits) -> Result<(), Illegal> {
+        // 4 or 8 rows: whole float4 groups in the W^T product, at most 64 accumulators.
+        illegal(c.rows != 4 && c.rows != 8, || {
+            format!("rows {} is not 4 or 8", c.rows)
+        })?;
+        illegal(!TILES.contains(&c.tile_points), || {
+            format!("tile_points {} is not one of {TILES:?}", c.tile_points)
+        })?;
+        illegal(THREADS > limits.max_threads_per_block, || {
+            "256 threads exceed the device's block".into()
+        })?;
+        Ok(())
+    }
+
+    fn check_problem(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> Result<(), Illegal> {
+        // 8 lanes x rows cover the width with 1..8 warps down.
+        let Some(sh) = shape(p, c) else {
+            return Err(Illegal(format!(
+                "{} rows per thread over 8 lanes do not tile width {}",
+                c.rows, p.width
+            )));
+        };
+        illegal(c.rows * sh.cols_per_thread > 64, || {
+            format!(
+                "{} rows x {} columns per thread exceed 64 accumulators",
+                c.rows, sh.cols_per_thread
+            )
+        })?;
+        // Tiles far larger than the point count only pad.
+        illegal(c.tile_points > 1 && c.tile_points / 2 >= p.points, || {
+            format!("tile of {} points for {} points", c.tile_points, p.points)
+        })?;
+        // Slots of every layer's streams plus two weight slabs fit the SM.
+        let limit = DeviceLimits::HOPPER.max_dynamic_smem_per_block;
+        illegal(sh.smem_bytes > limit, || {
+            format!("{} B of shared memory exceed {limit}", sh.smem_bytes)
+        })?;
+        Ok(())
+    }
+
+    fn supports(p: &MlpJetBackwardProblem) -> Result<(), Unsupported> {
+        let no = |reason: String| Unsupported {
+            family: Self::NAME,
+            problem: format!("{p:?}"),
+            reason,
+        };
+        if !(1..=MAX_D).contains(&p.d) {
+            return Err(no(format!("d must be 1..={MAX_D}, got {}", p.d)));
+        }
+        if !WIDTHS.contains(&p.width) {
+            return Err(no(format!(
+                "width must be one of {WIDTHS:?}, got {}; pad the net with zero neurons",
+                p.width
+            )));
+        }
+        if !DEPTHS.contains(&p.depth) {
+            return Err(no(format!(
+                "depth (hidden tanh layers) must be {}..={}, got {}",
+                DEPTHS.start(),
+                DEPTHS.end(),
+                p.depth
+            )));
+        }
+        match p.loss {
+            Loss::LaplacianResidual if p.p != 1 => {
+                return Err(no(format!(
+                    "the residual loss is for a scalar u (p = 1), got p = {}; use cotangents",
+                    p.p
+                )))
+            }
+            _ if !(1..=MAX_P).contains(&p.p) => {
+                return Err(no(format!("p must be 1..={MAX_P}, got {}", p.p)))
+            }
+            _ => {}
+        }
+        if p.points == 0 || p.points > MAX_POINTS {
+            return Err(no(format!("points must be 1..={MAX_POINTS}")));
+        }
+        Ok(())
+    }
+
+    fn render_vars(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> RenderVars {
+        let sh = shape(p, c).expect("check_problem passed");
+        let vars = json!({
+            "entry": Self::entry(p, c),
+            "residual": p.loss == Loss::LaplacianResidual,
+            "d": p.d,
+            "width": p.width,
+            "depth": p.depth,
+            "p": p.p,
+            "tile_points": c.tile_points,
+            "cols": sh.cols,
+            "rows": c.rows,
+            "row_warps": sh.row_warps,
+            "cols_per_thread": sh.cols_per_thread,
+            "slab_floats": sh.slab_floats,
+            "slots_floats": sh.slots_floats,
+            "dw_vec": sh.dw_vec,
+            "param_count": p.params(),
+            "partial_stride": sh.partial_stride,
+            "smem_bytes": sh.smem_bytes,
+        });
+        match vars {
+            Value::Object(map) => map,
+            _ => unreachable!("json! of an object literal"),
+        }
+    }
+
+    /// The point count is not in the name: it only shapes the grid.
+    fn entry(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> String {
+        let tag = match p.loss {
+            Loss::Cotangents => "cot",
+            Loss::LaplacianResidual => "res",
+        };
+        format!(
+            "kiln_mlp_jet_backward_{tag}_d{}_w{}_l{}_p{}_r{}_t{}",
+            p.d, p.width, p.depth, p.p, c.rows, c.tile_points
+        )
+    }
+
+    fn args() -> Vec<KernelArg> {
+        let arg = |name, c_type| KernelArg { name, c_type };
+        vec![
+            arg("x", "const float*"),
+            arg("params", "const float*"),
+            arg("f", "const float*"),
+            arg("target", "const float*"),
+            arg("weight", "const float*"),
+            arg("cot_u", "const float*"),
+            arg("cot_grad", "const float*"),
+            arg("cot_lap", "const float*"),
+            arg("partial", "float*"),
+            arg("n", "int"),
+        ]
+    }
+
+    fn geometry(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> LaunchGeometry {
+        let smem = shape(p, c).map_or(0, |s| s.smem_bytes);
+        // One CTA per SM: 256 threads at up to 255 registers fill the register file.
+        let tiles = p.points.div_ceil(c.tile_points);
+        LaunchGeometry {
+            grid: [tiles.clamp(1, SMS), 1, 1],
+            block: [THREADS, 1, 1],
+            dynamic_smem_bytes: smem,
+            cluster: [1, 1, 1],
+        }
+    }
+
+    fn scratch(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> Vec<Scratch> {
+        vec![Scratch {
+            arg: "partial",
+            bytes: 4 * partial_floats(p, c),
+            zero_init: false,
+        }]
+    }
+
+    /// The products (2 per multiply-add): per point, the hidden layers' forward, W^T and
+    /// dW products on every stream, and the input and output layers' (value-only input
+    /// layer forward; its dW on value and tangents; the output layer forward, backward and
+    /// dW on every stream).
+    fn flops(p: &MlpJetBackwardProblem) -> f64 {
+        let (w, s, d) = (p.width as f64, p.streams() as f64, p.d as f64);
+        let hidden = 3.0 * (p.depth as f64 - 1.0) * w * w * s;
+        let edges = w * d + 2.0 * w * d + 3.0 * p.p as f64 * w * s;
+        2.0 * p.points as f64 * (hidden + edges)
+    }
+
+    /// x and the head's inputs read once, the parameters read and the gradient written once.
+    fn min_bytes(p: &MlpJetBackwardProblem) -> f64 {
+        let n = p.points as f64;
+        let head = match p.loss {
+            Loss::Cotangents => n * p.p as f64 * p.streams() as f64,
+            Loss::LaplacianResidual => n,
+        };
+        4.0 * (n * p.d as f64 + head + 2.0 * p.params() as f64)
+    }
+
+    fn default_config(p: &MlpJetBackwardProblem) -> MlpJetBackwardConfig {
+        let limits = DeviceLimits::HOPPER;
+        let mut best: Option<(f64, MlpJetBackwardConfig)> = None;
+        for c in Self::candidates(p, &limits) {
+            let t = Self::estimate_us(p, &c, &limits);
+            if best.as_ref().is_none_or(|(b, _)| t < *b) {
+                best = Some((t, c));
+            }
+        }
+        // Every supported problem has a candidate: one point per tile, 4 rows per thread
+        // (see `every_supported_problem_has_a_legal_default`).
+        best.map(|(_, c)| c).unwrap_or(MlpJetBackwardConfig {
+            rows: 4,
+            tile_points: 1,
+        })
+    }
+
+    fn estimate_us(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig, _l: &DeviceLimits) -> f64 {
+        let Some(sh) = shape(p, c) else {
+            return f64::INFINITY;
+        };
+        let (w, depth) = (p.width as f64, p.depth as f64 - 1.0);
+        let (ro, cc) = (c.rows as f64, sh.cols_per_thread as f64);
+        let ts = (c.tile_points * p.streams()) as f64;
+        // Column products: per 4-deep k step a thread issues 4 ro cc FMAs and ro + cc loads;
+        // the dW product 64 FMAs per 4 loads at width 128 (fewer at narrower widths).
+        let col_eff = 4.0 * ro * cc / (4.0 * ro * cc + ro + cc);
+        let dw_per_thread = (w * w / THREADS as f64).min(64.0);
+        let dw_eff = dw_per_thread / (dw_per_thread + 2.0 * (dw_per_thread.sqrt()));
+        let fma_rate = 128.0 * 1.75e9 * 0.7; // per SM per second, at a 70% issue ceiling
+        let col_s = 2.0 * depth * w * w * sh.cols as f64 / (fma_rate * col_eff);
+        let dw_s = depth * w * w * ts / (fma_rate * dw_eff);
+        // Per tile: a barrier per slab and per phase, and the dW read-modify-write (L2).
+        let syncs = (2.0 * depth * (w / SLAB_K as f64) + 4.0 * depth + 8.0) * 1.0e-6 / 1.75e3;
+        let rmw_s = depth * w * w * 8.0 / 60.0e9;
+        let tile_s = col_s + dw_s + syncs + rmw_s;
+        let g = Self::geometry(p, c);
+        let tiles_per_cta = (p.points.div_ceil(c.tile_points) as f64 / g.grid[0] as f64).ceil();
+        (tile_s * tiles_per_cta + 5e-6) * 1e6
+    }
+
+    /// Same net and head; the nearest point count (log ratio).
+    fn bucket_distance(
+        tuned: &MlpJetBackwardProblem,
+        wanted: &MlpJetBackwardProblem,
+    ) -> Option<f64> {
+        let strip = |p: &MlpJetBackwardProblem| MlpJetBackwardProblem { points: 1, ..*p };
+        if strip(tuned) != strip(wanted) {
+            return None;
+        }
+        Some((tuned.points as f64 / wanted.points as f64).ln().abs())
+    }
+
+    /// Both heads; widths 32 (2-wide dW chunks), 64 and 128; p > 1; d = 1 and d = 20.
+    fn branch_problems() -> Vec<MlpJetBackwardProblem> {
+        let prob = |d, width, depth, p, loss| MlpJetBackwardProblem {
+            d,
+            width,
+            depth,
+            p,
+            points: 1000,
+            loss,
+        };
+        vec![
+            prob(1, 32, 2, 1, Loss::LaplacianResidual),
+            prob(3, 64, 3, 4, Loss::Cotangents),
+            prob(20, 128, 4, 1, Loss::LaplacianResidual),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests;

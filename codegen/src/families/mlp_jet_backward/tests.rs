@@ -1,0 +1,275 @@
+use super::*;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+fn limits() -> DeviceLimits {
+    DeviceLimits::HOPPER
+}
+
+fn every_problem() -> Vec<MlpJetBackwardProblem> {
+    let mut out = Vec::new();
+    for d in [1u32, 2, 5, 20, 32] {
+        for width in WIDTHS {
+            for depth in [2u32, 4, 8] {
+                for (p, loss) in [
+                    (1, Loss::LaplacianResidual),
+                    (1, Loss::Cotangents),
+                    (8, Loss::Cotangents),
+                ] {
+                    for points in [1u32, 7, 1001, 1 << 20] {
+                        out.push(MlpJetBackwardProblem {
+                            d,
+                            width,
+                            depth,
+                            p,
+                            points,
+                            loss,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn space_and_variants_stay_modest() {
+    assert_eq!(MlpJetBackward::legal_space(&limits()).len(), 14);
+    let f = crate::registry::family("mlp_jet_backward").unwrap();
+    let variants = f.variants(&limits());
+    let entries: HashSet<_> = variants.iter().map(|v| v.entry.clone()).collect();
+    assert_eq!(entries.len(), variants.len());
+    assert!(
+        (10..=40).contains(&variants.len()),
+        "{} variants to compile",
+        variants.len()
+    );
+    for tag in ["_res_", "_cot_"] {
+        assert!(variants.iter().any(|v| v.entry.contains(tag)), "{tag}");
+    }
+}
+
+#[test]
+fn render_vars_match_the_template() {
+    let used = crate::families::template_tags::template_names(MlpJetBackward::TEMPLATE);
+    for c in MlpJetBackward::legal_space(&limits()) {
+        for p in MlpJetBackward::branch_problems() {
+            if MlpJetBackward::check_problem(&p, &c).is_err() {
+                continue;
+            }
+            let keys: BTreeSet<String> = MlpJetBackward::render_vars(&p, &c)
+                .keys()
+                .cloned()
+                .collect();
+            assert_eq!(keys, used, "render vars vs template names");
+        }
+    }
+}
+
+#[test]
+fn entries_name_exactly_what_the_source_depends_on() {
+    let mut by_entry: HashMap<String, RenderVars> = HashMap::new();
+    let mut problems = MlpJetBackward::branch_problems();
+    problems.extend(pinn_targets());
+    for c in MlpJetBackward::legal_space(&limits()) {
+        for p in &problems {
+            if MlpJetBackward::check_problem(p, &c).is_err() {
+                continue;
+            }
+            let e = MlpJetBackward::entry(p, &c);
+            let v = MlpJetBackward::render_vars(p, &c);
+            if let Some(prev) = by_entry.insert(e.clone(), v.clone()) {
+                assert_eq!(prev, v, "entry {e} names two sources");
+            }
+            // The point count only shapes the grid.
+            let more = MlpJetBackwardProblem {
+                points: p.points * 3 + 1,
+                ..*p
+            };
+            assert_eq!(MlpJetBackward::entry(&more, &c), e);
+            assert_eq!(MlpJetBackward::render_vars(&more, &c), v);
+        }
+    }
+}
+
+#[test]
+fn args_match_the_template_signatures() {
+    let t = MlpJetBackward::TEMPLATE;
+    let names = |open: &str| -> Vec<String> {
+        let start = t.find(open).unwrap() + open.len();
+        let end = start + t[start..].find(")\n{").unwrap();
+        t[start..end]
+            .split(',')
+            .map(|p| p.split_whitespace().last().unwrap().to_string())
+            .collect()
+    };
+    let want: Vec<&str> = MlpJetBackward::args().iter().map(|a| a.name).collect();
+    assert_eq!(names("{{ entry }}("), want);
+    let want: Vec<&str> = REDUCE_ARGS.iter().map(|a| a.name).collect();
+    assert_eq!(names("{{ entry }}_reduce("), want);
+}
+
+#[cfg(feature = "jit")]
+#[test]
+fn every_variant_renders_both_entries() {
+    for c in MlpJetBackward::legal_space(&limits()) {
+        for p in MlpJetBackward::branch_problems() {
+            if MlpJetBackward::check_problem(&p, &c).is_ok() {
+                let src = crate::render::render::<MlpJetBackward>(&p, &c).unwrap();
+                let e = MlpJetBackward::entry(&p, &c);
+                assert!(src.source.contains(&format!("{e}(")));
+                assert!(src.source.contains(&format!("{e}_reduce(")));
+            }
+        }
+    }
+}
+
+#[test]
+fn every_supported_problem_has_a_legal_default() {
+    let l = limits();
+    let mut n = 0;
+    for p in every_problem() {
+        MlpJetBackward::supports(&p).unwrap_or_else(|e| panic!("{e}"));
+        let c = MlpJetBackward::default_config(&p);
+        MlpJetBackward::check_config(&c, &l).unwrap_or_else(|e| panic!("{p:?} -> {c:?}: {e}"));
+        MlpJetBackward::check_problem(&p, &c).unwrap_or_else(|e| panic!("{p:?} -> {c:?}: {e}"));
+        let g = MlpJetBackward::geometry(&p, &c);
+        assert!(g.grid[0] >= 1 && g.grid[0] <= 132);
+        assert!(g.dynamic_smem_bytes <= l.max_dynamic_smem_per_block);
+        assert!(MlpJetBackward::estimate_us(&p, &c, &l).is_finite());
+        n += 1;
+    }
+    assert!(n > 500);
+}
+
+#[test]
+fn unsupported_problems_say_why() {
+    let ok = MlpJetBackwardProblem {
+        d: 2,
+        width: 64,
+        depth: 3,
+        p: 1,
+        points: 100,
+        loss: Loss::LaplacianResidual,
+    };
+    MlpJetBackward::supports(&ok).unwrap();
+    let bad = [
+        MlpJetBackwardProblem { d: 0, ..ok },
+        MlpJetBackwardProblem { d: 33, ..ok },
+        MlpJetBackwardProblem { width: 256, ..ok },
+        MlpJetBackwardProblem { depth: 1, ..ok },
+        MlpJetBackwardProblem { depth: 9, ..ok },
+        MlpJetBackwardProblem { p: 2, ..ok },
+        MlpJetBackwardProblem {
+            p: 9,
+            loss: Loss::Cotangents,
+            ..ok
+        },
+        MlpJetBackwardProblem { points: 0, ..ok },
+    ];
+    for p in bad {
+        assert!(MlpJetBackward::supports(&p).is_err(), "{p:?}");
+    }
+    let e = MlpJetBackward::supports(&MlpJetBackwardProblem { p: 2, ..ok }).unwrap_err();
+    assert!(e.to_string().contains("use cotangents"));
+}
+
+#[test]
+fn shapes_tile_the_columns_and_fit() {
+    for p in every_problem() {
+        for c in MlpJetBackward::candidates(&p, &limits()) {
+            let sh = shape(&p, &c).unwrap();
+            let ts = c.tile_points * p.streams();
+            assert!(sh.cols >= ts && sh.cols - ts < 32, "{p:?} {c:?}");
+            assert_eq!(sh.row_warps * c.rows * 8, p.width);
+            assert_eq!((8 / sh.row_warps) * 4 * sh.cols_per_thread, sh.cols);
+            assert_eq!(((p.width + 4) / 4) % 2, 1);
+            assert!(sh.partial_stride as usize > p.params() && sh.partial_stride % 4 == 0);
+            assert_eq!(16 * sh.dw_vec * (p.width / (16 * sh.dw_vec)), p.width);
+        }
+    }
+}
+
+#[test]
+fn targets_get_tiles_that_fill_the_columns() {
+    // The three nets keep at least 40 columns per tile and pad less than 10%.
+    for p in pinn_targets() {
+        let c = MlpJetBackward::default_config(&p);
+        let sh = shape(&p, &c).unwrap();
+        let ts = c.tile_points * p.streams();
+        assert!(ts >= 40, "{p:?} -> {c:?}");
+        assert!(
+            (sh.cols - ts) * 10 < sh.cols,
+            "{p:?} -> {c:?}: {} of {}",
+            ts,
+            sh.cols
+        );
+        assert_eq!(MlpJetBackward::geometry(&p, &c).grid[0], 132);
+    }
+}
+
+#[test]
+fn scratch_scale_flops_and_bytes() {
+    let p = MlpJetBackwardProblem {
+        d: 2,
+        width: 64,
+        depth: 3,
+        p: 1,
+        points: 10,
+        loss: Loss::LaplacianResidual,
+    };
+    let pc = param_count(2, 64, 3, 1);
+    assert_eq!(p.params(), pc);
+    let c = MlpJetBackwardConfig {
+        rows: 4,
+        tile_points: 2,
+    };
+    // 5 tiles, 5 CTAs, each an arena of the parameters + the loss, rounded to 4 floats.
+    assert_eq!(MlpJetBackward::geometry(&p, &c).grid[0], 5);
+    assert_eq!(partial_floats(&p, &c), 5 * (pc + 1).div_ceil(4) * 4);
+    assert_eq!(
+        MlpJetBackward::scratch(&p, &c)[0].bytes,
+        4 * partial_floats(&p, &c)
+    );
+    assert_eq!(scale(&p), 0.1);
+    assert_eq!(
+        scale(&MlpJetBackwardProblem {
+            loss: Loss::Cotangents,
+            ..p
+        }),
+        1.0
+    );
+    let f = MlpJetBackward::flops(&p);
+    let per_point = 3.0 * 2.0 * 64.0 * 64.0 * 4.0 + 3.0 * 64.0 * 2.0 + 3.0 * 64.0 * 4.0;
+    assert_eq!(f, 2.0 * 10.0 * per_point);
+    assert_eq!(
+        MlpJetBackward::min_bytes(&p),
+        4.0 * (20.0 + 10.0 + 2.0 * pc as f64)
+    );
+    assert_eq!(reduce_geometry(&p).grid[0], (pc as u32 + 1).div_ceil(256));
+}
+
+#[test]
+fn buckets_and_serde() {
+    let p = pinn_targets()[1];
+    let v = serde_json::to_value(p).unwrap();
+    assert_eq!(v["loss"], "laplacian_residual");
+    let back: MlpJetBackwardProblem = serde_json::from_value(v).unwrap();
+    assert_eq!(back, p);
+    let q = MlpJetBackwardProblem {
+        points: 1 << 16,
+        ..p
+    };
+    let dist = MlpJetBackward::bucket_distance(&p, &q).unwrap();
+    assert!((dist - 4f64.ln()).abs() < 1e-12);
+    assert_eq!(
+        MlpJetBackward::bucket_distance(
+            &p,
+            &MlpJetBackwardProblem {
+                loss: Loss::Cotangents,
+                ..q
+            }
+        ),
+        None
+    );
+}
