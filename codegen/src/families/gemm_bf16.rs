@@ -623,10 +623,13 @@ impl Family for GemmBf16 {
         }
     }
 
-    /// Decode (M <= 32) streams the weight; anything larger is tiled.
+    /// Decode (M <= 32) streams the weight; aligned problems with M > 64 and N > 64 use the
+    /// wgmma kernel; the rest is tiled.
     fn default_config(p: &GemmBf16Problem) -> GemmBf16Config {
         if p.m <= stream::MAX_M {
             GemmBf16Config::Stream(stream::default_config(p))
+        } else if let Some(c) = wgmma::default_config(p) {
+            GemmBf16Config::Wgmma(c)
         } else {
             GemmBf16Config::Tiled(Tiled::default_config(p))
         }

@@ -208,8 +208,14 @@ fn default_config_is_legal_for_many_problems() {
     assert_eq!(GemmBf16::default_config(&prob(1, 48, 7)).split_k(), 1);
     // Decode router shape: three row tiles, so split K.
     assert!(GemmBf16::default_config(&prob(16, 48, 7168)).split_k() > 1);
+    // Large aligned problems take the wgmma kernel's 128 x 256 tile; unaligned ones the tiled
+    // kernel's 128 x 128.
+    assert!(matches!(
+        GemmBf16::default_config(&prob(2048, 36864, 7168)),
+        GemmBf16Config::Wgmma(WgmmaConfig { bm: 128, bn: 256, .. })
+    ));
     assert_eq!(
-        tiled(&GemmBf16::default_config(&prob(2048, 36864, 7168))).bm,
+        tiled(&GemmBf16::default_config(&prob(2048, 36864, 7167))).bm,
         128
     );
 }
@@ -342,8 +348,10 @@ fn render_vars_match_the_template() {
 
 #[test]
 fn source_depends_on_the_problem_only_through_alignment() {
+    // The kernels with both branches: tiled (the default of unaligned large problems) and
+    // stream. The ring and wgmma kernels serve aligned K only.
     for c in [
-        GemmBf16::default_config(&prob(4096, 4096, 4096)),
+        GemmBf16::default_config(&prob(4096, 4096, 4095)),
         GemmBf16::default_config(&prob(1, 4096, 4096)),
     ] {
         assert_eq!(
