@@ -161,8 +161,8 @@ fn point(
             let q: f64 = z.t.iter().map(|t| t[j] * t[j]).sum();
             let tz: f64 = (0..d).map(|i| atb[i][j] * z.t[i][j]).sum();
             next.v[j] = s1 * ab[j] + s2 * tz + lab[j] * (s2 * z.l[j] + s3 * q);
-            for i in 0..d {
-                next.t[i][j] = s1 * atb[i][j] + 2.0 * s2 * lab[j] * z.t[i][j];
+            for ((nt, tb), zt) in next.t.iter_mut().zip(&atb).zip(&z.t) {
+                nt[j] = s1 * tb[j] + 2.0 * s2 * lab[j] * zt[j];
             }
             next.l[j] = s1 * lab[j];
         }

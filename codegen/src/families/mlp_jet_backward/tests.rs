@@ -174,6 +174,8 @@ fn unsupported_problems_say_why() {
     assert!(e.to_string().contains("use cotangents"));
 }
 
+// is_multiple_of is newer than the workspace's rust-version.
+#[allow(clippy::manual_is_multiple_of)]
 #[test]
 fn shapes_tile_the_columns_and_fit() {
     for p in every_problem() {

@@ -1,0 +1,532 @@
+//! GPU tier for `mlp_jet_backward` (included by `tests/gpu.rs`; run with `--ignored`). Fresh
+//! random nets (Xavier, gain 1 or 2), points, sources, data terms and cotangents per run
+//! (KILN_SEED reproduces); the gradient, the loss and the kernel's partial arenas are
+//! poisoned with NaN before every launch. Each parameter tensor (every W_l and b_l) is compared
+//! with the f64 CPU reference over all points: relative error = max |got - ref| / max |ref| over
+//! the tensor, within TOL (the gradient of a loss built on second derivatives: the
+//! second-derivative tolerance), the loss likewise; a NaN fails.
+//!
+//! * `mlp_jet_backward_every_config_small`: every legal config of nets covering both heads
+//!   (with and without the data term, a missing cotangent), widths 32..128, depths 2..8, d up
+//!   to 32, p up to 8, point counts that are not a multiple of any tile, one point, and more
+//!   tiles than CTAs (each CTA walks several); every config of the space runs at least once.
+//! * `mlp_jet_backward_targets`: the three PINN target nets at 1/16 to 1/40 of their point
+//!   counts (odd; every CTA walks several tiles), every candidate config, against the
+//!   reference; then at their full point counts minus one (default config): finite, and two
+//!   launches bitwise equal (the reduction is ordered).
+//! * `mlp_jet_backward_bench`: one training step's gradient (forward jets, residual loss,
+//!   backward, reduction: both launches) on the target nets, every candidate config, median
+//!   of 20 with L2 flushed; compare with `pinn_torch.py`'s train rows.
+
+// `!(err <= tol)` on purpose: a NaN error must fail.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
+use crate::common::{open, report, seed};
+
+use kiln_codegen::families::mlp_jet::{init_params, layer_offsets};
+use kiln_codegen::families::mlp_jet_backward::reference::{loss_and_grads, Head, LossGrads};
+use kiln_codegen::families::mlp_jet_backward::{
+    self as fam, Loss, MlpJetBackward, MlpJetBackwardConfig, MlpJetBackwardProblem,
+};
+use kiln_codegen::{CompileOptions, Compiler, Family};
+use kiln_runtime::launch::mlp_jet_backward::{
+    CudaSlice, HeadInputs, MlpJetBackwardKernel, MlpJetBackwardOutputs,
+};
+use kiln_runtime::measure::{Bench, MeasureOptions};
+use kiln_runtime::Device;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde_json::{json, Value};
+
+/// Gradients and loss (built on the Laplacian).
+const TOL: f64 = 1e-4;
+
+/// Host inputs of one case. `a, b, c`: `f, target, weight` (residual) or `cot_u, cot_grad,
+/// cot_lap` (cotangents).
+struct Case {
+    p: MlpJetBackwardProblem,
+    /// Residual: the data term is present. Cotangents: the gradient cotangent is (else None).
+    full: bool,
+    x: Vec<f32>,
+    params: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+    want: LossGrads,
+}
+
+impl Case {
+    fn new(
+        rng: &mut impl Rng,
+        p: MlpJetBackwardProblem,
+        full: bool,
+        gain: f64,
+        check: bool,
+    ) -> Case {
+        let mut uniform = || rng.random_range(-1.0f64..1.0);
+        let params = init_params(&p.jet_problem(), gain, &mut uniform);
+        let (n, d, np) = (p.points as usize, p.d as usize, p.p as usize);
+        let mut draw = |len: usize| -> Vec<f32> { (0..len).map(|_| uniform() as f32).collect() };
+        let x = draw(n * d);
+        let (a, b, c) = match p.loss {
+            Loss::LaplacianResidual => {
+                let (f, g) = (draw(n), draw(n));
+                (f, g, draw(n).iter().map(|w| w.abs()).collect())
+            }
+            Loss::Cotangents => (draw(n * np), draw(n * d * np), draw(n * np)),
+        };
+        let mut case = Case {
+            p,
+            full,
+            x,
+            params,
+            a,
+            b,
+            c,
+            want: LossGrads::default(),
+        };
+        if check {
+            case.want = reference(&case);
+        }
+        case
+    }
+
+    fn head(&self) -> Head<'_> {
+        match self.p.loss {
+            Loss::LaplacianResidual => Head::Residual {
+                f: &self.a,
+                data: self.full.then_some((&self.b[..], &self.c[..])),
+            },
+            Loss::Cotangents => Head::Cotangents {
+                u: &self.a,
+                grad: if self.full { &self.b } else { &[] },
+                lap: &self.c,
+            },
+        }
+    }
+}
+
+/// The f64 reference over every point, chunks in parallel, summed in chunk order.
+fn reference(case: &Case) -> LossGrads {
+    let n = case.p.points as usize;
+    let chunks: Vec<Vec<usize>> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(16)
+        .map(|c| c.to_vec())
+        .collect();
+    let head = case.head();
+    let parts: Vec<LossGrads> = chunks
+        .par_iter()
+        .map(|w| loss_and_grads(&case.p, &case.x, &case.params, &head, w))
+        .collect();
+    let mut out = LossGrads {
+        loss: 0.0,
+        grads: vec![0.0; case.params.len()],
+    };
+    for part in parts {
+        out.loss += part.loss;
+        for (o, g) in out.grads.iter_mut().zip(&part.grads) {
+            *o += g;
+        }
+    }
+    out
+}
+
+/// max |got - want| / max |want| (infinite for a NaN).
+fn rel(got: &[f32], want: &[f64]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (g, w) in got.iter().zip(want) {
+        let e = (*g as f64 - w).abs();
+        num = if e.is_nan() {
+            f64::INFINITY
+        } else {
+            num.max(e)
+        };
+        den = den.max(w.abs());
+    }
+    num / den.max(1e-30)
+}
+
+/// Relative error of each tensor (W_0, b_0, W_1, ...) and of the loss (residual head).
+fn compare(case: &Case, grads: &[f32], loss: f32) -> (Vec<f64>, f64) {
+    let p = &case.p;
+    let offsets = layer_offsets(p.d, p.width, p.depth, p.p);
+    let mut errs = Vec::new();
+    for (l, &(w_at, b_at)) in offsets.iter().enumerate() {
+        let fan_out = if l == p.depth as usize { p.p } else { p.width } as usize;
+        errs.push(rel(&grads[w_at..b_at], &case.want.grads[w_at..b_at]));
+        let b = b_at..b_at + fan_out;
+        errs.push(rel(&grads[b.clone()], &case.want.grads[b]));
+    }
+    let loss_err = match p.loss {
+        Loss::LaplacianResidual => rel(&[loss], &[case.want.loss]),
+        Loss::Cotangents => 0.0,
+    };
+    (errs, loss_err)
+}
+
+/// Device buffers of one case.
+struct DevCase {
+    x: CudaSlice<f32>,
+    params: CudaSlice<f32>,
+    a: CudaSlice<f32>,
+    b: CudaSlice<f32>,
+    c: CudaSlice<f32>,
+    grads: CudaSlice<f32>,
+    loss: CudaSlice<f32>,
+}
+
+impl DevCase {
+    fn new(dev: &Device, c: &Case) -> DevCase {
+        let up = |v: &[f32], what| dev.upload(v, what).unwrap();
+        DevCase {
+            x: up(&c.x, "x"),
+            params: up(&c.params, "params"),
+            a: up(&c.a, "head a"),
+            b: up(&c.b, "head b"),
+            c: up(&c.c, "head c"),
+            grads: up(&vec![f32::NAN; c.params.len()], "grads"),
+            loss: up(&[f32::NAN], "loss"),
+        }
+    }
+
+    fn poison(&mut self, dev: &Device, partial: &mut CudaSlice<f32>) {
+        for buf in [&mut self.grads, &mut self.loss, &mut *partial] {
+            let nan = vec![f32::NAN; buf.len()];
+            dev.stream.memcpy_htod(&nan, buf).unwrap();
+        }
+    }
+
+    fn launch(
+        &mut self,
+        dev: &Device,
+        k: &MlpJetBackwardKernel,
+        case: &Case,
+        partial: &mut CudaSlice<f32>,
+    ) {
+        let head = match case.p.loss {
+            Loss::LaplacianResidual => HeadInputs::Residual {
+                f: &self.a,
+                data: case.full.then_some((&self.b, &self.c)),
+            },
+            Loss::Cotangents => HeadInputs::Cotangents {
+                u: Some(&self.a),
+                grad: case.full.then_some(&self.b),
+                lap: Some(&self.c),
+            },
+        };
+        let mut out = MlpJetBackwardOutputs {
+            grads: &mut self.grads,
+            loss: (case.p.loss == Loss::LaplacianResidual).then_some(&mut self.loss),
+        };
+        k.launch(
+            &dev.stream,
+            &case.p,
+            &self.x,
+            &self.params,
+            &head,
+            partial,
+            &mut out,
+        )
+        .unwrap_or_else(|e| panic!("{:?} on {:?}: {e}", k.config, case.p));
+    }
+
+    fn download(&self, dev: &Device) -> (Vec<f32>, f32) {
+        let g = dev.download(&self.grads).unwrap();
+        let l = dev.download(&self.loss).unwrap()[0];
+        (g, l)
+    }
+}
+
+/// Compile every (problem, config) pair in parallel; later loads hit the compile cache.
+fn precompile(compiler: &Compiler, work: &[(MlpJetBackwardProblem, MlpJetBackwardConfig)]) {
+    let errors: Vec<String> = work
+        .par_iter()
+        .filter_map(|(p, c)| {
+            let src = kiln_codegen::render::render::<MlpJetBackward>(p, c).unwrap();
+            compiler
+                .compile(&src, &CompileOptions::default())
+                .err()
+                .map(|e| format!("{}: {e}", MlpJetBackward::entry(p, c)))
+        })
+        .collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+/// Launch `c` on `case` with every output poisoned, compare; a failure is pushed as JSON.
+/// Returns the worst tensor error and the loss error.
+fn validate(
+    dev: &Device,
+    compiler: &Compiler,
+    case: &Case,
+    dc: &mut DevCase,
+    c: &MlpJetBackwardConfig,
+    failures: &mut Vec<Value>,
+) -> (f64, f64) {
+    let k = MlpJetBackwardKernel::compile(dev, compiler, &case.p, c)
+        .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    let mut partial = k.workspace(dev, &case.p).unwrap();
+    dc.poison(dev, &mut partial);
+    dc.launch(dev, &k, case, &mut partial);
+    let (grads, loss) = dc.download(dev);
+    let (errs, loss_err) = compare(case, &grads, loss);
+    let worst = errs.iter().fold(
+        0f64,
+        |m, &e| if e.is_nan() { f64::INFINITY } else { m.max(e) },
+    );
+    if !(worst <= TOL) || !(loss_err <= TOL) {
+        failures.push(json!({"problem": case.p, "full_head": case.full, "config": c,
+            "tensor_rel_err": errs, "loss_rel_err": loss_err, "loss": loss, "want_loss": case.want.loss}));
+    }
+    (worst, loss_err)
+}
+
+fn small_cases() -> Vec<(MlpJetBackwardProblem, bool, f64)> {
+    let prob = |d, width, depth, p, points, loss| MlpJetBackwardProblem {
+        d,
+        width,
+        depth,
+        p,
+        points,
+        loss,
+    };
+    let (res, cot) = (Loss::LaplacianResidual, Loss::Cotangents);
+    vec![
+        // The three targets' nets at small point counts.
+        (prob(1, 64, 4, 1, 1001, res), true, 1.0),
+        (prob(2, 128, 4, 1, 777, res), false, 1.0),
+        (prob(20, 128, 4, 1, 301, res), true, 1.0),
+        // Curved tanh layers (gain 2), width 32 (2-wide dW chunks), deep and shallow nets.
+        (prob(1, 32, 2, 1, 1000, res), true, 2.0),
+        (prob(3, 64, 3, 4, 513, cot), true, 2.0),
+        (prob(5, 32, 8, 2, 131, cot), false, 1.0),
+        (prob(7, 128, 2, 8, 99, cot), true, 1.0),
+        // The most streams (34).
+        (prob(32, 64, 2, 1, 65, res), true, 1.0),
+        // One point; many tiles per CTA for small tiles.
+        (prob(2, 64, 5, 1, 1, res), true, 2.0),
+        (prob(4, 32, 3, 1, 3001, cot), true, 1.0),
+    ]
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
+fn mlp_jet_backward_every_config_small() {
+    let (dev, compiler) = open();
+    let seed = seed();
+    eprintln!("mlp_jet_backward small: seed {seed} (KILN_SEED reproduces)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let limits = dev.info.limits();
+    let t0 = std::time::Instant::now();
+    let cases: Vec<Case> = small_cases()
+        .into_iter()
+        .map(|(p, full, gain)| Case::new(&mut rng, p, full, gain, true))
+        .collect();
+    let work: Vec<_> = cases
+        .iter()
+        .flat_map(|c| {
+            MlpJetBackward::candidates(&c.p, &limits)
+                .into_iter()
+                .map(move |cfg| (c.p, cfg))
+        })
+        .collect();
+    precompile(&compiler, &work);
+    let (mut failures, mut rows) = (Vec::new(), Vec::new());
+    let mut seen = std::collections::HashSet::new();
+    let mut all_worst = (0f64, 0f64);
+    for case in &cases {
+        let mut dc = DevCase::new(&dev, case);
+        let candidates = MlpJetBackward::candidates(&case.p, &limits);
+        assert!(!candidates.is_empty(), "{:?}", case.p);
+        let mut w = (0f64, 0f64);
+        for c in &candidates {
+            let (g, l) = validate(&dev, &compiler, case, &mut dc, c, &mut failures);
+            w = (w.0.max(g), w.1.max(l));
+            seen.insert(*c);
+        }
+        all_worst = (all_worst.0.max(w.0), all_worst.1.max(w.1));
+        eprintln!(
+            "  {:?} full head {}: {} configs, worst rel err grads {:.2e} loss {:.2e}",
+            case.p,
+            case.full,
+            candidates.len(),
+            w.0,
+            w.1
+        );
+        rows.push(
+            json!({"problem": case.p, "full_head": case.full, "configs": candidates.len(),
+            "worst_grad_rel_err": w.0, "worst_loss_rel_err": w.1}),
+        );
+    }
+    let missed: Vec<_> = MlpJetBackward::legal_space(&limits)
+        .into_iter()
+        .filter(|c| !seen.contains(c))
+        .collect();
+    if !missed.is_empty() {
+        failures.push(json!({"configs_never_run": missed}));
+    }
+    report(
+        "mlp_jet_backward_validation_small",
+        &json!({"test": "mlp_jet_backward_every_config_small", "seed": seed, "launches": work.len(),
+                "worst_grad_rel_err": all_worst.0, "worst_loss_rel_err": all_worst.1, "tolerance": TOL,
+                "wall_s": t0.elapsed().as_secs_f64(), "rows": rows, "failures": failures}),
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {}",
+        failures.len(),
+        failures[0]
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
+fn mlp_jet_backward_targets() {
+    let (dev, compiler) = open();
+    let seed = seed();
+    eprintln!("mlp_jet_backward targets: seed {seed} (KILN_SEED reproduces)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let limits = dev.info.limits();
+    let (mut failures, mut rows) = (Vec::new(), Vec::new());
+    for (t, full_p) in fam::pinn_targets().into_iter().enumerate() {
+        // Against the reference: 2^20 / 64, 2^18 / 32, 2^16 / 40 points, odd.
+        let points = [16383, 8191, 1639][t];
+        let p = MlpJetBackwardProblem { points, ..full_p };
+        let case = Case::new(&mut rng, p, t != 1, 1.0, true);
+        let configs = MlpJetBackward::candidates(&p, &limits);
+        precompile(
+            &compiler,
+            &configs.iter().map(|c| (p, *c)).collect::<Vec<_>>(),
+        );
+        let mut dc = DevCase::new(&dev, &case);
+        for c in &configs {
+            let (g, l) = validate(&dev, &compiler, &case, &mut dc, c, &mut failures);
+            eprintln!("  {p:?} {c:?}: rel err grads {g:.2e} loss {l:.2e}");
+            rows.push(json!({"problem": p, "config": c, "grad_rel_err": g, "loss_rel_err": l}));
+        }
+        // Full size minus one: finite and deterministic.
+        let p = MlpJetBackwardProblem {
+            points: full_p.points - 1,
+            ..full_p
+        };
+        let case = Case::new(&mut rng, p, true, 1.0, false);
+        let c = MlpJetBackward::default_config(&p);
+        let k = MlpJetBackwardKernel::compile(&dev, &compiler, &p, &c).unwrap();
+        let mut dc = DevCase::new(&dev, &case);
+        let mut partial = k.workspace(&dev, &p).unwrap();
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            dc.poison(&dev, &mut partial);
+            dc.launch(&dev, &k, &case, &mut partial);
+            runs.push(dc.download(&dev));
+        }
+        let finite = runs[0].0.iter().all(|v| v.is_finite()) && runs[0].1.is_finite();
+        let same = runs[0]
+            .0
+            .iter()
+            .zip(&runs[1].0)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+            && runs[0].1.to_bits() == runs[1].1.to_bits();
+        eprintln!(
+            "  {p:?} {c:?}: finite {finite}, bitwise repeatable {same}, loss {}",
+            runs[0].1
+        );
+        if !finite || !same {
+            failures.push(json!({"problem": p, "config": c, "finite": finite, "repeatable": same}));
+        }
+        rows.push(json!({"problem": p, "config": c, "finite": finite, "repeatable": same, "loss": runs[0].1}));
+    }
+    report(
+        "mlp_jet_backward_validation_targets",
+        &json!({"test": "mlp_jet_backward_targets", "seed": seed, "tolerance": TOL,
+                "rows": rows, "failures": failures}),
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {}",
+        failures.len(),
+        failures[0]
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
+fn mlp_jet_backward_bench() {
+    let (dev, compiler) = open();
+    let limits = dev.info.limits();
+    let t0 = std::time::Instant::now();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let targets = fam::pinn_targets();
+    let work: Vec<_> = targets
+        .iter()
+        .flat_map(|p| {
+            MlpJetBackward::candidates(p, &limits)
+                .into_iter()
+                .map(move |c| (*p, c))
+        })
+        .collect();
+    precompile(&compiler, &work);
+    let mut bench = Bench::new(&dev).unwrap();
+    let opts = MeasureOptions {
+        warmup: 3,
+        reps: 20,
+        flush_l2: true,
+    };
+    let mut rows = Vec::new();
+    for p in &targets {
+        // Inputs only (no reference): the validation tests check these kernels.
+        let case = Case::new(&mut rng, *p, false, 1.0, false);
+        let mut dc = DevCase::new(&dev, &case);
+        let default = MlpJetBackward::default_config(p);
+        let mut results = Vec::new();
+        for c in MlpJetBackward::candidates(p, &limits) {
+            let k = MlpJetBackwardKernel::compile(&dev, &compiler, p, &c)
+                .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+            let mut partial = k.workspace(&dev, p).unwrap();
+            let m = bench
+                .measure(&opts, || {
+                    dc.launch(&dev, &k, &case, &mut partial);
+                    Ok(())
+                })
+                .unwrap_or_else(|e| panic!("{c:?} on {p:?}: {e}"));
+            results.push((c, m, MlpJetBackward::estimate_us(p, &c, &limits)));
+        }
+        let (best_c, best_m, _) = results
+            .iter()
+            .min_by(|a, b| a.1.median_us.total_cmp(&b.1.median_us))
+            .unwrap();
+        let default_us = results
+            .iter()
+            .find(|r| r.0 == default)
+            .map(|r| r.1.median_us);
+        let tflops = |us: f64| MlpJetBackward::flops(p) / (us * 1e-6) / 1e12;
+        eprintln!(
+            "  d={} width={} depth={} N={}: best {:.1} us ({:.1} TFLOP/s) {best_c:?}, default {:?} us",
+            p.d,
+            p.width,
+            p.depth,
+            p.points,
+            best_m.median_us,
+            tflops(best_m.median_us),
+            default_us
+        );
+        rows.push(json!({
+            "problem": p,
+            "best": {"config": best_c, "measurement": best_m, "tflops": tflops(best_m.median_us)},
+            "default": {"config": default, "median_us": default_us},
+            "candidates": results.iter().map(|(c, m, est)| json!({"config": c, "median_us": m.median_us,
+                "p20_us": m.p20_us, "p80_us": m.p80_us, "estimate_us": est, "tflops": tflops(m.median_us)})).collect::<Vec<_>>(),
+        }));
+    }
+    report(
+        "mlp_jet_backward_bench",
+        &json!({
+            "test": "mlp_jet_backward_bench",
+            "device": dev.info,
+            "clock_and_temperature": kiln_runtime::measure::gpu_clock_and_temperature(0),
+            "how": "median of 20 CUDA-event-timed calls after 3 warm-up, L2 flushed (2x L2 memset) before each; one call = the fused kernel (forward jets u, grad u, Laplacian; residual loss -Lap u - f, mean square; backward to every weight and bias) + the ordered reduction, fp32; tflops = products only (MlpJetBackward::flops) / time; compare with pinn_torch.json's train rows (PyTorch autograd, same nets, loss.backward())",
+            "wall_s": t0.elapsed().as_secs_f64(),
+            "rows": rows,
+        }),
+    );
+}
