@@ -13,6 +13,12 @@ CUDA-event-timed calls after 3 warm-up calls, a 2x-L2 memset before each call. A
 each mode against the same computation in float64 on the first 1024 points is reported as
 max |err| / max |ref| per stream.
 
+Training step (rows with "train": true; kiln's mlp_jet_backward does the same work): the
+residual loss of -Lap u = f, L = mean_n (-Lap u(x_n) - f_n)^2 with f ~ U(-1, 1), by the jets
+above with create_graph=True on every pass, then loss.backward() to every weight and bias
+(grads set to None first). Accuracy: max |err| / max |ref| over each parameter's gradient
+(worst tensor reported) and the loss, on the first 1024 points against float64.
+
 Nets (kiln's fam::pinn_targets, p = 1, a scalar u): (d, width, depth, N) = (1, 64, 4, 2^20),
 (2, 128, 4, 2^18), (20, 128, 4, 2^16).
 
@@ -80,6 +86,26 @@ def jets(net, x):
     return u.detach(), torch.stack(grads, dim=2), torch.stack(laps, dim=1)
 
 
+def train_step(net, x, f):
+    """Loss of the Laplacian residual and loss.backward(): the gradients land in net's .grad."""
+    x = x.detach().requires_grad_(True)
+    u = net(x)
+    g = torch.autograd.grad(u.sum(), x, create_graph=True)[0]
+    lap = torch.zeros_like(u[:, 0])
+    for i in range(x.shape[1]):
+        lap = lap + torch.autograd.grad(g[:, i].sum(), x, create_graph=True)[0][:, i]
+    loss = ((-lap - f) ** 2).mean()
+    for prm in net.parameters():
+        prm.grad = None
+    loss.backward()
+    return loss.detach()
+
+
+def train_grads(net, x, f):
+    loss = train_step(net, x, f)
+    return loss, [prm.grad.detach().clone() for prm in net.parameters()]
+
+
 def rel_err(got, ref):
     return ((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
@@ -97,6 +123,8 @@ def main():
         net64 = make_net(d, width, depth, p, torch.Generator().manual_seed(0)).double()
         net64.load_state_dict({k: v.double() for k, v in net.state_dict().items()})
         ref = jets(net64, x[:1024].double())
+        f = (torch.rand(n, generator=gen) * 2 - 1).cuda()
+        train_ref = train_grads(net64, x[:1024].double(), f[:1024].double()) if p == 1 else None
         for tf32 in (False, True):
             torch.backends.cuda.matmul.allow_tf32 = tf32
             torch.backends.cudnn.allow_tf32 = tf32
@@ -111,14 +139,32 @@ def main():
                 row["error"] = str(e).splitlines()[0][:300]
             rows.append(row)
             print(json.dumps(row), flush=True)
-        del net, net64, x
+            if train_ref is None:  # the residual loss is for a scalar u
+                continue
+            row = {"d": d, "width": width, "depth": depth, "p": p, "points": n, "tf32": tf32, "train": True}
+            loss, grads = train_grads(net, x[:1024], f[:1024])
+            row["rel_err_vs_f64"] = {
+                "loss": rel_err(loss, train_ref[0]),
+                "grads_worst_tensor": max(rel_err(g, r) for g, r in zip(grads, train_ref[1])),
+            }
+            try:
+                med, p20, p80 = median_us(lambda: train_step(net, x, f), flush, reps=3 if quick else 20)
+                row.update({"us": med, "p20_us": p20, "p80_us": p80})
+            except RuntimeError as e:  # out of memory on a large net
+                torch.cuda.synchronize()
+                row["error"] = str(e).splitlines()[0][:300]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        del net, net64, x, f
         torch.cuda.empty_cache()
     torch.backends.cuda.matmul.allow_tf32 = False
     result = {
         "what": "PyTorch autograd baseline for mlp_jet: u, grad u (autograd.grad, create_graph), "
-                "Laplacian (one more autograd pass per input dim), fp32, TF32 off and on",
+                "Laplacian (one more autograd pass per input dim), fp32, TF32 off and on; train rows "
+                "(mlp_jet_backward): the same jets with create_graph, mean (-Lap u - f)^2, loss.backward()",
         "how": "median of 20 CUDA-event-timed calls, 3 warm-up, 2x L2 memset before each call; "
-               "rel_err_vs_f64 = max |err| / max |ref| on the first 1024 points vs the same autograd in float64",
+               "rel_err_vs_f64 = max |err| / max |ref| on the first 1024 points vs the same autograd in float64 "
+               "(train rows: the loss, and the worst parameter tensor's gradient)",
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(),
         "rows": rows,
