@@ -12,6 +12,7 @@ use crate::families::gemm_fp8::GemmFp8;
 use crate::families::mfa_decode::MfaDecode;
 use crate::families::mlp_jet::MlpJet;
 use crate::families::mlp_jet_backward::MlpJetBackward;
+use crate::families::small_mlp::SmallMlp;
 use crate::family::{DeviceLimits, Family};
 
 /// One renderable variant: a legal config for one template branch.
@@ -179,6 +180,7 @@ static FUSED_NORM_ROPE: Erased<FusedNormRope> = Erased(PhantomData);
 static MLP_JET: Erased<MlpJet> = Erased(PhantomData);
 static ADAM: Erased<Adam> = Erased(PhantomData);
 static MLP_JET_BACKWARD: Erased<MlpJetBackward> = Erased(PhantomData);
+static SMALL_MLP: Erased<SmallMlp> = Erased(PhantomData);
 
 /// All families, in a stable order.
 pub fn families() -> Vec<&'static dyn AnyFamily> {
@@ -190,6 +192,7 @@ pub fn families() -> Vec<&'static dyn AnyFamily> {
         &MLP_JET,
         &ADAM,
         &MLP_JET_BACKWARD,
+        &SMALL_MLP,
     ]
 }
 

@@ -7,6 +7,7 @@ pub mod gemm_fp8;
 pub mod mfa_decode;
 pub mod mlp_jet;
 pub mod mlp_jet_backward;
+pub mod small_mlp;
 
 #[cfg(test)]
 mod mma_emulation;
