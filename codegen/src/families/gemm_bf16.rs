@@ -223,6 +223,28 @@ impl TiledConfig {
     }
 }
 
+/// Rules every kernel of the family checks on a problem: `tiles` CTAs (or tile counters) fit
+/// an `int` / grid.x, and the fp32 split workspace stays a modest scratch buffer.
+fn check_grid_and_workspace(tiles: u64, workspace_floats: u64) -> Result<(), Illegal> {
+    illegal(tiles > i32::MAX as u64, || {
+        format!("{tiles} tiles exceed grid.x")
+    })?;
+    let ws = workspace_floats * 4;
+    illegal(ws > MAX_WORKSPACE_BYTES as u64, || {
+        format!("split workspace of {ws} B exceeds {MAX_WORKSPACE_BYTES}")
+    })
+}
+
+/// The rule of the kernels that copy rows in 16-byte units (ring, wgmma).
+fn check_rows_16_byte_aligned(p: &GemmBf16Problem) -> Result<(), Illegal> {
+    illegal(!is_aligned(p), || {
+        format!(
+            "k {} is not a multiple of 8 (rows are not 16-byte aligned)",
+            p.k
+        )
+    })
+}
+
 fn illegal(cond: bool, why: impl FnOnce() -> String) -> Result<(), Illegal> {
     if cond {
         Err(Illegal(why()))
@@ -371,16 +393,7 @@ impl Tiled {
                 c.split_k
             )
         })?;
-        // grid.x holds every tile.
-        illegal(tiles(p, c) > i32::MAX as u64, || {
-            format!("{} tiles exceed grid.x", tiles(p, c))
-        })?;
-        // The fp32 partials stay a modest scratch buffer.
-        let ws = tiled_workspace_floats(p, c) * 4;
-        illegal(ws > MAX_WORKSPACE_BYTES as u64, || {
-            format!("split-K workspace of {ws} B exceeds {MAX_WORKSPACE_BYTES}")
-        })?;
-        Ok(())
+        check_grid_and_workspace(tiles(p, c), tiled_workspace_floats(p, c))
     }
 
     fn render_vars(p: &GemmBf16Problem, c: &TiledConfig) -> RenderVars {

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{illegal, is_aligned, GemmBf16Problem, MAX_WORKSPACE_BYTES};
+use super::{check_grid_and_workspace, check_rows_16_byte_aligned, illegal, GemmBf16Problem};
 use crate::family::{DeviceLimits, Illegal, LaunchGeometry, RenderVars};
 
 /// Producer warps of a CTA (the template's PRODUCERS): one per SM sub-partition.
@@ -151,7 +151,7 @@ pub fn check_config(c: &RingConfig, limits: &DeviceLimits) -> Result<(), Illegal
     // One or two persistent CTAs per SM.
     let per_sm = c.ctas / limits.sms.max(1);
     illegal(
-        c.ctas % limits.sms.max(1) != 0 || !(1..=2).contains(&per_sm),
+        !c.ctas.is_multiple_of(limits.sms.max(1)) || !(1..=2).contains(&per_sm),
         || format!("{} CTAs is not 1 or 2 per SM of {}", c.ctas, limits.sms),
     )?;
     // The ring fits the SM's shared memory at that many CTAs per SM (228 KiB an SM, 1 KiB
@@ -179,21 +179,9 @@ pub fn check_problem(p: &GemmBf16Problem, c: &RingConfig) -> Result<(), Illegal>
         format!("m {} exceeds 8 * tokens8 = {}", p.m, c.tile_m())
     })?;
     // 16-byte copies from 16-byte aligned rows.
-    illegal(!is_aligned(p), || {
-        format!(
-            "k {} is not a multiple of 8 (rows are not 16-byte aligned)",
-            p.k
-        )
-    })?;
+    check_rows_16_byte_aligned(p)?;
     // The stage counter math of the kernel stays in range (S * G in 64 bits, tiles in int).
-    illegal(tiles(p, c) > i32::MAX as u64, || {
-        format!("{} tiles exceed an int", tiles(p, c))
-    })?;
-    let ws = workspace_floats(p, c) * 4;
-    illegal(ws > MAX_WORKSPACE_BYTES as u64, || {
-        format!("workspace of {ws} B exceeds {MAX_WORKSPACE_BYTES}")
-    })?;
-    Ok(())
+    check_grid_and_workspace(tiles(p, c), workspace_floats(p, c))
 }
 
 pub fn entry(_p: &GemmBf16Problem, c: &RingConfig) -> String {

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{illegal, is_aligned, GemmBf16Problem, MAX_WORKSPACE_BYTES};
+use super::{check_grid_and_workspace, illegal, is_aligned, GemmBf16Problem};
 use crate::family::{DeviceLimits, Illegal, LaunchGeometry, RenderVars};
 
 /// Most tokens the stream kernel serves (4 n8 tiles); larger M goes to the tiled kernel.
@@ -252,16 +252,7 @@ pub fn check_problem(p: &GemmBf16Problem, c: &StreamConfig) -> Result<(), Illega
             c.split_k
         )
     })?;
-    // grid.x holds every row tile.
-    illegal(tiles(p, c) > i32::MAX as u64, || {
-        format!("{} row tiles exceed grid.x", tiles(p, c))
-    })?;
-    // The fp32 partials stay a modest scratch buffer.
-    let ws = workspace_floats(p, c) * 4;
-    illegal(ws > MAX_WORKSPACE_BYTES as u64, || {
-        format!("split-K workspace of {ws} B exceeds {MAX_WORKSPACE_BYTES}")
-    })?;
-    Ok(())
+    check_grid_and_workspace(tiles(p, c), workspace_floats(p, c))
 }
 
 pub fn entry(p: &GemmBf16Problem, c: &StreamConfig) -> String {

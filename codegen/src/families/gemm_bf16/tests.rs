@@ -57,7 +57,10 @@ fn template_names() -> BTreeMap<&'static str, BTreeSet<String>> {
     out.insert("stream", names(STREAM));
     out.insert("ring", names(RING));
     out.insert("wgmma", names(WGMMA));
-    out.insert("common", ["ring", "stream", "wgmma"].map(String::from).into());
+    out.insert(
+        "common",
+        ["ring", "stream", "wgmma"].map(String::from).into(),
+    );
     out
 }
 
@@ -212,7 +215,11 @@ fn default_config_is_legal_for_many_problems() {
     // kernel's 128 x 128.
     assert!(matches!(
         GemmBf16::default_config(&prob(2048, 36864, 7168)),
-        GemmBf16Config::Wgmma(WgmmaConfig { bm: 128, bn: 256, .. })
+        GemmBf16Config::Wgmma(WgmmaConfig {
+            bm: 128,
+            bn: 256,
+            ..
+        })
     ));
     assert_eq!(
         tiled(&GemmBf16::default_config(&prob(2048, 36864, 7167))).bm,

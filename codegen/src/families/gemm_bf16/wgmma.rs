@@ -9,7 +9,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{illegal, is_aligned, GemmBf16Problem, GROUP_M, MAX_WORKSPACE_BYTES};
+use super::{
+    check_grid_and_workspace, check_rows_16_byte_aligned, illegal, is_aligned, GemmBf16Problem,
+    GROUP_M,
+};
 use crate::family::{DeviceLimits, Illegal, LaunchGeometry, RenderVars};
 
 /// K elements per pipeline stage: one 128-byte swizzle row of bf16.
@@ -124,9 +127,7 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
 
 pub fn check_problem(p: &GemmBf16Problem, c: &WgmmaConfig) -> Result<(), Illegal> {
     // 16-byte copies from 16-byte aligned rows.
-    illegal(!is_aligned(p), || {
-        format!("k {} is not a multiple of 8 (rows are not 16-byte aligned)", p.k)
-    })?;
+    check_rows_16_byte_aligned(p)?;
     // Every split gets at least one K tile.
     illegal(k_tiles(p) < c.split_k as u64, || {
         format!(
@@ -136,14 +137,7 @@ pub fn check_problem(p: &GemmBf16Problem, c: &WgmmaConfig) -> Result<(), Illegal
             c.split_k
         )
     })?;
-    illegal(tiles(p, c) > i32::MAX as u64, || {
-        format!("{} tiles exceed grid.x", tiles(p, c))
-    })?;
-    let ws = workspace_floats(p, c) * 4;
-    illegal(ws > MAX_WORKSPACE_BYTES as u64, || {
-        format!("split-K workspace of {ws} B exceeds {MAX_WORKSPACE_BYTES}")
-    })?;
-    Ok(())
+    check_grid_and_workspace(tiles(p, c), workspace_floats(p, c))
 }
 
 pub fn entry(_p: &GemmBf16Problem, c: &WgmmaConfig) -> String {
@@ -272,7 +266,11 @@ mod tests {
     #[test]
     fn space_is_modest_and_covers_both_tile_heights() {
         let l = legal();
-        assert!((24..=80).contains(&l.len()), "{} legal wgmma configs", l.len());
+        assert!(
+            (24..=80).contains(&l.len()),
+            "{} legal wgmma configs",
+            l.len()
+        );
         for bn in [64, 128, 256] {
             assert!(l.iter().any(|c| c.bm == 128 && c.bn == bn));
             assert!(l.iter().any(|c| c.bm == 64 && c.bn == bn && c.split_k == 8));
@@ -292,15 +290,32 @@ mod tests {
         let l = DeviceLimits::HOPPER;
         // Run 8 winners: lm_head 128/256 -> 128x256; wq 128 -> 128x128; o_proj 128 -> split 2,
         // o_proj 256 -> no split.
-        assert_eq!(d(128, 128815, 7168).map(|c| (c.bm, c.bn, c.split_k)), Some((128, 256, 1)));
-        assert_eq!(d(128, 16384, 2048).map(|c| (c.bn, c.split_k)), Some((128, 1)));
-        assert_eq!(d(128, 7168, 16384).map(|c| (c.bn, c.split_k)), Some((128, 2)));
-        assert_eq!(d(256, 7168, 16384).map(|c| (c.bn, c.split_k)), Some((128, 1)));
+        assert_eq!(
+            d(128, 128815, 7168).map(|c| (c.bm, c.bn, c.split_k)),
+            Some((128, 256, 1))
+        );
+        assert_eq!(
+            d(128, 16384, 2048).map(|c| (c.bn, c.split_k)),
+            Some((128, 1))
+        );
+        assert_eq!(
+            d(128, 7168, 16384).map(|c| (c.bn, c.split_k)),
+            Some((128, 2))
+        );
+        assert_eq!(
+            d(256, 7168, 16384).map(|c| (c.bn, c.split_k)),
+            Some((128, 1))
+        );
         // Not served: small M, narrow N, unaligned K.
         assert!(d(64, 7168, 16384).is_none());
         assert!(d(128, 48, 7168).is_none());
         assert!(d(128, 7168, 7167).is_none());
-        for (m, n, k) in [(65, 65, 8), (4096, 36864, 7168), (300, 1000, 64), (129, 70, 520)] {
+        for (m, n, k) in [
+            (65, 65, 8),
+            (4096, 36864, 7168),
+            (300, 1000, 64),
+            (129, 70, 520),
+        ] {
             let c = d(m, n, k).unwrap();
             check_config(&c, &l).unwrap();
             check_problem(&p(m, n, k), &c).unwrap();
