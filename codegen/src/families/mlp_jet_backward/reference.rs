@@ -357,6 +357,39 @@ mod tests {
     }
 
     #[test]
+    fn the_kernels_rearranged_tanh_backward_equals_the_plain_one() {
+        // The template computes the cotangents from the stored outputs (s, a'_i, La) with no
+        // division: zb = s1 Ab - 2 s (sum Tb_i a'_i + Mb La) - 2 Mb sum a'_i^2, zb'_i = s1
+        // Tb_i - 4 s Mb a'_i. The plain form (as in `point`) uses z'_i, Lz and s3 = s2'.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        let mut u = move |scale: f64| scale * rng.random_range(-1.0f64..1.0);
+        for _ in 0..200 {
+            let (z, lz, ab, mb) = (u(4.0), u(2.0), u(1.0), u(1.0));
+            let (zt, tb): (Vec<f64>, Vec<f64>) = (0..3).map(|_| (u(2.0), u(1.0))).unzip();
+            let s = z.tanh();
+            let (s1, s2) = (1.0 - s * s, -2.0 * s * (1.0 - s * s));
+            let s3 = -2.0 * s1 * s1 - 2.0 * s * s2;
+            let q: f64 = zt.iter().map(|v| v * v).sum();
+            let tz: f64 = zt.iter().zip(&tb).map(|(a, b)| a * b).sum();
+            let plain = s1 * ab + s2 * tz + mb * (s2 * lz + s3 * q);
+            let at: Vec<f64> = zt.iter().map(|v| s1 * v).collect();
+            let la = s1 * lz + s2 * q;
+            let ta: f64 = tb.iter().zip(&at).map(|(a, b)| a * b).sum();
+            let aa: f64 = at.iter().map(|v| v * v).sum();
+            let kernel = s1 * ab - 2.0 * s * (ta + mb * la) - 2.0 * mb * aa;
+            assert!(
+                (plain - kernel).abs() < 1e-12 * (1.0 + plain.abs()),
+                "{plain} {kernel}"
+            );
+            for i in 0..3 {
+                let plain = s1 * tb[i] + 2.0 * s2 * mb * zt[i];
+                let kernel = s1 * tb[i] - 4.0 * s * mb * at[i];
+                assert!((plain - kernel).abs() < 1e-12 * (1.0 + plain.abs()));
+            }
+        }
+    }
+
+    #[test]
     fn the_loss_is_the_residual_of_the_forward_jets() {
         // The loss agrees with mlp_jet's f64 forward reference, and sums over point subsets.
         let p = net(3, 16, 3, 1, 9, Loss::LaplacianResidual);
