@@ -25,6 +25,8 @@ mod fp8;
 mod mfa;
 #[path = "gpu_parts/pinn.rs"]
 mod pinn;
+#[path = "gpu_parts/small_mlp.rs"]
+mod small_mlp;
 #[path = "gpu_parts/pinn_backward.rs"]
 mod pinn_backward;
 

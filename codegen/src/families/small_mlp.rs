@@ -639,7 +639,11 @@ impl Family for SmallMlp {
             // One 32 x 32 tile per CTA (or more), chunks of threads / 4 rows, ~0.5 us each.
             let tiles = weight_tiles(p) as f64;
             let chunks = (p.rows as f64 / sh.chunk_rows as f64).ceil();
-            let pairs = if p.pass == Pass::PenaltyGrad { 2.0 } else { 1.0 };
+            let pairs = if p.pass == Pass::PenaltyGrad {
+                2.0
+            } else {
+                1.0
+            };
             t += (tiles / g.grid[0] as f64).ceil() * chunks * 0.5 * pairs + 2.0;
         }
         t + 3.0

@@ -2,7 +2,7 @@
 //! of the family doc (no shared code with the kernel). Inputs fp32 (what the GPU reads) or
 //! f64 (finite differences), all arithmetic f64. Nets of any width (the unit tests use tiny ones).
 
-use super::{layer_offsets, Activation};
+use super::{layer_offsets, Activation, SmallMlpProblem};
 
 /// A net's shape and its parameters (the family's arena layout).
 #[derive(Clone, Debug)]
@@ -43,7 +43,33 @@ pub fn activation(a: Activation, z: f64) -> (f64, f64, f64) {
     }
 }
 
+/// Xavier-uniform weights (`U(-a, a)`, `a = sqrt(6 / (fan_in + fan_out))`) and biases
+/// `U(-0.1, 0.1)`, from `uniform` in `[-1, 1)`: the initialisation of the GPU tests and of the
+/// PyTorch baseline.
+pub fn init_params(p: &SmallMlpProblem, mut uniform: impl FnMut() -> f64) -> Vec<f32> {
+    let mut out = Vec::with_capacity(p.params());
+    for l in 0..=p.depth {
+        let (fan_in, fan_out) = p.layer(l);
+        let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
+        out.extend((0..fan_in * fan_out).map(|_| (a * uniform()) as f32));
+        out.extend((0..fan_out).map(|_| (0.1 * uniform()) as f32));
+    }
+    out
+}
+
 impl Net {
+    /// The net of `p` with `params` (the family's arena).
+    pub fn of(p: &SmallMlpProblem, params: &[f32]) -> Net {
+        Net::new(
+            p.d_in as usize,
+            p.width as usize,
+            p.depth as usize,
+            p.d_out as usize,
+            p.activation,
+            params,
+        )
+    }
+
     pub fn new(
         d_in: usize,
         width: usize,
@@ -207,8 +233,8 @@ pub fn param_grad<T: Copy + Into<f64>>(net: &Net, x: &[T], gy: &[T]) -> Vec<f64>
     for (xr, gr) in rows_of(x, net.d_in).iter().zip(rows_of(gy, net.d_out)) {
         let t = net.trace(xr);
         let d = net.adjoints(&t, &gr);
-        for l in 0..=net.depth {
-            net.outer(&mut grads, l, &d[l], &t.inputs[l], true);
+        for (l, (dl, al)) in d.iter().zip(&t.inputs).enumerate() {
+            net.outer(&mut grads, l, dl, al, true);
         }
     }
     grads
@@ -242,7 +268,11 @@ pub fn penalty_grad<T: Copy + Into<f64>>(net: &Net, x: &[T]) -> Vec<f64> {
 
 /// `second_order = false` drops the `s''` term (a deliberately wrong derivative the unit tests
 /// use to show the finite-difference check can tell).
-pub(crate) fn penalty_grad_with<T: Copy + Into<f64>>(net: &Net, x: &[T], second_order: bool) -> Vec<f64> {
+pub(crate) fn penalty_grad_with<T: Copy + Into<f64>>(
+    net: &Net,
+    x: &[T],
+    second_order: bool,
+) -> Vec<f64> {
     assert_eq!(net.d_out, 1, "the penalty is for a scalar critic");
     let xs = rows_of(x, net.d_in);
     let nb = xs.len() as f64;

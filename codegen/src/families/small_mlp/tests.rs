@@ -63,7 +63,9 @@ fn entries_name_exactly_what_the_source_depends_on() {
 fn every_variant_renders() {
     for (p, c) in every_variant() {
         let src = crate::render::render::<SmallMlp>(&p, &c).unwrap();
-        assert!(src.source.contains(&format!("{}(", SmallMlp::entry(&p, &c))));
+        assert!(src
+            .source
+            .contains(&format!("{}(", SmallMlp::entry(&p, &c))));
     }
 }
 
