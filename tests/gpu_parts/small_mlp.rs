@@ -97,7 +97,7 @@ impl Case {
             for r in 0..b {
                 for _ in 0..1000 {
                     let row = &x[r * d_in..(r + 1) * d_in];
-                    let (_, z) = reference::forward(&nt, row);
+                    let z = reference::hidden_preactivations(&nt, row);
                     if z.iter().all(|v| v.abs() > KINK_GAP) {
                         break;
                     }

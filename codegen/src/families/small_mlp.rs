@@ -13,8 +13,11 @@
 //!
 //! # The passes (`problem.pass`)
 //!
-//! * `forward`: `y [B, d_out]`, and the pre-activations `z_l`, `l < depth`, into `stash
-//!   [depth, B, width]` (the backward passes read them; null stash: not written).
+//! * `forward`: `y [B, d_out]`, and the hidden activations `a_l = s(z_l)`, `l < depth`, into
+//!   `stash [depth, B, width]` (null stash: not written). The backward passes read them: every
+//!   derivative they need is a function of `a_l` (`s' = 1 - a^2` and `s'' = -2 a (1 - a^2)`
+//!   for tanh; for (leaky) ReLU `a > 0` exactly where `z > 0`), so the stash keeps the
+//!   activations rather than the pre-activations, and no backward pass evaluates a tanh.
 //! * `input_vjp`: given `gy = dL/dy [B, d_out]`, `dx = dL/dx [B, d_in]`:
 //!   `d_depth = gy`, `d_{l-1} = s'(z_{l-1}) . (W_l^T d_l)`, `dx = W_0^T d_0`.
 //! * `param_grad`: given `gy`, `dL/dW_l = sum_b d_l[b] a_{l-1}[b]^T`, `dL/db_l = sum_b d_l[b]`

@@ -200,7 +200,7 @@ fn rows_of<T: Copy + Into<f64>>(v: &[T], d: usize) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// The forward pass: `y [B, d_out]` and the stash `[depth, B, width]`.
+/// The forward pass: `y [B, d_out]` and the stash `[depth, B, width]` (activations `a_l`).
 pub fn forward<T: Copy + Into<f64>>(net: &Net, x: &[T]) -> (Vec<f64>, Vec<f64>) {
     let xs = rows_of(x, net.d_in);
     let b = xs.len();
@@ -210,10 +210,26 @@ pub fn forward<T: Copy + Into<f64>>(net: &Net, x: &[T]) -> (Vec<f64>, Vec<f64>) 
         let t = net.trace(xr);
         y.extend_from_slice(&t.z[net.depth]);
         for l in 0..net.depth {
-            stash[(l * b + r) * net.width..(l * b + r + 1) * net.width].copy_from_slice(&t.z[l]);
+            stash[(l * b + r) * net.width..(l * b + r + 1) * net.width]
+                .copy_from_slice(&t.inputs[l + 1]);
         }
     }
     (y, stash)
+}
+
+/// The hidden pre-activations `z_l`, `l < depth`, `[depth, B, width]` (to keep test inputs
+/// off the kinks of a (leaky) ReLU).
+pub fn hidden_preactivations<T: Copy + Into<f64>>(net: &Net, x: &[T]) -> Vec<f64> {
+    let xs = rows_of(x, net.d_in);
+    let b = xs.len();
+    let mut z = vec![0.0; net.depth * b * net.width];
+    for (r, xr) in xs.iter().enumerate() {
+        let t = net.trace(xr);
+        for l in 0..net.depth {
+            z[(l * b + r) * net.width..(l * b + r + 1) * net.width].copy_from_slice(&t.z[l]);
+        }
+    }
+    z
 }
 
 /// The input VJP: `dx [B, d_in]` for `gy [B, d_out]`.

@@ -302,9 +302,14 @@ fn forward_stash_and_penalty_are_consistent() {
     let x = random(&mut rng, 3 * 2);
     let (y, stash) = reference::forward(&net, &x);
     assert_eq!((y.len(), stash.len()), (3, 2 * 3 * 4));
-    // Row 1's first pre-activation, by hand.
+    // Row 1's first activation, by hand.
     let z = params[0] as f64 * x[2] + params[1] as f64 * x[3] + params[8] as f64;
-    assert!((stash[4] - z).abs() < 1e-15);
+    let a = if z > 0.0 { z } else { LEAKY_SLOPE * z };
+    assert!((stash[4] - a).abs() < 1e-15);
+    let z = reference::hidden_preactivations(&net, &x);
+    for (a, z) in stash.iter().zip(&z) {
+        assert_eq!(*a, reference::activation(Activation::LeakyRelu, *z).0);
+    }
     // The penalty's u is the VJP with gy = 1; P is the mean of (|u| - 1)^2.
     let (p, u) = reference::penalty(&net, &x);
     assert_eq!(u, reference::input_vjp(&net, &x, &[1.0f64; 3]));
