@@ -103,7 +103,10 @@ def train_step(net, x, f):
 
 def train_grads(net, x, f):
     loss = train_step(net, x, f)
-    return loss, [prm.grad.detach().clone() for prm in net.parameters()]
+    # The output bias does not reach the Laplacian: autograd leaves its .grad unset (zero).
+    return loss, [
+        torch.zeros_like(prm) if prm.grad is None else prm.grad.detach().clone() for prm in net.parameters()
+    ]
 
 
 def rel_err(got, ref):
