@@ -2,45 +2,55 @@
 //! output (round to nearest even). A is row-major (lda = K), B is a linear layer's weight,
 //! row-major [N,K] (ldb = K), C is row-major (ldc = N).
 //!
-//! Two kernels share the family, its signature and its split-K scheme; a config names its
-//! kernel (`{"kernel": "tiled", ...}` or `{"kernel": "stream", ...}`):
+//! Four kernels share the family and its signature; a config names its kernel
+//! (`{"kernel": "tiled" | "stream" | "ring" | "wgmma", ...}`) and the tuner picks per problem:
 //!
 //! * **tiled** (`templates/gemm_bf16.cu.tera`): an Ampere-style tensor-core GEMM, `mma.sync`
 //!   m16n8k16, `ldmatrix.x4` from XOR-swizzled shared memory, a `cp.async` pipeline of
 //!   `stages` K tiles, optional split-K with an in-kernel, deterministic reduction. Its
-//!   header comment explains tiling, pipeline, swizzle and split-K. Any M.
+//!   header comment explains tiling, pipeline, swizzle and split-K. Any M, any K.
+//! * **wgmma** (`templates/gemm_bf16_wgmma.cu.tera`, [`wgmma`]): sm_90a warpgroup MMA
+//!   (m64nBNk16) reading both operands through descriptors from 128-byte-swizzled shared
+//!   memory, the tiled kernel's pipeline, raster and split-K. K % 8 == 0.
 //! * **stream** (`templates/gemm_bf16_stream.cu.tera`, [`stream`]): decode, M <= 32. Swap-AB
 //!   `mma.sync` with weight rows as the m16 dimension and tokens as n8 tiles; the weight
 //!   streams from global memory straight into registers (a K permutation makes one 16-byte
 //!   load per lane and row fill the fragments), warps split K and reduce through shared
 //!   memory, CTAs split K (grid.z) and reduce like the tiled kernel.
+//! * **ring** (`templates/gemm_bf16_ring.cu.tera`, [`ring`]): decode, M <= 32, K % 8 == 0. A
+//!   persistent grid splits the problem's K stages evenly (stream-K); producer warps fill an
+//!   mbarrier ring of shared-memory slots, consumer warps run swap-AB `mma.sync` from it; tiles
+//!   cut between CTAs are reduced in-kernel, deterministically.
 //!
-//! The family's template is the two files in one text: `{% if stream %}` picks the kernel.
+//! The family's template is the four files in one text: `{% if ring %}`, `{% elif stream %}`,
+//! `{% elif wgmma %}`, `{% else %}` (tiled) pick the kernel.
 //!
 //! # Launch contract
 //!
 //! Arguments, in order (see [`GemmBf16::args`]): `A, B, C, workspace, counters, M, N, K`.
+//! [`GemmBf16::geometry`] gives grid, block and dynamic shared memory of every config.
 //!
-//! * Grid (tiled): `[tiles_m * tiles_n, 1, split_k]` with `tiles_m = ceil(M/bm)`, `tiles_n =
-//!   ceil(N/bn)`. The kernel maps the linear `blockIdx.x` to a tile itself (grouped raster of
-//!   [`GROUP_M`] tile rows) so `grid.y`'s 65535 limit never binds.
-//!   Grid (stream): `[ceil(N / (16 * rows)), 1, split_k]`.
-//! * `workspace` (fp32) holds `split_k` partial tiles per output tile (tiled: `bm * bn`
-//!   floats each, stream: `16 * rows * 8 * tokens8`): [`GemmBf16::workspace_bytes`].
-//!   It needs no initialisation and is only touched when `split_k > 1` (pass any pointer,
-//!   even null, otherwise).
+//! * Grid (tiled, wgmma): `[tiles_m * tiles_n, 1, split_k]` with `tiles_m = ceil(M/bm)`,
+//!   `tiles_n = ceil(N/bn)`. The kernel maps the linear `blockIdx.x` to a tile itself (grouped
+//!   raster of [`GROUP_M`] tile rows) so `grid.y`'s 65535 limit never binds.
+//!   Grid (stream): `[ceil(N / (16 * rows)), 1, split_k]`. Grid (ring): `[min(ctas, stages of
+//!   the problem), 1, 1]` (the kernel relies on never getting more CTAs than stages).
+//! * `workspace` (fp32): tiled and wgmma hold `split_k` partial tiles per output tile (`bm * bn`
+//!   floats each), stream `split_k` partials of `16 * rows * 8 * tokens8`, ring two partial
+//!   tiles per CTA: [`GemmBf16::workspace_bytes`]. It needs no initialisation; tiled, wgmma and
+//!   stream touch it only when `split_k > 1` (pass any pointer, even null, otherwise).
 //! * `counters` (u32) is a separate array of [`counters_len`] entries, one per output tile,
-//!   used only when `split_k > 1`. The caller zeroes it **once** when it allocates it; every
-//!   launch leaves it zeroed again (the last CTA of each tile resets its counter), so
-//!   back-to-back launches and CUDA-graph replays need no memset. Two launches that run
-//!   concurrently must not share a workspace or counters.
+//!   used when `split_k > 1` and always by the ring kernel. The caller zeroes it **once** when
+//!   it allocates it; every launch leaves it zeroed again (the last CTA of each tile resets its
+//!   counter), so back-to-back launches and CUDA-graph replays need no memset. Two launches
+//!   that run concurrently must not share a workspace or counters.
 //! * Alignment: the aligned branch (K % 8 == 0) issues 16-byte loads, so A and B must be
 //!   16-byte aligned (any `cudaMalloc` pointer is); C must be 4-byte aligned when N is even.
 //! * Index math: row offsets are 64-bit, per-dimension values are `int`; [`GemmBf16::supports`]
 //!   keeps each of m, n, k at most 2^30 and each operand at most 2^36 elements.
 //!
 //! The generated source depends on the problem only through `aligned` (K % 8 == 0), so all
-//! aligned problems share one cubin per config.
+//! aligned problems share one cubin per config (ring and wgmma exist for aligned K only).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
