@@ -69,7 +69,7 @@ pub use wgmma::WgmmaConfig;
 /// The family.
 pub struct GemmBf16;
 
-/// One GEMM: C[m,n] = A[m,k] · B[n,k]^T.
+/// One GEMM: `C[m,n] = A[m,k] · B[n,k]^T`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GemmBf16Problem {
     pub m: u32,
