@@ -1,6 +1,6 @@
-//! `gemm_bf16`: C[M,N] = A[M,K] · B[N,K]^T with BF16 operands, fp32 accumulation and BF16
+//! `gemm_bf16`: `C[M,N] = A[M,K] · B[N,K]^T` with BF16 operands, fp32 accumulation and BF16
 //! output (round to nearest even). A is row-major (lda = K), B is a linear layer's weight,
-//! row-major [N,K] (ldb = K), C is row-major (ldc = N).
+//! row-major `[N,K]` (ldb = K), C is row-major (ldc = N).
 //!
 //! Four kernels share the family and its signature; a config names its kernel
 //! (`{"kernel": "tiled" | "stream" | "ring" | "wgmma", ...}`) and the tuner picks per problem:
