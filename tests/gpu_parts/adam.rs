@@ -14,7 +14,7 @@
 // `!(err <= tol)` on purpose: a NaN error must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use crate::common::{open, report, seed};
+use crate::common::{assert_no_failures, open, report, seed};
 
 use kiln_codegen::families::adam::{
     reference_step, Adam, AdamConfig, AdamHyper, AdamProblem, AdamState, WeightDecay,
@@ -219,12 +219,7 @@ fn adam_every_config_matches_the_reference() {
         cases.len(),
         failures.len()
     );
-    assert!(
-        failures.is_empty(),
-        "{} failures, first: {}",
-        failures.len(),
-        failures[0]
-    );
+    assert_no_failures(&failures);
 }
 
 #[test]

@@ -38,3 +38,14 @@ pub fn open() -> (Device, Compiler) {
     let compiler = Compiler::new().unwrap_or_else(|e| panic!("{e}"));
     (dev, compiler)
 }
+
+/// Fails the test on the first recorded failure (after the report is written), saying how
+/// many there were.
+pub fn assert_no_failures(failures: &[serde_json::Value]) {
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {}",
+        failures.len(),
+        failures[0]
+    );
+}

@@ -16,7 +16,7 @@
 // `!(err <= tol)` on purpose: a NaN error must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use crate::common::{open, rel_err, report, seed};
+use crate::common::{assert_no_failures, open, rel_err, report, seed};
 use std::collections::HashMap;
 
 use half::bf16;
@@ -218,12 +218,7 @@ fn gemm_fp8_every_config_matches_the_reference() {
         failures.len(),
         t0.elapsed().as_secs_f64()
     );
-    assert!(
-        failures.is_empty(),
-        "{} failures, first: {}",
-        failures.len(),
-        failures[0]
-    );
+    assert_no_failures(&failures);
 }
 
 #[test]

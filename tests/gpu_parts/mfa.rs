@@ -16,7 +16,7 @@
 // `!(err <= tol)` on purpose: a NaN error must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use crate::common::{open, report, seed};
+use crate::common::{assert_no_failures, open, report, seed};
 use std::collections::HashMap;
 
 use half::bf16;
@@ -573,12 +573,7 @@ fn mfa_decode_every_config_small() {
         failures.len(),
         t0.elapsed().as_secs_f64()
     );
-    assert!(
-        failures.is_empty(),
-        "{} failures, first: {}",
-        failures.len(),
-        failures[0]
-    );
+    assert_no_failures(&failures);
 }
 
 #[test]
@@ -699,12 +694,7 @@ fn mfa_decode_large_ragged() {
         failures.len(),
         t0.elapsed().as_secs_f64()
     );
-    assert!(
-        failures.is_empty(),
-        "{} failures, first: {}",
-        failures.len(),
-        failures[0]
-    );
+    assert_no_failures(&failures);
 }
 
 /// Device pools for timing.

@@ -17,7 +17,7 @@ use kiln_runtime::Device;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use super::{report, seed};
+use crate::common::{assert_no_failures, report, seed};
 
 const TOL: f64 = 1e-2;
 /// FP8 rows: e4m3 keeps 3 mantissa bits (relative rounding error up to 2^-4 per value).
@@ -104,12 +104,7 @@ fn fused_norm_rope_rms_norm_every_config() {
         "rms_norm: {launches} launches, worst rel err {worst:.3e}, {} failures",
         failures.len()
     );
-    assert!(
-        failures.is_empty(),
-        "{} failures, first: {}",
-        failures.len(),
-        failures[0]
-    );
+    assert_no_failures(&failures);
 }
 
 /// One rope_append case on the host.
@@ -405,10 +400,5 @@ fn fused_norm_rope_rope_append_every_config() {
         "rope_append: {launches} launches, worst rel err {worst:.3e}, {} failures",
         failures.len()
     );
-    assert!(
-        failures.is_empty(),
-        "{} failures, first: {}",
-        failures.len(),
-        failures[0]
-    );
+    assert_no_failures(&failures);
 }

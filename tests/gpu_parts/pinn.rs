@@ -23,7 +23,7 @@
 // `!(err <= tol)` on purpose: a NaN error must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use crate::common::{open, report, seed};
+use crate::common::{assert_no_failures, open, report, seed};
 
 use kiln_codegen::families::mlp_jet::{
     self as fam, init_params, reference_points, reference_points_f32, Jets, MlpJet, MlpJetConfig,
@@ -331,12 +331,7 @@ fn mlp_jet_every_config_small() {
                 "worst_rel_err": all_worst, "tolerance": [TOL_FIRST, TOL_FIRST, TOL_SECOND],
                 "wall_s": t0.elapsed().as_secs_f64(), "rows": rows, "failures": failures}),
     );
-    assert!(
-        failures.is_empty(),
-        "{} failures, first: {}",
-        failures.len(),
-        failures[0]
-    );
+    assert_no_failures(&failures);
 }
 
 /// The default config and the next best by the family's estimate.
@@ -389,12 +384,7 @@ fn mlp_jet_targets() {
         &json!({"test": "mlp_jet_targets", "seed": seed, "tolerance": [TOL_FIRST, TOL_FIRST, TOL_SECOND],
                 "rows": rows, "failures": failures}),
     );
-    assert!(
-        failures.is_empty(),
-        "{} failures, first: {}",
-        failures.len(),
-        failures[0]
-    );
+    assert_no_failures(&failures);
 }
 
 #[test]

@@ -21,7 +21,7 @@
 // `!(err <= tol)` on purpose: a NaN error must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use crate::common::{open, report, seed};
+use crate::common::{assert_no_failures, open, report, seed};
 
 use kiln_codegen::families::mlp_jet::{init_params, layer_offsets};
 use kiln_codegen::families::mlp_jet_backward::reference::{loss_and_grads, Head, LossGrads};
@@ -374,12 +374,7 @@ fn mlp_jet_backward_every_config_small() {
                 "worst_grad_rel_err": all_worst.0, "worst_loss_rel_err": all_worst.1, "tolerance": TOL,
                 "wall_s": t0.elapsed().as_secs_f64(), "rows": rows, "failures": failures}),
     );
-    assert!(
-        failures.is_empty(),
-        "{} failures, first: {}",
-        failures.len(),
-        failures[0]
-    );
+    assert_no_failures(&failures);
 }
 
 #[test]
@@ -444,12 +439,7 @@ fn mlp_jet_backward_targets() {
         &json!({"test": "mlp_jet_backward_targets", "seed": seed, "tolerance": TOL,
                 "rows": rows, "failures": failures}),
     );
-    assert!(
-        failures.is_empty(),
-        "{} failures, first: {}",
-        failures.len(),
-        failures[0]
-    );
+    assert_no_failures(&failures);
 }
 
 #[test]

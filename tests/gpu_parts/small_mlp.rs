@@ -18,7 +18,7 @@
 // `!(err <= tol)` on purpose: a NaN error must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use crate::common::{open, report, seed};
+use crate::common::{assert_no_failures, open, report, seed};
 
 use kiln_codegen::families::small_mlp::reference::{self as reference, init_params, Net};
 use kiln_codegen::families::small_mlp::{
@@ -329,12 +329,7 @@ fn small_mlp_every_pass_matches_the_reference() {
         cases.len(),
         failures.len()
     );
-    assert!(
-        failures.is_empty(),
-        "{} failures, first: {}",
-        failures.len(),
-        failures[0]
-    );
+    assert_no_failures(&failures);
 }
 
 #[test]
