@@ -13,6 +13,7 @@ use crate::families::mfa_decode::MfaDecode;
 use crate::families::mlp_jet::MlpJet;
 use crate::families::mlp_jet_backward::MlpJetBackward;
 use crate::families::small_mlp::SmallMlp;
+use crate::families::synth_residual::SynthResidual;
 use crate::family::{DeviceLimits, Family};
 
 /// One renderable variant: a legal config for one template branch.
@@ -181,6 +182,7 @@ static MLP_JET: Erased<MlpJet> = Erased(PhantomData);
 static ADAM: Erased<Adam> = Erased(PhantomData);
 static MLP_JET_BACKWARD: Erased<MlpJetBackward> = Erased(PhantomData);
 static SMALL_MLP: Erased<SmallMlp> = Erased(PhantomData);
+static SYNTH_RESIDUAL: Erased<SynthResidual> = Erased(PhantomData);
 
 /// All families, in a stable order.
 pub fn families() -> Vec<&'static dyn AnyFamily> {
@@ -193,6 +195,7 @@ pub fn families() -> Vec<&'static dyn AnyFamily> {
         &ADAM,
         &MLP_JET_BACKWARD,
         &SMALL_MLP,
+        &SYNTH_RESIDUAL,
     ]
 }
 

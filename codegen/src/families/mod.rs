@@ -8,6 +8,7 @@ pub mod mfa_decode;
 pub mod mlp_jet;
 pub mod mlp_jet_backward;
 pub mod small_mlp;
+pub mod synth_residual;
 
 #[cfg(test)]
 mod mma_emulation;
