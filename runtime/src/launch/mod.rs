@@ -8,6 +8,7 @@ pub mod gemm_fp8;
 pub mod mfa_decode;
 pub mod mlp_jet;
 pub mod small_mlp;
+pub mod synth_residual;
 pub mod mlp_jet_backward;
 
 use cudarc::driver::CudaSlice;
