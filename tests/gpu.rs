@@ -29,6 +29,8 @@ mod pinn;
 mod small_mlp;
 #[path = "gpu_parts/pinn_backward.rs"]
 mod pinn_backward;
+#[path = "gpu_parts/synth_residual.rs"]
+mod synth_residual;
 
 use common::{rel_err, report, seed};
 
