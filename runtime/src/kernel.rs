@@ -63,6 +63,17 @@ impl LoadedKernel {
         })
     }
 
+    /// Another entry of the same module (e.g. a family's `<entry>_reduce`), needing no more
+    /// than the default dynamic shared memory.
+    pub fn sibling(&self, entry: &str) -> Result<CudaFunction> {
+        self.module
+            .load_function(entry)
+            .map_err(|e| RuntimeError::KernelLoad {
+                entry: entry.to_string(),
+                code: e.0,
+            })
+    }
+
     /// The launch configuration for `geometry`, checked against what the kernel was opted in to.
     pub fn config(&self, g: &LaunchGeometry) -> Result<LaunchConfig> {
         if g.dynamic_smem_bytes > self.max_dynamic_smem.max(DEFAULT_SMEM_LIMIT) {

@@ -69,15 +69,7 @@ impl MlpJetBackwardKernel {
         let entry = MlpJetBackward::entry(problem, config);
         let smem = MlpJetBackward::geometry(problem, config).dynamic_smem_bytes;
         let kernel = LoadedKernel::load(device, cubin, &entry, smem)?;
-        let reduce_entry = format!("{entry}_reduce");
-        let reduce =
-            kernel
-                .module
-                .load_function(&reduce_entry)
-                .map_err(|e| RuntimeError::KernelLoad {
-                    entry: reduce_entry,
-                    code: e.0,
-                })?;
+        let reduce = kernel.sibling(&format!("{entry}_reduce"))?;
         Ok(MlpJetBackwardKernel {
             config: *config,
             built_for: *problem,
