@@ -219,26 +219,9 @@ pub fn wgan_generator(pass: Pass, rows: u32) -> SmallMlpProblem {
     }
 }
 
-/// Offsets (in floats) of `W_l` and `b_l` in the arena, for `l = 0..=depth`.
-pub fn layer_offsets(d_in: u32, width: u32, depth: u32, d_out: u32) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    for l in 0..=depth {
-        let fan_in = if l == 0 { d_in } else { width } as usize;
-        let fan_out = if l == depth { d_out } else { width } as usize;
-        out.push((at, at + fan_out * fan_in));
-        at += fan_out * fan_in + fan_out;
-    }
-    out
-}
-
-/// Floats of the parameter arena.
-pub fn param_count(d_in: u32, width: u32, depth: u32, d_out: u32) -> usize {
-    let (_, b) = *layer_offsets(d_in, width, depth, d_out)
-        .last()
-        .expect("depth + 1 layers");
-    b + d_out as usize
-}
+/// The parameter arena is `mlp_jet`'s layout (`W_l` [out, in] row-major, then `b_l`, layer by
+/// layer; here with `d_in` inputs and `d_out` outputs): its offsets and size serve both.
+pub use super::mlp_jet::{layer_offsets, param_count};
 
 impl SmallMlpProblem {
     pub fn params(&self) -> usize {
