@@ -196,4 +196,28 @@ pub trait Family: Send + Sync + 'static {
             .filter(|c| Self::check_problem(problem, c).is_ok())
             .collect()
     }
+
+    /// Among the candidates `keep` accepts, the first with the lowest [`Family::estimate_us`]
+    /// on `limits` (the analytical pick a family's default may start from); `None` when none
+    /// is left.
+    fn best_estimated(
+        problem: &Self::Problem,
+        limits: &DeviceLimits,
+        keep: impl Fn(&Self::Config) -> bool,
+    ) -> Option<Self::Config>
+    where
+        Self: Sized,
+    {
+        let mut best: Option<(f64, Self::Config)> = None;
+        for c in Self::candidates(problem, limits)
+            .into_iter()
+            .filter(|c| keep(c))
+        {
+            let t = Self::estimate_us(problem, &c, limits);
+            if best.as_ref().is_none_or(|(b, _)| t < *b) {
+                best = Some((t, c));
+            }
+        }
+        best.map(|(_, c)| c)
+    }
 }

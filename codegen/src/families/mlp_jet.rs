@@ -579,22 +579,12 @@ impl Family for MlpJet {
     }
 
     fn default_config(p: &MlpJetProblem) -> MlpJetConfig {
-        let limits = DeviceLimits::HOPPER;
-        let mut best: Option<(f64, MlpJetConfig)> = None;
         // The exact fp32 path only: tf32x3 competes in tuning (every candidate is validated
-        // before it may win) but is not a fallback until it has been validated on an H200.
-        for c in Self::candidates(p, &limits)
-            .into_iter()
-            .filter(|c| c.math == Math::Fma)
-        {
-            let t = Self::estimate_us(p, &c, &limits);
-            if best.as_ref().is_none_or(|(b, _)| t < *b) {
-                best = Some((t, c));
-            }
-        }
+        // before it may win) but is not a fallback.
+        let best = Self::best_estimated(p, &DeviceLimits::HOPPER, |c| c.math == Math::Fma);
         // Every supported problem has a candidate: 8 warps x 32 lanes down give one neuron
         // per lane of width 256 and at most 1 x 65 accumulators (Hessian diagonal, d = 32).
-        best.map(|(_, c)| c).unwrap_or(MlpJetConfig {
+        best.unwrap_or(MlpJetConfig {
             warps: 8,
             lane_rows: 32,
             points_per_lane: 1,

@@ -452,17 +452,9 @@ impl Family for MlpJetBackward {
     }
 
     fn default_config(p: &MlpJetBackwardProblem) -> MlpJetBackwardConfig {
-        let limits = DeviceLimits::HOPPER;
-        let mut best: Option<(f64, MlpJetBackwardConfig)> = None;
-        for c in Self::candidates(p, &limits) {
-            let t = Self::estimate_us(p, &c, &limits);
-            if best.as_ref().is_none_or(|(b, _)| t < *b) {
-                best = Some((t, c));
-            }
-        }
         // Every supported problem has a candidate: one point per tile, 4 rows per thread
         // (see `every_supported_problem_has_a_legal_default`).
-        best.map(|(_, c)| c).unwrap_or(MlpJetBackwardConfig {
+        Self::best_estimated(p, &DeviceLimits::HOPPER, |_| true).unwrap_or(MlpJetBackwardConfig {
             rows: 4,
             tile_points: 1,
         })

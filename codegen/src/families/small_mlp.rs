@@ -585,17 +585,9 @@ impl Family for SmallMlp {
     }
 
     fn default_config(p: &SmallMlpProblem) -> SmallMlpConfig {
-        let limits = DeviceLimits::HOPPER;
-        let mut best: Option<(f64, SmallMlpConfig)> = None;
-        for c in Self::candidates(p, &limits) {
-            let t = Self::estimate_us(p, &c, &limits);
-            if best.as_ref().is_none_or(|(b, _)| t < *b) {
-                best = Some((t, c));
-            }
-        }
         // Every supported problem has a candidate: 256 threads x 8 rows give one row per warp
         // and at most 2 x 8 accumulators, with 4 x 8 x 256 floats of buffers.
-        best.map(|(_, c)| c).unwrap_or(SmallMlpConfig {
+        Self::best_estimated(p, &DeviceLimits::HOPPER, |_| true).unwrap_or(SmallMlpConfig {
             threads: 256,
             rows_per_cta: 8,
         })
