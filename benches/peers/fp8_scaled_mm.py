@@ -13,7 +13,10 @@ Two scalings per shape:
 Each (shape, scaling): median of 50 CUDA-event-timed calls after 5 warm-up calls, with a 2x-L2
 memset before each call so the weight comes from HBM. Weight bandwidth = N * K bytes / time.
 
-Usage: fp8_scaled_mm.py OUT.json [--quick]   (--quick: M = 1 and 32 only)
+The FFN shapes (M in 512, 2048, 4096) report TFLOP/s = 2 M N K / time as well.
+
+Usage: fp8_scaled_mm.py OUT.json [--quick] [--decode-only]
+  --quick: decode M = 1 and 32 only, no FFN shapes; --decode-only: no FFN shapes
 """
 import json
 import sys
@@ -21,6 +24,10 @@ import sys
 import torch
 
 LAYERS = [("qkv", 2560, 7168), ("wq", 16384, 2048), ("o_proj", 7168, 16384)]
+# The MoE/FFN-side shapes of the [fp8-gemm] targets (prefill-sized M).
+FFN = [("ffn_up", 36864, 7168), ("ffn_down", 7168, 18432), ("moe_up", 10240, 7168),
+       ("moe_down", 7168, 5120)]
+FFN_MS = (512, 2048, 4096)
 FP8 = torch.float8_e4m3fn
 
 
@@ -73,16 +80,19 @@ def call_rowwise(a, b, m, n):
 def main():
     out_path = sys.argv[1]
     quick = "--quick" in sys.argv[2:]
-    ms = (1, 32) if quick else (1, 16, 32)
+    ms = (1, 32) if quick else (1, 16, 32, 64, 128, 256)
+    shapes = [(name, n, k, ms) for name, n, k in LAYERS]
+    if not quick and "--decode-only" not in sys.argv[2:]:
+        shapes += [(name, n, k, FFN_MS) for name, n, k in FFN]
     flush = torch.empty(2 * l2_bytes(), dtype=torch.uint8, device="cuda")
     rows = []
-    for name, n, k in LAYERS:
+    for name, n, k, shape_ms in shapes:
         g = torch.Generator(device="cuda").manual_seed(n * 31 + k)
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g)
         b, sw = quantize_blocks(w)  # b [N, K] e4m3, sw [N/128, K/128]
         del w
         weight_bytes = n * k
-        for m in ms:
+        for m in shape_ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
             a, sx = quantize_rows(x)  # a [M, K] e4m3, sx [M, K/128]
             # scale_a column-major: an [K/128, M] buffer seen transposed.
@@ -113,7 +123,8 @@ def main():
                     torch.cuda.synchronize()
                 med, p20, p80 = median_us(fn, flush)
                 row.update({"us": med, "p20_us": p20, "p80_us": p80,
-                            "weight_tb_s": weight_bytes / (med * 1e-6) / 1e12})
+                            "weight_tb_s": weight_bytes / (med * 1e-6) / 1e12,
+                            "tflop_s": 2.0 * m * n * k / (med * 1e-6) / 1e12})
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             del x, a, sx, sa

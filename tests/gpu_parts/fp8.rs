@@ -3,6 +3,7 @@
 //! With KILN_GPU_REPORT set, each test writes a JSON summary there.
 //!
 //! * `gemm_fp8_every_config_matches_the_reference`: every legal config on M in {1, 3, 17, 32}
+//!   (stream kernel) or {3, 77, 200} (wgmma kernel: partial 64- and 128-row tiles)
 //!   x N in {48, 200, 2563} x K in {128, 1024, 7168} (where the config serves the shape),
 //!   output poisoned with NaN before each of two launches (the second proves the split-K
 //!   counters were left at zero), norm-wise relative error <= 1e-2 against the f64 product
@@ -10,8 +11,9 @@
 //! * `quant_fp8_matches_the_cpu_encoder_bit_exactly`: BF16 activations over a wide dynamic
 //!   range (and all-zero, below-floor and saturating groups) quantised on the GPU; codes and
 //!   scale bits equal `gemm_fp8::fp8::quantize_blockwise`'s.
-//! * `gemm_fp8_bench`: the default and every config worth measuring on the Step-3 decode
-//!   shapes qkv, wq, o_proj at M in {1, 16, 32}, L2 flushed, weight TB/s (N * K bytes / time).
+//! * `gemm_fp8_bench`: the default and the configs worth measuring (up to 48 by estimate) on
+//!   the Step-3 decode shapes qkv, wq, o_proj at M in {1, 16, 32, 64, 128, 256} and the FFN
+//!   shapes at M in {512, 2048, 4096}; L2 flushed; weight TB/s (N * K bytes / time), TFLOP/s.
 
 // `!(err <= tol)` on purpose: a NaN error must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
@@ -137,7 +139,7 @@ fn gemm_fp8_every_config_matches_the_reference() {
     let mut launches = 0usize;
     let mut worst = 0.0f64;
     let mut shapes = Vec::new();
-    for m in [1u32, 3, 17, 32] {
+    for m in [1u32, 3, 17, 32, 77, 200] {
         for n in [48u32, 200, 2563] {
             for k in [128u32, 1024, 7168] {
                 let c = case(&mut rng, m, n, k);
@@ -157,6 +159,10 @@ fn gemm_fp8_every_config_matches_the_reference() {
                 let mut served = 0;
                 for cfg in &configs {
                     if GemmFp8::check_problem(&p, cfg).is_err() {
+                        continue;
+                    }
+                    // The wgmma kernel on partial tiles of both heights (and a tiny M).
+                    if matches!(cfg, GemmFp8Config::Wgmma(_)) && ![3, 77, 200].contains(&m) {
                         continue;
                     }
                     served += 1;
@@ -294,14 +300,19 @@ fn gemm_fp8_bench() {
     let (dev, compiler) = open();
     let t0 = std::time::Instant::now();
     let limits = dev.info.limits();
-    let layers = [
-        ("qkv", 2560u32, 7168u32),
-        ("wq", 16384, 2048),
-        ("o_proj", 7168, 16384),
+    const DECODE_MS: &[u32] = &[1, 16, 32, 64, 128, 256];
+    const FFN_MS: &[u32] = &[512, 2048, 4096];
+    let layers: [(&str, u32, u32, &[u32]); 7] = [
+        ("qkv", 2560u32, 7168u32, DECODE_MS),
+        ("wq", 16384, 2048, DECODE_MS),
+        ("o_proj", 7168, 16384, DECODE_MS),
+        ("ffn_up", 36864, 7168, FFN_MS),
+        ("ffn_down", 7168, 18432, FFN_MS),
+        ("moe_up", 10240, 7168, FFN_MS),
+        ("moe_down", 7168, 5120, FFN_MS),
     ];
-    let ms = [1u32, 16, 32];
-    // Candidates: the default, then every other config worth measuring (<= 30 per shape,
-    // ordered by estimate; a few ms of GPU time each).
+    // Candidates: the default, then per kernel the configs worth measuring with the best
+    // estimates (<= 24 stream, <= 40 wgmma; a few ms of GPU time each).
     let candidates = |p: &GemmFp8Problem| -> Vec<GemmFp8Config> {
         let d = GemmFp8::default_config(p);
         let mut rest = GemmFp8::candidates(p, &limits);
@@ -310,12 +321,22 @@ fn gemm_fp8_bench() {
             GemmFp8::estimate_us(p, a, &limits).total_cmp(&GemmFp8::estimate_us(p, b, &limits))
         });
         let mut v = vec![d];
-        v.extend(rest);
+        let (mut streams, mut wgmmas) = (0, 0);
+        for c in rest {
+            let (count, cap) = match c {
+                GemmFp8Config::Stream(_) => (&mut streams, 24),
+                GemmFp8Config::Wgmma(_) => (&mut wgmmas, 40),
+            };
+            if *count < cap {
+                *count += 1;
+                v.push(c);
+            }
+        }
         v
     };
     let mut all: Vec<GemmFp8Config> = Vec::new();
-    for &(_, n, k) in &layers {
-        for &m in &ms {
+    for &(_, n, k, ms) in &layers {
+        for &m in ms {
             for c in candidates(&GemmFp8Problem { m, n, k }) {
                 if !all.contains(&c) {
                     all.push(c);
@@ -334,18 +355,29 @@ fn gemm_fp8_bench() {
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut rows_out = Vec::new();
-    for &(name, n, k) in &layers {
+    for &(name, n, k, ms) in &layers {
         let (nu, ku) = (n as usize, k as usize);
         // Random finite codes (no NaN pattern) and positive scales: timing does not depend on
         // the values, only on their being read.
-        let wq: Vec<u8> = (0..nu * ku)
-            .map(|_| rng.random_range(0u8..0x7e) | if rng.random_bool(0.5) { 0x80 } else { 0 })
-            .collect();
+        // Random bytes with bit 3 cleared: never the NaN pattern S.1111.111.
+        let mut wq = vec![0u8; nu * ku];
+        rng.fill(&mut wq[..]);
+        wq.iter_mut().for_each(|b| *b &= 0xf7);
         let sw = vec![1.0f32 / 448.0; nu.div_ceil(128) * (ku / 128)];
         let w = dev.upload(&wq, "W").unwrap();
         let dsw = dev.upload(&sw, "SW").unwrap();
-        for &m in &ms {
+        for &m in ms {
             let p = GemmFp8Problem { m, n, k };
+            // Prefill-sized calls take milliseconds: fewer timed runs.
+            let opts = if m > 256 {
+                MeasureOptions {
+                    warmup: 2,
+                    reps: 10,
+                    flush_l2: true,
+                }
+            } else {
+                opts
+            };
             let mu = m as usize;
             let x = dev.upload(&vec![0x38u8; mu * ku], "X").unwrap();
             let sx = dev.upload(&vec![1.0f32; mu * (ku / 128)], "SX").unwrap();
@@ -368,6 +400,7 @@ fn gemm_fp8_bench() {
                 results.push((c, meas));
             }
             let tb_s = |us: f64| fam::weight_bytes(&p) / (us * 1e-6) / 1e12;
+            let tflop_s = |us: f64| GemmFp8::flops(&p) / (us * 1e-6) / 1e12;
             let default = results[0].1.clone();
             let (best_c, best_m) = results
                 .iter()
@@ -375,9 +408,10 @@ fn gemm_fp8_bench() {
                 .unwrap();
             let target = if name == "qkv" { 2.5 } else { 3.5 };
             eprintln!(
-                "  {name:<7} M={m:<3} best {:>7.2} us ({:.2} TB/s weight), default {:>7.2} us ({:.2} TB/s)",
+                "  {name:<8} M={m:<4} best {:>8.2} us ({:.2} TB/s weight, {:.0} TFLOP/s), default {:>8.2} us ({:.2} TB/s)",
                 best_m.median_us,
                 tb_s(best_m.median_us),
+                tflop_s(best_m.median_us),
                 default.median_us,
                 tb_s(default.median_us)
             );
@@ -386,20 +420,22 @@ fn gemm_fp8_bench() {
                 "problem": p,
                 "weight_mb": fam::weight_bytes(&p) / 1e6,
                 "best": {"config": best_c, "measurement": best_m, "weight_tb_s": tb_s(best_m.median_us),
+                         "tflop_s": tflop_s(best_m.median_us),
                          "estimate_us": GemmFp8::estimate_us(&p, best_c, &limits)},
                 "default": {"config": results[0].0, "measurement": default,
-                            "weight_tb_s": tb_s(default.median_us)},
+                            "weight_tb_s": tb_s(default.median_us),
+                            "tflop_s": tflop_s(default.median_us)},
                 "target": {"weight_tb_s": target, "met": tb_s(best_m.median_us) >= target},
                 "candidates": results.iter().map(|(c, m)| json!({"config": c,
                     "median_us": m.median_us, "p20_us": m.p20_us, "p80_us": m.p80_us,
-                    "weight_tb_s": tb_s(m.median_us),
+                    "weight_tb_s": tb_s(m.median_us), "tflop_s": tflop_s(m.median_us),
                     "estimate_us": GemmFp8::estimate_us(&p, c, &limits)})).collect::<Vec<_>>(),
             }));
         }
     }
     // The activation quantiser on the decode shapes it feeds (M = 32, K of each layer).
     let mut quant_rows = Vec::new();
-    for &(name, _, k) in &layers {
+    for &(name, _, k, _) in &layers[..3] {
         let m = 32u32;
         let x = dev
             .upload(&vec![bf16::from_f32(0.5); (m * k) as usize], "X")

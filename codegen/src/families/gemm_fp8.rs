@@ -43,6 +43,9 @@ use crate::family::{
 };
 
 pub mod fp8;
+pub mod wgmma;
+
+pub use wgmma::WgmmaConfig;
 
 /// The family.
 pub struct GemmFp8;
@@ -60,18 +63,21 @@ pub struct GemmFp8Problem {
 #[serde(tag = "kernel", rename_all = "snake_case")]
 pub enum GemmFp8Config {
     Stream(StreamConfig),
+    Wgmma(WgmmaConfig),
 }
 
 impl GemmFp8Config {
     pub fn threads(&self) -> u32 {
         match self {
             GemmFp8Config::Stream(c) => c.threads(),
+            GemmFp8Config::Wgmma(c) => c.threads(),
         }
     }
     /// K slices reduced in-kernel (grid.z).
     pub fn split_k(&self) -> u32 {
         match self {
             GemmFp8Config::Stream(c) => c.split_k,
+            GemmFp8Config::Wgmma(c) => c.split_k,
         }
     }
 }
@@ -92,7 +98,7 @@ pub struct StreamConfig {
     pub split_k: u32,
 }
 
-/// Most tokens the stream kernel serves.
+/// Most tokens the stream kernel serves (the wgmma kernel serves any M).
 pub const MAX_M: u32 = 32;
 /// K elements (= bytes of a row) per block: 4 lanes x 16 bytes.
 pub const K_BLOCK: u32 = 64;
@@ -222,7 +228,8 @@ fn workspace_floats(p: &GemmFp8Problem, c: &StreamConfig) -> u64 {
 pub fn counters_len(p: &GemmFp8Problem, c: &GemmFp8Config) -> usize {
     match c {
         GemmFp8Config::Stream(s) if s.split_k > 1 => tiles(p, s) as usize,
-        _ => 0,
+        GemmFp8Config::Stream(_) => 0,
+        GemmFp8Config::Wgmma(w) => wgmma::counters_len(p, w),
     }
 }
 
@@ -354,6 +361,7 @@ fn stream_entry(c: &StreamConfig) -> String {
 
 fn stream_render_vars(c: &StreamConfig) -> RenderVars {
     let vars = json!({
+        "wgmma": false,
         "entry": stream_entry(c),
         "use_split_k": c.split_k > 1,
         "warps": c.warps,
@@ -474,24 +482,33 @@ impl Family for GemmFp8 {
     type Config = GemmFp8Config;
 
     const NAME: &'static str = "gemm_fp8";
-    const TEMPLATE: &'static str = include_str!("../../../templates/gemm_fp8.cu.tera");
+    /// The kernels' templates in one text; the `wgmma` variable picks one.
+    const TEMPLATE: &'static str = concat!(
+        "{% if wgmma %}",
+        include_str!("../../../templates/gemm_fp8_wgmma.cu.tera"),
+        "{% else %}",
+        include_str!("../../../templates/gemm_fp8.cu.tera"),
+        "{% endif %}"
+    );
 
+    /// The stream and wgmma spaces, in that order.
     fn space() -> Vec<GemmFp8Config> {
-        stream_space()
-            .into_iter()
-            .map(GemmFp8Config::Stream)
-            .collect()
+        let stream = stream_space().into_iter().map(GemmFp8Config::Stream);
+        let wgmma = wgmma::space().into_iter().map(GemmFp8Config::Wgmma);
+        stream.chain(wgmma).collect()
     }
 
     fn check_config(c: &GemmFp8Config, limits: &DeviceLimits) -> Result<(), Illegal> {
         match c {
             GemmFp8Config::Stream(s) => stream_check_config(s, limits),
+            GemmFp8Config::Wgmma(w) => wgmma::check_config(w, limits),
         }
     }
 
     fn check_problem(p: &GemmFp8Problem, c: &GemmFp8Config) -> Result<(), Illegal> {
         match c {
             GemmFp8Config::Stream(s) => stream_check_problem(p, s),
+            GemmFp8Config::Wgmma(w) => wgmma::check_problem(p, w),
         }
     }
 
@@ -510,19 +527,16 @@ impl Family for GemmFp8 {
                 p.k
             )));
         }
-        if p.m > MAX_M {
-            return Err(no(format!(
-                "m = {} exceeds {MAX_M}: only the decode (weight-streaming) kernel is built",
-                p.m
-            )));
-        }
-        if p.n > MAX_DIM || p.k > MAX_DIM {
+        if p.m > MAX_DIM || p.n > MAX_DIM || p.k > MAX_DIM {
             return Err(no(
-                "n and k must be at most 2^30 (the kernel indexes with int)".into(),
+                "m, n and k must be at most 2^30 (the kernels index with int)".into(),
             ));
         }
-        if p.n as u64 * p.k as u64 > MAX_OPERAND {
-            return Err(no("the weight exceeds 2^36 elements".into()));
+        if p.n as u64 * p.k as u64 > MAX_OPERAND || p.m as u64 * p.k as u64 > MAX_OPERAND {
+            return Err(no("an operand exceeds 2^36 elements".into()));
+        }
+        if p.m as u64 * p.n as u64 > MAX_OPERAND {
+            return Err(no("the output exceeds 2^36 elements".into()));
         }
         Ok(())
     }
@@ -530,12 +544,14 @@ impl Family for GemmFp8 {
     fn render_vars(_p: &GemmFp8Problem, c: &GemmFp8Config) -> RenderVars {
         match c {
             GemmFp8Config::Stream(s) => stream_render_vars(s),
+            GemmFp8Config::Wgmma(w) => wgmma::render_vars(w),
         }
     }
 
     fn entry(_p: &GemmFp8Problem, c: &GemmFp8Config) -> String {
         match c {
             GemmFp8Config::Stream(s) => stream_entry(s),
+            GemmFp8Config::Wgmma(w) => wgmma::entry(w),
         }
     }
 
@@ -558,6 +574,7 @@ impl Family for GemmFp8 {
     fn geometry(p: &GemmFp8Problem, c: &GemmFp8Config) -> LaunchGeometry {
         match c {
             GemmFp8Config::Stream(s) => stream_geometry(p, s),
+            GemmFp8Config::Wgmma(w) => wgmma::geometry(p, w),
         }
     }
 
@@ -565,6 +582,7 @@ impl Family for GemmFp8 {
     fn workspace_bytes(p: &GemmFp8Problem, c: &GemmFp8Config) -> usize {
         match c {
             GemmFp8Config::Stream(s) => (workspace_floats(p, s) * 4) as usize,
+            GemmFp8Config::Wgmma(w) => (wgmma::workspace_floats(p, w) * 4) as usize,
         }
     }
 
@@ -595,23 +613,31 @@ impl Family for GemmFp8 {
         n * k + m * k + 4.0 * (m * kb + rb * kb) + 2.0 * m * n
     }
 
+    /// The stream kernel up to 32 tokens, the wgmma kernel past them.
     fn default_config(p: &GemmFp8Problem) -> GemmFp8Config {
-        GemmFp8Config::Stream(stream_default(p))
+        if p.m <= MAX_M {
+            GemmFp8Config::Stream(stream_default(p))
+        } else {
+            GemmFp8Config::Wgmma(wgmma::default_config(p))
+        }
     }
 
     fn estimate_us(p: &GemmFp8Problem, c: &GemmFp8Config, limits: &DeviceLimits) -> f64 {
         match c {
             GemmFp8Config::Stream(s) => stream_estimate_us(p, s, limits),
+            GemmFp8Config::Wgmma(w) => wgmma::estimate_us(p, w, limits),
         }
     }
 
-    /// Legal configs that serve `problem`, less those with a wider token tile than M needs.
+    /// Legal configs that serve `problem`, less stream configs with a wider token tile than M
+    /// needs and wgmma configs with 128-row tiles for at most 64 tokens (half their rows zero).
     fn candidates(problem: &GemmFp8Problem, limits: &DeviceLimits) -> Vec<GemmFp8Config> {
         Self::legal_space(limits)
             .into_iter()
             .filter(|c| Self::check_problem(problem, c).is_ok())
             .filter(|c| match c {
                 GemmFp8Config::Stream(s) => worth_measuring(problem, s),
+                GemmFp8Config::Wgmma(w) => w.bm == 64 || problem.m > 64,
             })
             .collect()
     }

@@ -12,13 +12,29 @@ fn prob(m: u32, n: u32, k: u32) -> GemmFp8Problem {
 fn stream(c: &GemmFp8Config) -> &StreamConfig {
     match c {
         GemmFp8Config::Stream(s) => s,
+        other => panic!("not a stream config: {other:?}"),
     }
 }
 
+/// The stream kernel's legal configs.
 fn legal() -> Vec<StreamConfig> {
     GemmFp8::legal_space(&limits())
         .iter()
-        .map(|c| stream(c).clone())
+        .filter_map(|c| match c {
+            GemmFp8Config::Stream(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The wgmma kernel's legal configs.
+fn legal_wgmma() -> Vec<WgmmaConfig> {
+    GemmFp8::legal_space(&limits())
+        .iter()
+        .filter_map(|c| match c {
+            GemmFp8Config::Wgmma(w) => Some(w.clone()),
+            _ => None,
+        })
         .collect()
 }
 
@@ -80,23 +96,126 @@ fn entry_names_are_unique() {
     }
 }
 
-fn template_names() -> BTreeSet<String> {
-    crate::families::template_tags::template_names(GemmFp8::TEMPLATE)
+/// Names each kernel's template reads, plus the selector both see.
+fn template_names(wgmma: bool) -> BTreeSet<String> {
+    use crate::families::template_tags::template_names as names;
+    const STREAM: &str = include_str!("../../../../templates/gemm_fp8.cu.tera");
+    const WGMMA: &str = include_str!("../../../../templates/gemm_fp8_wgmma.cu.tera");
+    assert_eq!(
+        GemmFp8::TEMPLATE,
+        format!("{{% if wgmma %}}{WGMMA}{{% else %}}{STREAM}{{% endif %}}")
+    );
+    let mut used = names(if wgmma { WGMMA } else { STREAM });
+    used.insert("wgmma".into());
+    used
 }
 
 #[test]
 fn render_vars_match_the_template() {
-    let used = template_names();
-    assert!(used.contains("unroll") && used.contains("use_split_k"));
+    assert!(template_names(false).contains("unroll"));
+    assert!(template_names(true).contains("double_tmp"));
     let p = GemmFp8::branch_problems()[0];
     for c in GemmFp8::legal_space(&limits()) {
+        let wgmma = matches!(c, GemmFp8Config::Wgmma(_));
         let vars = GemmFp8::render_vars(&p, &c);
         let keys: BTreeSet<String> = vars.keys().cloned().collect();
-        assert_eq!(keys, used, "{c:?}");
+        assert_eq!(keys, template_names(wgmma), "{c:?}");
         assert_eq!(vars["entry"], json!(GemmFp8::entry(&p, &c)));
+        assert_eq!(vars["wgmma"], json!(wgmma));
         // The source does not depend on the problem.
         assert_eq!(vars, GemmFp8::render_vars(&prob(1, 7168, 16384), &c));
     }
+}
+
+#[test]
+fn wgmma_space_is_modest_and_fits_registers_and_smem() {
+    let l = legal_wgmma();
+    assert!(
+        (40..=150).contains(&l.len()),
+        "{} legal wgmma configs",
+        l.len()
+    );
+    for bn in [64, 96, 128, 160] {
+        assert!(l.iter().any(|c| c.bm == 128 && c.bn == bn));
+    }
+    assert!(l.iter().any(|c| c.double_tmp && c.bn == 96 && c.bm == 128));
+    assert!(l
+        .iter()
+        .any(|c| !c.double_tmp && c.bn == 160 && c.bm == 128));
+    assert!(l.iter().any(|c| c.bm == 64 && c.split_k == 8));
+    for c in &l {
+        assert!(c.fragment_registers() <= wgmma::FRAGMENT_BUDGET, "{c:?}");
+        assert!(
+            c.smem_bytes() <= limits().max_dynamic_smem_per_block,
+            "{c:?}"
+        );
+        // Operand tiles are whole 1024-byte swizzle atoms.
+        assert_eq!((c.bm * wgmma::BK) % 1024, 0);
+        assert_eq!((c.bn * wgmma::BK) % 1024, 0);
+    }
+}
+
+#[test]
+fn wgmma_serves_every_m_and_the_default_switches_at_32() {
+    let l = limits();
+    for (n, k) in STEP3.iter().copied().chain([
+        (36864, 7168),
+        (7168, 18432),
+        (10240, 7168),
+        (7168, 5120),
+        (2563, 128),
+        (48, 1024),
+    ]) {
+        for m in [33, 64, 77, 128, 200, 256, 512, 4096] {
+            let p = prob(m, n, k);
+            GemmFp8::supports(&p).unwrap();
+            let c = GemmFp8::default_config(&p);
+            assert!(matches!(c, GemmFp8Config::Wgmma(_)), "{p:?} -> {c:?}");
+            GemmFp8::check_config(&c, &l).unwrap_or_else(|e| panic!("{p:?} -> {c:?}: {e}"));
+            GemmFp8::check_problem(&p, &c).unwrap_or_else(|e| panic!("{p:?} -> {c:?}: {e}"));
+            let cands = GemmFp8::candidates(&p, &l);
+            assert!(cands.contains(&c), "{p:?}: default {c:?} not a candidate");
+            assert!(cands.iter().all(|c| matches!(c, GemmFp8Config::Wgmma(_))));
+        }
+    }
+    // Decode batches split K on the narrow qkv weight, FFN batches do not split.
+    assert!(GemmFp8::default_config(&prob(128, 2560, 7168)).split_k() > 1);
+    assert_eq!(
+        GemmFp8::default_config(&prob(4096, 7168, 18432)).split_k(),
+        1
+    );
+    // Both kernels compete at M <= 32.
+    let cands = GemmFp8::candidates(&prob(16, 7168, 16384), &l);
+    assert!(cands.iter().any(|c| matches!(c, GemmFp8Config::Wgmma(_))));
+    assert!(cands.iter().any(|c| matches!(c, GemmFp8Config::Stream(_))));
+}
+
+#[test]
+fn wgmma_geometry_and_workspace() {
+    let c = WgmmaConfig {
+        bm: 64,
+        bn: 128,
+        stages: 6,
+        split_k: 4,
+        double_tmp: true,
+    };
+    let p = prob(77, 2563, 1024);
+    let g = wgmma::geometry(&p, &c);
+    assert_eq!(g.grid, [2 * 21, 1, 4]);
+    assert_eq!(g.block, [128, 1, 1]);
+    assert_eq!(g.dynamic_smem_bytes, 6 * (192 * 128 + 68 * 4) + 1024);
+    let gc = GemmFp8Config::Wgmma(c.clone());
+    assert_eq!(counters_len(&p, &gc), 42);
+    assert_eq!(GemmFp8::workspace_bytes(&p, &gc), 4 * 42 * 64 * 128 * 4);
+    // 8 scale blocks cannot feed more than 8 splits; 4 blocks not 8.
+    assert!(GemmFp8::check_problem(
+        &prob(77, 2563, 512),
+        &GemmFp8Config::Wgmma(WgmmaConfig {
+            split_k: 8,
+            ..c.clone()
+        })
+    )
+    .is_err());
 }
 
 #[test]
@@ -115,13 +234,15 @@ fn quant_source_names_its_entry() {
 }
 
 #[test]
-fn supports_whole_scale_blocks_and_decode_m_only() {
+fn supports_whole_scale_blocks_and_any_m() {
     assert!(GemmFp8::supports(&prob(1, 2560, 7168)).is_ok());
     assert!(GemmFp8::supports(&prob(32, 2563, 128)).is_ok());
     let e = GemmFp8::supports(&prob(1, 2560, 7100)).unwrap_err();
     assert!(e.reason.contains("multiple of 128"), "{e}");
-    assert!(GemmFp8::supports(&prob(33, 2560, 7168)).is_err());
+    assert!(GemmFp8::supports(&prob(33, 2560, 7168)).is_ok());
+    assert!(GemmFp8::supports(&prob(4096, 36864, 7168)).is_ok());
     assert!(GemmFp8::supports(&prob(0, 2560, 7168)).is_err());
+    assert!(GemmFp8::supports(&prob(1 << 31, 2560, 7168)).is_err());
 }
 
 #[test]

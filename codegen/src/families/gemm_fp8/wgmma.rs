@@ -1,0 +1,310 @@
+//! The wgmma kernel of `gemm_fp8` (`templates/gemm_fp8_wgmma.cu.tera`, sm_90a): Hopper's
+//! warpgroup MMA on e4m3 operands read from 128-byte-swizzled shared memory, fed by a
+//! `cp.async` pipeline; each 128-wide K tile is one scale block, summed by the tensor cores
+//! into a temporary fragment and promoted into the fp32 accumulators with its two scales.
+//! Serves any M (prefill, FFN and the decode batches past the stream kernel's 32 tokens).
+//! The template's header explains layout, pipeline and the two promotion schedules.
+//!
+//! A CTA computes a `bm x bn` tile (`bm / 64` warpgroups, each one m64 x bn wgmma per k32
+//! step). Grid: `[tiles, 1, split_k]`; block `2 * bm` threads (128 per warpgroup).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{illegal, scale_blocks, GemmFp8Problem, MAX_WORKSPACE_BYTES, SCALE_BLOCK};
+use crate::family::{DeviceLimits, Illegal, LaunchGeometry, RenderVars};
+
+/// K elements (bytes) per pipeline stage: one 128-byte swizzle row = one scale block.
+pub const BK: u32 = SCALE_BLOCK;
+/// Tile rows grouped in the raster (resident CTAs share X and W rows in L2).
+pub const GROUP_M: u32 = 8;
+/// Activation scales a stage holds beyond the tile's rows: up to 3 weight scales, padded.
+const SW_SLOTS: u32 = 4;
+
+/// A point of the wgmma kernel's space.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WgmmaConfig {
+    /// CTA tile rows (tokens): 64 (one warpgroup) or 128 (two).
+    pub bm: u32,
+    /// CTA tile columns (weight rows) = the wgmma's N: 64, 96, 128 or 160.
+    pub bn: u32,
+    /// Shared-memory pipeline stages of one 128-wide K tile each.
+    pub stages: u32,
+    /// K slices reduced in-kernel (grid.z).
+    pub split_k: u32,
+    /// Two temporary fragments, so a tile's promotion overlaps the next tile's wgmma's.
+    pub double_tmp: bool,
+}
+
+impl WgmmaConfig {
+    pub fn threads(&self) -> u32 {
+        2 * self.bm
+    }
+    /// fp32 accumulator registers per thread (one fragment).
+    pub fn frag(&self) -> u32 {
+        self.bn / 2
+    }
+    /// Fragments live across the main loop: the accumulators and one or two temporaries.
+    pub fn fragment_registers(&self) -> u32 {
+        self.frag() * if self.double_tmp { 3 } else { 2 }
+    }
+    /// One stage: the X tile, the W tile and the tile's scales.
+    pub fn stage_bytes(&self) -> u32 {
+        (self.bm + self.bn) * BK + (self.bm + SW_SLOTS) * 4
+    }
+    /// Every stage, plus 1 KiB to align the base to a swizzle atom.
+    pub fn smem_bytes(&self) -> u32 {
+        self.stages * self.stage_bytes() + 1024
+    }
+    /// Tiles read by wgmma's while later ones load (the prefetch distance is `stages - this`).
+    fn busy_stages(&self) -> u32 {
+        if self.double_tmp {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+pub fn tiles(p: &GemmFp8Problem, c: &WgmmaConfig) -> u64 {
+    (p.m as u64).div_ceil(c.bm as u64) * (p.n as u64).div_ceil(c.bn as u64)
+}
+
+pub fn workspace_floats(p: &GemmFp8Problem, c: &WgmmaConfig) -> u64 {
+    if c.split_k > 1 {
+        c.split_k as u64 * tiles(p, c) * c.bm as u64 * c.bn as u64
+    } else {
+        0
+    }
+}
+
+pub fn counters_len(p: &GemmFp8Problem, c: &WgmmaConfig) -> usize {
+    if c.split_k > 1 {
+        tiles(p, c) as usize
+    } else {
+        0
+    }
+}
+
+pub fn space() -> Vec<WgmmaConfig> {
+    let mut out = Vec::new();
+    for bm in [64, 128] {
+        for bn in [64, 96, 128, 160] {
+            for stages in [4, 5, 6, 8] {
+                for split_k in [1, 2, 4, 8] {
+                    for double_tmp in [false, true] {
+                        out.push(WgmmaConfig {
+                            bm,
+                            bn,
+                            stages,
+                            split_k,
+                            double_tmp,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Registers per thread the fragments may take. ptxas needs ~60-70 more for addresses, the
+/// descriptors, the scales and the loop: at 192 fragment registers (128 columns with two
+/// temporaries, or 192 with one) NVRTC 13.0 spills 4-104 bytes at the 255 cap.
+pub const FRAGMENT_BUDGET: u32 = 160;
+
+pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illegal> {
+    // One or two warpgroups of m64.
+    illegal(![64, 128].contains(&c.bm), || {
+        format!("bm {} is not 64 or 128", c.bm)
+    })?;
+    // wgmma N sizes of the space (multiples of 32: W tiles are whole 1024-byte swizzle atoms and
+    // whole loader rounds of 16 or 32 rows).
+    illegal(![64, 96, 128, 160].contains(&c.bn), || {
+        format!("bn {} is not 64, 96, 128 or 160", c.bn)
+    })?;
+    illegal(!(4..=8).contains(&c.stages), || {
+        format!("{} stages is not 4..=8", c.stages)
+    })?;
+    illegal(![1, 2, 4, 8].contains(&c.split_k), || {
+        format!("split_k {} is not 1, 2, 4 or 8", c.split_k)
+    })?;
+    illegal(c.threads() > limits.max_threads_per_block, || {
+        format!("{} threads exceed the device's limit", c.threads())
+    })?;
+    // The accumulators and temporaries stay in registers.
+    illegal(c.fragment_registers() > FRAGMENT_BUDGET, || {
+        format!(
+            "{} fragment registers (bn {}, double_tmp {}) exceed {FRAGMENT_BUDGET}",
+            c.fragment_registers(),
+            c.bn,
+            c.double_tmp
+        )
+    })?;
+    illegal(c.smem_bytes() > limits.max_dynamic_smem_per_block, || {
+        format!(
+            "{} B of shared memory exceed {}",
+            c.smem_bytes(),
+            limits.max_dynamic_smem_per_block
+        )
+    })?;
+    // At least one tile loads while the busy ones are read.
+    illegal(c.stages < c.busy_stages() + 2, || {
+        format!("{} stages leave no prefetch", c.stages)
+    })?;
+    // Split-K serves few tiles (small M): partial tiles of at most 128 x 128.
+    illegal(c.split_k > 1 && c.bm * c.bn > 128 * 128, || {
+        format!("split_k {} of a {}x{} tile", c.split_k, c.bm, c.bn)
+    })?;
+    // Eight stages only where a stage is small (at most 20 KiB: 64-row tiles of <= 96 columns).
+    illegal(c.stages == 8 && c.bm + c.bn > 160, || {
+        format!("8 stages of a {}x{} tile", c.bm, c.bn)
+    })?;
+    // With one warpgroup ptxas gives the loop more registers and a 64 x 160 tile spills
+    // (NVRTC 13.0: 4 bytes at 255 registers).
+    illegal(c.bm == 64 && c.bn == 160, || {
+        "a 64x160 tile spills registers".to_string()
+    })?;
+    Ok(())
+}
+
+pub fn check_problem(p: &GemmFp8Problem, c: &WgmmaConfig) -> Result<(), Illegal> {
+    // Every split gets at least one scale block.
+    illegal(scale_blocks(p) < c.split_k as u64, || {
+        format!(
+            "k {} has {} scale blocks for split_k {}",
+            p.k,
+            scale_blocks(p),
+            c.split_k
+        )
+    })?;
+    illegal(tiles(p, c) > i32::MAX as u64, || {
+        format!("{} tiles exceed grid.x", tiles(p, c))
+    })?;
+    let ws = workspace_floats(p, c) * 4;
+    illegal(ws > MAX_WORKSPACE_BYTES as u64, || {
+        format!("split-K workspace of {ws} B exceeds {MAX_WORKSPACE_BYTES}")
+    })?;
+    Ok(())
+}
+
+pub fn entry(c: &WgmmaConfig) -> String {
+    format!(
+        "kiln_gemm_fp8_wgmma_m{}_n{}_s{}_sk{}_d{}",
+        c.bm, c.bn, c.stages, c.split_k, c.double_tmp as u32
+    )
+}
+
+pub fn render_vars(c: &WgmmaConfig) -> RenderVars {
+    // The wgmma's operand list: the fragment's registers %0 .. %(frag-1), bound to d[0..frag),
+    // then the two descriptors and the accumulate flag.
+    let n = c.frag();
+    let d_operands = (0..n)
+        .map(|i| format!("%{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let d_bindings = (0..n)
+        .map(|i| format!("\"+f\"(d[{i}])"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let vars = json!({
+        "d_operands": d_operands,
+        "d_bindings": d_bindings,
+        "desc_a_operand": n,
+        "desc_b_operand": n + 1,
+        "flag_operand": n + 2,
+        "wgmma": true,
+        "entry": entry(c),
+        "use_split_k": c.split_k > 1,
+        "double_tmp": c.double_tmp,
+        "bm": c.bm,
+        "bn": c.bn,
+        "threads": c.threads(),
+        "stages": c.stages,
+        "split_k": c.split_k,
+        "group_m": GROUP_M,
+    });
+    match vars {
+        Value::Object(map) => map,
+        _ => unreachable!("json! of an object literal"),
+    }
+}
+
+pub fn geometry(p: &GemmFp8Problem, c: &WgmmaConfig) -> LaunchGeometry {
+    LaunchGeometry {
+        grid: [tiles(p, c).min(i32::MAX as u64) as u32, 1, c.split_k],
+        block: [c.threads(), 1, 1],
+        dynamic_smem_bytes: c.smem_bytes(),
+        cluster: [1, 1, 1],
+    }
+}
+
+/// The wgmma config used when nothing is tuned (M > 32): 128-row tiles (two warpgroups) past 64
+/// tokens, else 64; 128 columns, one temporary fragment (two warpgroups take turns on the
+/// tensor cores while the other promotes); 5 stages of 33 KiB (128 rows) or 6 of 24 KiB (64
+/// rows); split-K while tiles x splits stays within 1.5 waves and every split keeps >= 4 K tiles.
+pub fn default_config(p: &GemmFp8Problem) -> WgmmaConfig {
+    const SMS: u64 = 132;
+    let bm = if p.m > 64 { 128 } else { 64 };
+    let mut c = WgmmaConfig {
+        bm,
+        bn: 128,
+        stages: if bm == 128 { 5 } else { 6 },
+        split_k: 1,
+        double_tmp: false,
+    };
+    for split in [8, 4, 2] {
+        let s = WgmmaConfig {
+            split_k: split,
+            ..c.clone()
+        };
+        if tiles(p, &s) * split as u64 <= SMS * 3 / 2
+            && scale_blocks(p) >= 4 * split as u64
+            && check_problem(p, &s).is_ok()
+        {
+            c = s;
+            break;
+        }
+    }
+    c
+}
+
+/// Analytical time in microseconds: tensor work at ~1000 TFLOP/s with overlapped promotion
+/// (less without, and for narrow N), DRAM bytes at ~3.8 TB/s, a round trip per prefetched
+/// tile along a CTA's K slice, whole waves, launch and split-K overhead.
+pub fn estimate_us(p: &GemmFp8Problem, c: &WgmmaConfig, limits: &DeviceLimits) -> f64 {
+    let sms = limits.sms.max(1) as f64;
+    let tiles_m = (p.m as u64).div_ceil(c.bm as u64) as f64;
+    let tiles_n = (p.n as u64).div_ceil(c.bn as u64) as f64;
+    let split = c.split_k as f64;
+    let kt = (scale_blocks(p) as f64 / split).ceil();
+    let per_sm = ((228.0 * 1024.0) / (c.smem_bytes() as f64 + 1024.0))
+        .floor()
+        .clamp(1.0, 2.0);
+    let ctas = tiles_m * tiles_n * split;
+    let slots = sms * per_sm;
+    let waves = (ctas / slots).ceil();
+    let n_eff = match c.bn {
+        64 => 0.7,
+        96 => 0.8,
+        128 => 0.9,
+        _ => 0.95,
+    };
+    let promote_eff = match (c.double_tmp, c.bm) {
+        (true, _) => 1.0,
+        (false, 128) => 0.85,
+        (false, _) => 0.65,
+    };
+    let cta_flops = 2.0 * c.bm as f64 * c.bn as f64 * kt * BK as f64;
+    let compute_s = waves * slots * cta_flops / (n_eff * promote_eff * 1000e12);
+    let k = p.k as f64;
+    let a_bytes = tiles_m * c.bm as f64 * k * (tiles_n / 64.0).ceil();
+    let b_bytes = tiles_n * c.bn as f64 * k * (tiles_m / GROUP_M as f64).ceil();
+    let y_bytes = p.m as f64 * p.n as f64 * 2.0;
+    let ws_bytes = 2.0 * workspace_floats(p, c) as f64 * 4.0;
+    let memory_s = (a_bytes + b_bytes + y_bytes + ws_bytes) / 3.8e12;
+    let ahead = (c.stages - c.busy_stages()) as f64;
+    let latency_s = waves * kt * 0.8e-6 / ahead;
+    let launch_s = 3e-6 + if c.split_k > 1 { 1e-6 } else { 0.0 };
+    (compute_s.max(memory_s).max(latency_s) + launch_s) * 1e6
+}
