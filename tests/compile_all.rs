@@ -179,3 +179,32 @@ fn the_fp8_activation_quantiser_compiles_without_spills() {
     );
     assert!(!k.resources.spills(), "{:?}", k.resources);
 }
+
+#[test]
+fn the_gemm_fp8_reference_compiles_without_spills() {
+    use kiln_runtime::launch::gemm_fp8_ref::{REFERENCE_ENTRY, REFERENCE_SOURCE};
+    let dir = tempfile::tempdir().unwrap();
+    let compiler = compiler_with_fresh_cache(dir.path(), CachePolicy::Compile);
+    let src = KernelSource {
+        family: "gemm_fp8_ref".into(),
+        entry: REFERENCE_ENTRY.into(),
+        source: REFERENCE_SOURCE.into(),
+    };
+    let k = compiler
+        .compile(&src, &CompileOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The module's three entries are all there (the log reports each function).
+    for entry in [
+        "kiln_gemm_fp8_ref",
+        "kiln_gemm_fp8_ref_err",
+        "kiln_gemm_fp8_ref_fill",
+    ] {
+        assert!(k.log.contains(entry), "{entry} missing from:\n{}", k.log);
+    }
+    assert!(
+        k.resources.registers > 0,
+        "no ptxas report parsed:\n{}",
+        k.log
+    );
+    assert!(!k.resources.spills(), "{:?}\n{}", k.resources, k.log);
+}

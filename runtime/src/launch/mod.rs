@@ -5,6 +5,7 @@ pub mod adam;
 pub mod fused_norm_rope;
 pub mod gemm_bf16;
 pub mod gemm_fp8;
+pub mod gemm_fp8_ref;
 pub mod mfa_decode;
 pub mod mlp_jet;
 pub mod small_mlp;
