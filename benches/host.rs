@@ -70,6 +70,7 @@ fn benches(c: &mut Criterion) {
             pct_of_roofline: 50.0,
             baseline: None,
             speedup: None,
+            extra_baselines: Vec::new(),
             max_rel_err: 1e-3,
             candidates_tried: 1,
             tuned_at: String::new(),

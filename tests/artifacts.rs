@@ -40,6 +40,7 @@ fn entry(p: &GemmBf16Problem) -> Entry {
         pct_of_roofline: 40.0,
         baseline: None,
         speedup: None,
+        extra_baselines: Vec::new(),
         max_rel_err: 2e-3,
         candidates_tried: 3,
         tuned_at: "2026-11-29T00:00:00Z".into(),
@@ -284,4 +285,247 @@ fn a_killed_run_resumes_without_losing_what_it_measured() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, vec!["gemm_bf16.json".to_string()]);
+}
+
+/// Same keys and strings everywhere, numbers equal to 1e-12 (serde_json's default float parser
+/// can be one ulp off, so the text is not compared byte for byte).
+fn same_json(a: &serde_json::Value, b: &serde_json::Value, at: &str) {
+    use serde_json::Value::*;
+    match (a, b) {
+        (Object(x), Object(y)) => {
+            let kx: Vec<_> = x.keys().collect();
+            let ky: Vec<_> = y.keys().collect();
+            assert_eq!(kx, ky, "keys differ at {at}");
+            for (k, v) in x {
+                same_json(v, &y[k], &format!("{at}.{k}"));
+            }
+        }
+        (Array(x), Array(y)) => {
+            assert_eq!(x.len(), y.len(), "lengths differ at {at}");
+            for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                same_json(v, w, &format!("{at}[{i}]"));
+            }
+        }
+        (Number(x), Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
+                "{x} != {y} at {at}"
+            );
+        }
+        _ => assert_eq!(a, b, "values differ at {at}"),
+    }
+}
+
+/// The artifact committed under tuned/ (written before `extra_baselines` and the baselines'
+/// error and note existed) still loads, and saving it again adds and drops no field: fields
+/// added since are optional and omitted when empty.
+#[test]
+fn the_committed_gemm_bf16_artifact_loads_and_rewrites_unchanged() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuned/nvidia-h200/gemm_bf16.json");
+    let art = Artifact::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(art.family, "gemm_bf16");
+    assert!(art.entries.len() >= 20, "{}", art.entries.len());
+    for e in &art.entries {
+        assert!(e.extra_baselines.is_empty());
+        let b = e
+            .baseline
+            .as_ref()
+            .expect("every committed entry has its cuBLAS time");
+        assert!(b.max_rel_err.is_none() && b.note.is_none());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let again = dir.path().join("gemm_bf16.json");
+    art.save(&again).unwrap();
+    let read = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    same_json(&read(&path), &read(&again), "$");
+}
+
+/// A gemm_fp8-style entry (a baseline with its error and a note, and a second baseline)
+/// round-trips through save and load.
+#[test]
+fn extra_baselines_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut art = artifact_with(&[qkv(1)]);
+    art.entries[0].baseline = Some(kiln_runtime::artifact::Baseline {
+        name: "cublaslt-fp8-rowwise (block NOT_SUPPORTED)".into(),
+        median_us: 23.1,
+        max_rel_err: Some(2e-3),
+        note: Some("cublaslt-fp8-block128: NOT_SUPPORTED".into()),
+    });
+    art.entries[0].extra_baselines = vec![kiln_runtime::artifact::Baseline::timed(
+        "cublaslt-fp8-rowwise",
+        23.4,
+    )];
+    let path = write(dir.path(), &art);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("extra_baselines") && text.contains("NOT_SUPPORTED"));
+    assert_eq!(Artifact::load(&path).unwrap(), art);
+}
+
+mod driver {
+    //! The shared tuning loop (`tune_problems`) with a tuner that needs no GPU.
+
+    use super::*;
+    use kiln_runtime::RuntimeError;
+    use kiln_tuner::tune::{tune_problems, ProblemTuner, TuneOptions, Tuned};
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    /// Tunes every problem instantly except M = 128, which fails; after each problem it looks
+    /// at the artifact on disk.
+    struct Fake {
+        path: PathBuf,
+        seeds: Vec<u64>,
+        on_disk_before: Vec<usize>,
+    }
+
+    impl ProblemTuner for Fake {
+        type Problem = GemmBf16Problem;
+        fn describe(&self, p: &GemmBf16Problem) -> String {
+            format!("m={}", p.m)
+        }
+        fn tune(
+            &mut self,
+            _bench: &mut kiln_runtime::measure::Bench,
+            _p: &GemmBf16Problem,
+            _seed: u64,
+            _opts: &TuneOptions,
+        ) -> kiln_runtime::Result<Tuned> {
+            unreachable!("the tests call tune_problems with their own closure")
+        }
+        fn line(&self, p: &GemmBf16Problem, _e: &Entry) -> String {
+            format!("tuned m={}", p.m)
+        }
+    }
+
+    fn opts(force: bool, budget: Option<Duration>) -> TuneOptions {
+        TuneOptions {
+            force,
+            budget,
+            tuned_root: PathBuf::new(),
+            search: Default::default(),
+            baseline_reps: 1,
+            seed: 100,
+            progress: false,
+        }
+    }
+
+    fn run(
+        art: &mut Artifact,
+        path: &std::path::Path,
+        problems: &[GemmBf16Problem],
+        o: &TuneOptions,
+        t0: Instant,
+    ) -> (Vec<kiln_tuner::tune::ProblemReport>, Fake) {
+        let mut fake = Fake {
+            path: path.to_path_buf(),
+            seeds: Vec::new(),
+            on_disk_before: Vec::new(),
+        };
+        let bar = indicatif::ProgressBar::hidden();
+        let reports = tune_problems(art, path, problems, o, t0, &bar, &mut fake, |f, p, seed| {
+            f.seeds.push(seed);
+            f.on_disk_before.push(
+                Artifact::load(&f.path)
+                    .map(|a| a.entries.len())
+                    .unwrap_or(0),
+            );
+            if p.m == 128 {
+                return Err(RuntimeError::Baseline {
+                    name: "fake".into(),
+                    reason: "planted failure".into(),
+                });
+            }
+            Ok(Tuned {
+                entry: entry(p),
+                notes: if p.m == 256 {
+                    vec!["a note".into()]
+                } else {
+                    Vec::new()
+                },
+            })
+        })
+        .unwrap();
+        (reports, fake)
+    }
+
+    #[test]
+    fn skips_tuned_problems_saves_after_each_and_records_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Artifact::path(dir.path(), "nvidia-h200", "gemm_bf16");
+        let mut art = artifact_with(&[qkv(1)]);
+        art.save(&path).unwrap();
+        let problems = [qkv(1), qkv(32), qkv(128), qkv(256)];
+        let (reports, fake) = run(
+            &mut art,
+            &path,
+            &problems,
+            &opts(false, None),
+            Instant::now(),
+        );
+        let status: Vec<&str> = reports.iter().map(|r| r.status.as_str()).collect();
+        assert_eq!(status, ["skipped", "tuned", "failed", "tuned"]);
+        assert!(reports[2]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("planted failure"));
+        assert_eq!(reports[3].notes, vec!["a note".to_string()]);
+        // Seeds follow the problem's index; each problem saw the ones before it saved.
+        assert_eq!(fake.seeds, vec![101, 102, 103]);
+        assert_eq!(fake.on_disk_before, vec![1, 2, 2]);
+        let saved = Artifact::load(&path).unwrap();
+        assert_eq!(saved.entries.len(), 3);
+        assert!(saved
+            .find(&serde_json::to_value(qkv(128)).unwrap())
+            .is_none());
+
+        // A re-run resumes: only the failed problem is tried again.
+        let (reports, fake) = run(
+            &mut art,
+            &path,
+            &problems,
+            &opts(false, None),
+            Instant::now(),
+        );
+        let status: Vec<&str> = reports.iter().map(|r| r.status.as_str()).collect();
+        assert_eq!(status, ["skipped", "skipped", "failed", "skipped"]);
+        assert_eq!(fake.seeds, vec![102]);
+
+        // --force re-tunes everything.
+        let (reports, _) = run(
+            &mut art,
+            &path,
+            &problems,
+            &opts(true, None),
+            Instant::now(),
+        );
+        assert_eq!(reports.iter().filter(|r| r.status == "tuned").count(), 3);
+        assert_eq!(reports.iter().filter(|r| r.status == "skipped").count(), 0);
+    }
+
+    #[test]
+    fn an_exhausted_budget_starts_nothing_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Artifact::path(dir.path(), "nvidia-h200", "gemm_bf16");
+        let mut art = artifact_with(&[qkv(1)]);
+        let t0 = Instant::now()
+            .checked_sub(Duration::from_secs(2))
+            .unwrap_or_else(Instant::now);
+        let (reports, fake) = run(
+            &mut art,
+            &path,
+            &[qkv(1), qkv(32)],
+            &opts(false, Some(Duration::from_millis(1))),
+            t0,
+        );
+        let status: Vec<&str> = reports.iter().map(|r| r.status.as_str()).collect();
+        assert_eq!(status, ["skipped", "out_of_budget"]);
+        assert!(fake.seeds.is_empty());
+        assert!(!path.exists(), "nothing tuned, nothing written");
+    }
 }

@@ -56,6 +56,24 @@ pub struct Baseline {
     /// e.g. `cublas-gemmex-bf16`.
     pub name: String,
     pub median_us: f64,
+    /// Its output's norm-wise error against the same reference kiln's kernel is held to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rel_err: Option<f64>,
+    /// What a reader needs to know about it (e.g. why it stands in for another baseline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Baseline {
+    /// A baseline with a name and a time only.
+    pub fn timed(name: impl Into<String>, median_us: f64) -> Self {
+        Baseline {
+            name: name.into(),
+            median_us,
+            max_rel_err: None,
+            note: None,
+        }
+    }
 }
 
 /// What happened to one candidate config during tuning.
@@ -85,8 +103,13 @@ pub struct Entry {
     pub p80_us: f64,
     /// Percent of the compute or memory roofline, whichever bounds the problem.
     pub pct_of_roofline: f64,
+    /// The baseline `speedup` is measured against.
     pub baseline: Option<Baseline>,
     pub speedup: Option<f64>,
+    /// Other peers timed in the same run (e.g. cuBLASLt with row-wise scales next to the
+    /// block-scaled baseline of `gemm_fp8`); absent in older artifacts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_baselines: Vec<Baseline>,
     pub max_rel_err: f64,
     pub candidates_tried: usize,
     /// RFC 3339, UTC.

@@ -1,4 +1,12 @@
-//! Peer baselines measured in the same run as kiln's kernels.
+//! Peer baselines measured in the same run as kiln's kernels: cuBLAS for `gemm_bf16`, and
+//! cuBLASLt FP8 (block-scaled and row-wise) for `gemm_fp8` ([`cublaslt_fp8`]).
+
+pub mod cublaslt_fp8;
+
+pub use cublaslt_fp8::{
+    CublasLtFp8, Fp8Plan, Fp8Scaling, LtFailure, CUBLASLT_FP8_BLOCK, CUBLASLT_FP8_ROWWISE,
+    CUBLASLT_FP8_ROWWISE_BLOCK_FAILED, CUBLASLT_FP8_ROWWISE_FALLBACK,
+};
 
 use cudarc::cublas::sys::cublasOperation_t as Op;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};

@@ -2,6 +2,7 @@
 
 pub mod baseline;
 pub mod gemm_bf16;
+pub mod gemm_fp8;
 pub mod lock;
 pub mod roofline;
 pub mod search;

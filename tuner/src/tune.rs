@@ -1,26 +1,33 @@
 //! A tuning run: a family, a list of problems, the search, the baseline, and
 //! the artifact written after every problem (so a killed run loses nothing
 //! it had measured, and a re-run resumes where it stopped).
+//!
+//! [`run_tuning`] holds everything families share (lock, artifact, resume, budget, progress,
+//! report); a family brings a [`ProblemTuner`] (its bench, reference and baseline):
+//! [`tune_gemm_bf16`] and [`tune_gemm_fp8`].
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_codegen::families::gemm_bf16::{GemmBf16, GemmBf16Problem};
+use kiln_codegen::families::gemm_fp8::{GemmFp8, GemmFp8Problem};
 use kiln_codegen::{Compiler, Family};
 use kiln_runtime::artifact::{
     Artifact, ArtifactDevice, ArtifactToolchain, Baseline, Entry, Staleness,
 };
 use kiln_runtime::launch::gemm_bf16::GemmBf16Reference;
+use kiln_runtime::launch::gemm_fp8_ref::GemmFp8Reference;
 use kiln_runtime::measure::{gpu_clock_and_temperature, Bench, MeasureOptions};
 use kiln_runtime::{Device, Result, RuntimeError};
 use serde::Serialize;
 
-use crate::baseline::{CublasBf16, CUBLAS_BF16};
+use crate::baseline::{CublasBf16, CublasLtFp8, CUBLASLT_FP8_ROWWISE, CUBLAS_BF16};
 use crate::gemm_bf16::GemmBf16Bench;
+use crate::gemm_fp8::{choose_baselines, GemmFp8Bench};
 use crate::lock::GpuLock;
 use crate::roofline;
-use crate::search::{search, SearchOptions};
+use crate::search::{search, Evaluator, SearchOptions, SearchResult};
 
 #[derive(Clone, Debug)]
 pub struct TuneOptions {
@@ -46,6 +53,9 @@ pub struct ProblemReport {
     pub entry: Option<Entry>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What the entry does not say (e.g. why a baseline is missing or stands in for another).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub seconds: f64,
 }
 
@@ -147,28 +157,66 @@ pub fn pending(artifact: &Artifact, problems: &[serde_json::Value], force: bool)
         .collect()
 }
 
-/// Tune `gemm_bf16` for each problem.
-pub fn tune_gemm_bf16(
+/// The result of tuning one problem: its artifact entry, and anything a reader should know
+/// that the entry does not say (e.g. why a baseline is missing).
+#[derive(Clone, Debug)]
+pub struct Tuned {
+    pub entry: Entry,
+    pub notes: Vec<String>,
+}
+
+/// A family's part of a tuning run: tuning one problem. Everything around it (the GPU lock,
+/// opening and saving the artifact, resume, budget, progress bar and report) is [`run_tuning`]'s,
+/// the same for every family.
+pub trait ProblemTuner {
+    type Problem: Serialize;
+    /// How progress messages name a problem, e.g. `m=1 n=48 k=7168`.
+    fn describe(&self, problem: &Self::Problem) -> String;
+    /// Search the family's candidates for `problem` and time its baseline.
+    fn tune(
+        &mut self,
+        bench: &mut Bench,
+        problem: &Self::Problem,
+        seed: u64,
+        opts: &TuneOptions,
+    ) -> Result<Tuned>;
+    /// The line printed when a problem is tuned.
+    fn line(&self, problem: &Self::Problem, entry: &Entry) -> String;
+}
+
+/// Which family an artifact belongs to, and the template its staleness is judged by.
+#[derive(Clone, Copy, Debug)]
+pub struct FamilyId {
+    pub name: &'static str,
+    pub template: &'static str,
+}
+
+/// Tune `problems` for one family: take the GPU lock, open (or start) its artifact, build the
+/// family's tuner with `setup` (references, baselines), then tune each pending problem and save
+/// the artifact after each one.
+pub fn run_tuning<T: ProblemTuner>(
     device: &Device,
     compiler: &Compiler,
-    problems: &[GemmBf16Problem],
+    family: FamilyId,
+    problems: &[T::Problem],
     opts: &TuneOptions,
+    setup: impl FnOnce() -> Result<T>,
 ) -> Result<TuneReport> {
     let t0 = Instant::now();
     let _lock = GpuLock::acquire(device.ctx.ordinal())?;
     let (clock, temp) = gpu_clock_and_temperature(device.ctx.ordinal()).unzip();
     let header = ArtifactDevice::from_info(&device.info, clock, temp);
-    let template = kiln_codegen::registry::template_sha256(GemmBf16::TEMPLATE);
+    let template = kiln_codegen::registry::template_sha256(family.template);
     let toolchain = ArtifactToolchain {
         nvrtc: compiler.toolchain().version_string(),
         kiln: kiln_codegen::KILN_VERSION.to_string(),
         template_sha256: template,
     };
-    let path = Artifact::path(&opts.tuned_root, &device.info.slug(), GemmBf16::NAME);
+    let path = Artifact::path(&opts.tuned_root, &device.info.slug(), family.name);
     let mut notes = Vec::new();
     let mut artifact = open_artifact(
         &path,
-        GemmBf16::NAME,
+        family.name,
         header,
         toolchain,
         &device.info,
@@ -176,10 +224,8 @@ pub fn tune_gemm_bf16(
         &mut notes,
     )?;
 
-    let reference = GemmBf16Reference::compile(device, compiler)?;
-    let blas = CublasBf16::new(device)?;
+    let mut tuner = setup()?;
     let mut bench = Bench::new(device)?;
-    let limits = device.info.limits();
 
     let bar = if opts.progress {
         ProgressBar::new(problems.len() as u64)
@@ -190,26 +236,66 @@ pub fn tune_gemm_bf16(
         ProgressStyle::with_template("tune {bar:30} {pos}/{len} [{elapsed_precise}] {msg}")
             .expect("valid template"),
     );
+    let reports = tune_problems(
+        &mut artifact,
+        &path,
+        problems,
+        opts,
+        t0,
+        &bar,
+        &mut tuner,
+        |tuner, p, seed| tuner.tune(&mut bench, p, seed, opts),
+    )?;
+    bar.finish_and_clear();
+    Ok(TuneReport {
+        family: family.name.into(),
+        artifact: path,
+        notes,
+        problems: reports,
+        elapsed_s: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The loop of a tuning run, without a GPU of its own: for each problem, skip it when the
+/// artifact has it (unless `force`), stop starting new ones past the budget (counted from
+/// `t0`), otherwise tune it with `tune` and save the artifact at `path` at once, so a killed
+/// run keeps every problem it finished and a re-run resumes after them.
+#[allow(clippy::too_many_arguments)]
+pub fn tune_problems<T: ProblemTuner>(
+    artifact: &mut Artifact,
+    path: &Path,
+    problems: &[T::Problem],
+    opts: &TuneOptions,
+    t0: Instant,
+    bar: &ProgressBar,
+    tuner: &mut T,
+    mut tune: impl FnMut(&mut T, &T::Problem, u64) -> Result<Tuned>,
+) -> Result<Vec<ProblemReport>> {
     let mut reports = Vec::new();
     for (i, problem) in problems.iter().enumerate() {
         let started = Instant::now();
         let pjson = serde_json::to_value(problem).expect("problems serialise");
         bar.set_message(format!(
-            "m={} n={} k={}: compile, validate, time",
-            problem.m, problem.n, problem.k
+            "{}: compile, validate, time",
+            tuner.describe(problem)
         ));
-        let report = |status: &str, entry: Option<Entry>, reason: Option<String>| ProblemReport {
+        let report = |status: &str,
+                      entry: Option<Entry>,
+                      reason: Option<String>,
+                      notes: Vec<String>| ProblemReport {
             problem: pjson.clone(),
             status: status.into(),
             entry,
             reason,
+            notes,
             seconds: started.elapsed().as_secs_f64(),
         };
-        if !pending(&artifact, std::slice::from_ref(&pjson), opts.force)[0] {
+        if !pending(artifact, std::slice::from_ref(&pjson), opts.force)[0] {
             reports.push(report(
                 "skipped",
                 None,
                 Some("already tuned (use --force to re-tune)".into()),
+                Vec::new(),
             ));
             bar.inc(1);
             continue;
@@ -219,69 +305,44 @@ pub fn tune_gemm_bf16(
                 "out_of_budget",
                 None,
                 Some("the time budget ran out before this problem".into()),
+                Vec::new(),
             ));
             bar.inc(1);
             continue;
         }
         let seed = opts.seed.wrapping_add(i as u64);
-        match tune_one(
-            device, compiler, &mut bench, &reference, &blas, problem, &limits, seed, opts,
-        ) {
-            Ok(entry) => {
+        match tune(tuner, problem, seed) {
+            Ok(Tuned { entry, notes }) => {
                 artifact.upsert(entry.clone());
-                artifact.save(&path)?;
-                bar.println(format!(
-                    "m={:>5} n={:>6} k={:>5}  {:>9.2} us  cuBLAS {:>9.2} us  x{:.2}  {:>5.1}% roofline  err {:.1e}",
-                    problem.m,
-                    problem.n,
-                    problem.k,
-                    entry.median_us,
-                    entry.baseline.as_ref().map(|b| b.median_us).unwrap_or(f64::NAN),
-                    entry.speedup.unwrap_or(f64::NAN),
-                    entry.pct_of_roofline,
-                    entry.max_rel_err
-                ));
-                reports.push(report("tuned", Some(entry), None));
+                artifact.save(path)?;
+                bar.println(tuner.line(problem, &entry));
+                reports.push(report("tuned", Some(entry), None, notes));
             }
-            Err(e) => reports.push(report("failed", None, Some(e.to_string()))),
+            Err(e) => reports.push(report("failed", None, Some(e.to_string()), Vec::new())),
         }
         bar.inc(1);
     }
-    bar.finish_and_clear();
-    Ok(TuneReport {
-        family: GemmBf16::NAME.into(),
-        artifact: path,
-        notes,
-        problems: reports,
-        elapsed_s: t0.elapsed().as_secs_f64(),
-    })
+    Ok(reports)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn tune_one(
-    device: &Device,
-    compiler: &Compiler,
-    bench: &mut Bench,
-    reference: &GemmBf16Reference,
-    blas: &CublasBf16,
-    problem: &GemmBf16Problem,
+/// The best of `candidates` for one problem, by [`search`] over `evaluator`; a typed error with
+/// the first few reasons when none passed.
+fn search_family<F: Family, E: Evaluator<F::Config>>(
+    problem: &F::Problem,
     limits: &kiln_codegen::DeviceLimits,
-    seed: u64,
+    floor_us: f64,
+    evaluator: &mut E,
     opts: &TuneOptions,
-) -> Result<Entry> {
-    let flops = GemmBf16::flops(problem);
-    let bytes = GemmBf16::min_bytes(problem);
-    let floor = roofline::floor_us(flops, bytes, roofline::BF16_FLOPS);
-    let candidates: Vec<_> = GemmBf16::candidates(problem, limits)
+) -> Result<SearchResult<F::Config>> {
+    let candidates: Vec<_> = F::candidates(problem, limits)
         .into_iter()
         .map(|c| {
-            let est = GemmBf16::estimate_us(problem, &c, limits);
+            let est = F::estimate_us(problem, &c, limits);
             (c, est)
         })
         .collect();
-    let mut b = GemmBf16Bench::new(device, compiler, bench, reference, *problem, seed)?;
-    let result = search(candidates, floor, &mut b, &opts.search);
-    let Some((config, m, prepared)) = result.winner else {
+    let result = search(candidates, floor_us, evaluator, &opts.search);
+    if result.winner.is_none() {
         let reasons: Vec<String> = result
             .records
             .iter()
@@ -289,32 +350,233 @@ fn tune_one(
             .take(3)
             .collect();
         return Err(RuntimeError::NoValidCandidate {
-            family: GemmBf16::NAME.into(),
+            family: F::NAME.into(),
             problem: format!("{problem:?}"),
             reasons: reasons.join(" | "),
         });
-    };
-    let base_opts = MeasureOptions {
-        warmup: 3,
-        reps: opts.baseline_reps,
-        flush_l2: true,
-    };
-    let (base, _base_err) = b.time_cublas(blas, &base_opts)?;
-    Ok(Entry {
+    }
+    Ok(result)
+}
+
+/// The artifact entry of a search's winner.
+fn entry_of<F: Family>(
+    problem: &F::Problem,
+    result: SearchResult<F::Config>,
+    peak_flops: f64,
+    baseline: Option<Baseline>,
+    extra_baselines: Vec<Baseline>,
+) -> Entry {
+    let flops = F::flops(problem);
+    let bytes = F::min_bytes(problem);
+    let (config, m, prepared) = result.winner.expect("search_family returns a winner");
+    Entry {
         problem: serde_json::to_value(problem).expect("problems serialise"),
         config: serde_json::to_value(&config).expect("configs serialise"),
         median_us: m.median_us,
         p20_us: m.p20_us,
         p80_us: m.p80_us,
-        pct_of_roofline: roofline::pct_of_roofline(flops, bytes, roofline::BF16_FLOPS, m.median_us),
-        baseline: Some(Baseline {
-            name: CUBLAS_BF16.into(),
-            median_us: base.median_us,
-        }),
-        speedup: Some(base.median_us / m.median_us),
+        pct_of_roofline: roofline::pct_of_roofline(flops, bytes, peak_flops, m.median_us),
+        speedup: baseline.as_ref().map(|b| b.median_us / m.median_us),
+        baseline,
+        extra_baselines,
         max_rel_err: prepared.max_rel_err,
         candidates_tried: result.tried,
         tuned_at: now_rfc3339(),
         candidates: result.records,
+    }
+}
+
+/// `gemm_bf16`'s tuner: the naive GPU reference and cuBLAS.
+struct Bf16Tuner<'d> {
+    device: &'d Device,
+    compiler: &'d Compiler,
+    reference: GemmBf16Reference,
+    blas: CublasBf16,
+    limits: kiln_codegen::DeviceLimits,
+}
+
+impl ProblemTuner for Bf16Tuner<'_> {
+    type Problem = GemmBf16Problem;
+
+    fn describe(&self, p: &GemmBf16Problem) -> String {
+        format!("m={} n={} k={}", p.m, p.n, p.k)
+    }
+
+    fn tune(
+        &mut self,
+        bench: &mut Bench,
+        problem: &GemmBf16Problem,
+        seed: u64,
+        opts: &TuneOptions,
+    ) -> Result<Tuned> {
+        let floor = roofline::floor_us(
+            GemmBf16::flops(problem),
+            GemmBf16::min_bytes(problem),
+            roofline::BF16_FLOPS,
+        );
+        let mut b = GemmBf16Bench::new(
+            self.device,
+            self.compiler,
+            bench,
+            &self.reference,
+            *problem,
+            seed,
+        )?;
+        let result = search_family::<GemmBf16, _>(problem, &self.limits, floor, &mut b, opts)?;
+        let base_opts = MeasureOptions {
+            warmup: 3,
+            reps: opts.baseline_reps,
+            flush_l2: true,
+        };
+        let (base, _base_err) = b.time_cublas(&self.blas, &base_opts)?;
+        let baseline = Baseline::timed(CUBLAS_BF16, base.median_us);
+        Ok(Tuned {
+            entry: entry_of::<GemmBf16>(
+                problem,
+                result,
+                roofline::BF16_FLOPS,
+                Some(baseline),
+                Vec::new(),
+            ),
+            notes: Vec::new(),
+        })
+    }
+
+    fn line(&self, problem: &GemmBf16Problem, entry: &Entry) -> String {
+        format!(
+            "m={:>5} n={:>6} k={:>5}  {:>9.2} us  cuBLAS {:>9.2} us  x{:.2}  {:>5.1}% roofline  err {:.1e}",
+            problem.m,
+            problem.n,
+            problem.k,
+            entry.median_us,
+            entry.baseline.as_ref().map(|b| b.median_us).unwrap_or(f64::NAN),
+            entry.speedup.unwrap_or(f64::NAN),
+            entry.pct_of_roofline,
+            entry.max_rel_err
+        )
+    }
+}
+
+/// Tune `gemm_bf16` for each problem.
+pub fn tune_gemm_bf16(
+    device: &Device,
+    compiler: &Compiler,
+    problems: &[GemmBf16Problem],
+    opts: &TuneOptions,
+) -> Result<TuneReport> {
+    let family = FamilyId {
+        name: GemmBf16::NAME,
+        template: GemmBf16::TEMPLATE,
+    };
+    run_tuning(device, compiler, family, problems, opts, || {
+        Ok(Bf16Tuner {
+            device,
+            compiler,
+            reference: GemmBf16Reference::compile(device, compiler)?,
+            blas: CublasBf16::new(device)?,
+            limits: device.info.limits(),
+        })
+    })
+}
+
+/// `gemm_fp8`'s tuner: the naive GPU reference and cuBLASLt (block-scaled, row-wise).
+struct Fp8Tuner<'d> {
+    device: &'d Device,
+    compiler: &'d Compiler,
+    reference: GemmFp8Reference,
+    lt: CublasLtFp8,
+    limits: kiln_codegen::DeviceLimits,
+}
+
+impl ProblemTuner for Fp8Tuner<'_> {
+    type Problem = GemmFp8Problem;
+
+    fn describe(&self, p: &GemmFp8Problem) -> String {
+        format!("m={} n={} k={}", p.m, p.n, p.k)
+    }
+
+    fn tune(
+        &mut self,
+        bench: &mut Bench,
+        problem: &GemmFp8Problem,
+        seed: u64,
+        opts: &TuneOptions,
+    ) -> Result<Tuned> {
+        GemmFp8::supports(problem)?;
+        let floor = roofline::floor_us(
+            GemmFp8::flops(problem),
+            GemmFp8::min_bytes(problem),
+            roofline::FP8_FLOPS,
+        );
+        let mut b = GemmFp8Bench::new(
+            self.device,
+            self.compiler,
+            bench,
+            &self.reference,
+            *problem,
+            seed,
+        )?;
+        let result = search_family::<GemmFp8, _>(problem, &self.limits, floor, &mut b, opts)?;
+        let base_opts = MeasureOptions {
+            warmup: 3,
+            reps: opts.baseline_reps,
+            flush_l2: true,
+        };
+        let choice = choose_baselines(&b.run_baselines(&self.lt, &base_opts));
+        Ok(Tuned {
+            entry: entry_of::<GemmFp8>(
+                problem,
+                result,
+                roofline::FP8_FLOPS,
+                choice.primary,
+                choice.extra,
+            ),
+            notes: choice.notes,
+        })
+    }
+
+    fn line(&self, problem: &GemmFp8Problem, entry: &Entry) -> String {
+        let rowwise = entry
+            .extra_baselines
+            .iter()
+            .find(|b| b.name == CUBLASLT_FP8_ROWWISE)
+            .map(|b| format!("  rowwise {:.2} us", b.median_us))
+            .unwrap_or_default();
+        format!(
+            "m={:>5} n={:>6} k={:>5}  {:>9.2} us  {} {:>9.2} us{rowwise}  x{:.2}  {:>5.1}% roofline  err {:.1e}",
+            problem.m,
+            problem.n,
+            problem.k,
+            entry.median_us,
+            entry.baseline.as_ref().map(|b| b.name.as_str()).unwrap_or("no baseline"),
+            entry.baseline.as_ref().map(|b| b.median_us).unwrap_or(f64::NAN),
+            entry.speedup.unwrap_or(f64::NAN),
+            entry.pct_of_roofline,
+            entry.max_rel_err
+        )
+    }
+}
+
+/// Tune `gemm_fp8` for each problem. The stored baseline is cuBLASLt with the same block
+/// scaling; where it has none for a shape, cuBLASLt with row-wise scales, named so; the
+/// row-wise time is kept beside the block one otherwise.
+pub fn tune_gemm_fp8(
+    device: &Device,
+    compiler: &Compiler,
+    problems: &[GemmFp8Problem],
+    opts: &TuneOptions,
+) -> Result<TuneReport> {
+    let family = FamilyId {
+        name: GemmFp8::NAME,
+        template: GemmFp8::TEMPLATE,
+    };
+    run_tuning(device, compiler, family, problems, opts, || {
+        Ok(Fp8Tuner {
+            device,
+            compiler,
+            reference: GemmFp8Reference::compile(device, compiler)?,
+            lt: CublasLtFp8::new(device)?,
+            limits: device.info.limits(),
+        })
     })
 }
