@@ -1,5 +1,6 @@
 //! `kiln`: the command line. Thin: every command is a few calls into the crates.
 
+mod cmd_bench;
 mod cmd_compile;
 mod cmd_export;
 mod cmd_info;
@@ -61,12 +62,14 @@ enum Command {
     },
     /// Autotune a family on this GPU and write tuned/<gpu>/<family>.json (resumable).
     Tune {
+        /// gemm_bf16 (the default with --problems) or gemm_fp8; a preset names its own.
         #[arg(long)]
         family: Option<String>,
         /// JSON file: an array of problems (e.g. [{"m":1,"n":48,"k":7168}]).
         #[arg(long, conflicts_with = "preset", required_unless_present = "preset")]
         problems: Option<PathBuf>,
-        /// A named problem list, e.g. step3-bf16.
+        /// A named problem list: step3-bf16 (gemm_bf16), step3-fp8-decode, step3-fp8-ffn,
+        /// step3-fp8 (gemm_fp8).
         #[arg(long)]
         preset: Option<String>,
         /// Stop starting new problems after this long (e.g. 5m).
@@ -87,6 +90,7 @@ enum Command {
     /// Time every tuned kernel against its baseline, side by side; optionally
     /// compare with an earlier run and fail on a regression.
     Bench {
+        /// gemm_bf16 (the default) or gemm_fp8.
         #[arg(long)]
         family: Option<String>,
         #[arg(long, default_value = "tuned")]
@@ -161,7 +165,7 @@ fn main() -> ExitCode {
             from,
             reps,
             steady,
-        } => cmd_tune::bench(
+        } => cmd_bench::bench(
             family, tuned_dir, json, compare, threshold, from, reps, steady,
         ),
         Command::Export {

@@ -49,3 +49,15 @@ impl Table {
         out
     }
 }
+
+/// `{"m":1,"n":48}` -> `m=1 n=48`.
+pub fn compact(v: &serde_json::Value) -> String {
+    match v.as_object() {
+        Some(o) => o
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => v.to_string(),
+    }
+}

@@ -50,15 +50,29 @@ fn compile_without_nvrtc_says_to_run_setup() {
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("kiln");
     std::fs::copy(env!("CARGO_BIN_EXE_kiln"), &exe).unwrap();
-    let out = Command::new(&exe)
-        .args(["compile", "--all", "--limit", "1"])
-        .current_dir(dir.path())
-        .env_remove("KILN_CUDA_ROOT")
-        .env_remove("CUDA_HOME")
-        .env_remove("CUDA_PATH")
-        .env("LD_LIBRARY_PATH", "")
-        .output()
-        .unwrap();
+    // A test thread that forks while the copy's write handle is open gives its child that
+    // handle, and exec then fails with ETXTBSY until the child execs in turn: retry briefly.
+    let run = || {
+        Command::new(&exe)
+            .args(["compile", "--all", "--limit", "1"])
+            .current_dir(dir.path())
+            .env_remove("KILN_CUDA_ROOT")
+            .env_remove("CUDA_HOME")
+            .env_remove("CUDA_PATH")
+            .env("LD_LIBRARY_PATH", "")
+            .output()
+    };
+    let mut out = run();
+    for _ in 0..50 {
+        match &out {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                out = run();
+            }
+            _ => break,
+        }
+    }
+    let out = out.unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -76,4 +90,114 @@ fn unknown_family_is_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown kernel family `nope`"), "{err}");
+}
+
+#[test]
+fn tuning_gemm_fp8_without_a_gpu_is_a_typed_error() {
+    if kiln_runtime::driver_present() {
+        eprintln!("skipped: this machine has a CUDA driver");
+        return;
+    }
+    for args in [
+        &[
+            "tune",
+            "--family",
+            "gemm_fp8",
+            "--preset",
+            "step3-fp8-decode",
+        ][..],
+        &["tune", "--preset", "step3-fp8"][..],
+        &["bench", "--family", "gemm_fp8"][..],
+    ] {
+        let out = kiln().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("no CUDA driver") && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn presets_and_families_must_agree() {
+    let out = kiln()
+        .args(["tune", "--family", "gemm_bf16", "--preset", "step3-fp8-ffn"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("preset is for family gemm_fp8"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let problems = dir.path().join("p.json");
+    std::fs::write(&problems, r#"[{"m": 1, "n": 48, "k": 7168}]"#).unwrap();
+    let out = kiln()
+        .args(["tune", "--family", "mfa_decode", "--problems"])
+        .arg(&problems)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no tuner yet"), "{err}");
+    std::fs::write(&problems, r#"[{"m": 1, "n": 48}]"#).unwrap();
+    let out = kiln()
+        .args(["tune", "--family", "gemm_fp8", "--problems"])
+        .arg(&problems)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gemm_fp8 problems are"), "{err}");
+}
+
+/// `kiln bench --from` on gemm_fp8 rows (a fallback baseline, a row-wise time beside a block
+/// one): the table names each row's baseline, and the regression gate works as for gemm_bf16.
+#[test]
+fn bench_gates_gemm_fp8_rows_without_a_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let row = |m: u32, us: f64, baseline: &str, other: serde_json::Value| {
+        serde_json::json!({
+            "family": "gemm_fp8", "problem": {"m": m, "n": 2560, "k": 7168}, "config": null,
+            "kiln_us": us, "kiln_p20_us": us, "kiln_p80_us": us,
+            "baseline": baseline, "baseline_us": 20.0, "speedup": 20.0 / us,
+            "pct_of_roofline": 40.0, "weight_tb_s": 1.5, "tflops": 1.0, "max_rel_err": 2e-3,
+            "other_baselines": other,
+        })
+    };
+    let file = |slow: f64| {
+        serde_json::json!({
+            "schema": 1, "device": null, "method": "test",
+            "rows": [
+                row(1, 12.0 * slow, "cublaslt-fp8-rowwise (block NOT_SUPPORTED)", serde_json::json!([])),
+                row(32, 18.0, "cublaslt-fp8-block128",
+                    serde_json::json!([{"name": "cublaslt-fp8-rowwise", "median_us": 23.4}])),
+            ]
+        })
+    };
+    let old = dir.path().join("old.json");
+    let slow = dir.path().join("slow.json");
+    std::fs::write(&old, serde_json::to_vec(&file(1.0)).unwrap()).unwrap();
+    std::fs::write(&slow, serde_json::to_vec(&file(1.1)).unwrap()).unwrap();
+    let out = kiln()
+        .args(["bench", "--family", "gemm_fp8", "--from"])
+        .arg(&old)
+        .arg("--compare")
+        .arg(&old)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("block NOT_SUPPORTED") && stdout.contains("cublaslt-fp8-rowwise"),
+        "{stdout}"
+    );
+    let out = kiln()
+        .args(["bench", "--family", "gemm_fp8", "--from"])
+        .arg(&slow)
+        .arg("--compare")
+        .arg(&old)
+        .args(["--threshold", "5%"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("REGRESSION gemm_fp8"));
 }

@@ -55,6 +55,17 @@ impl Step3Config {
         ]
     }
 
+    /// (name, N, K) of the FFN linear layers of one micro-batch: the dense layers' fused
+    /// gate+up and down projections, and the shared expert's (routed experts are grouped GEMMs).
+    pub fn ffn_linears(&self) -> Vec<(&'static str, u32, u32)> {
+        vec![
+            ("dense_gate_up", 2 * self.dense_ffn, self.hidden),
+            ("dense_down", self.hidden, self.dense_ffn),
+            ("shared_gate_up", 2 * self.expert_ffn, self.hidden),
+            ("shared_down", self.hidden, self.expert_ffn),
+        ]
+    }
+
     pub fn router(&self) -> (&'static str, u32, u32) {
         ("router", self.experts, self.hidden)
     }
@@ -77,6 +88,15 @@ mod tests {
                 ("qkv", 2560, 7168),
                 ("wq", 16384, 2048),
                 ("o_proj", 7168, 16384)
+            ]
+        );
+        assert_eq!(
+            c.ffn_linears(),
+            vec![
+                ("dense_gate_up", 36864, 7168),
+                ("dense_down", 7168, 18432),
+                ("shared_gate_up", 10240, 7168),
+                ("shared_down", 7168, 5120)
             ]
         );
         assert_eq!(c.router(), ("router", 48, 7168));

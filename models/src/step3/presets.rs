@@ -1,11 +1,17 @@
 //! Named problem lists for `kiln tune --preset NAME`.
 
 use kiln_codegen::families::gemm_bf16::GemmBf16Problem;
+use kiln_codegen::families::gemm_fp8::GemmFp8Problem;
 
 use super::Step3Config;
 
 /// Decode batch sizes (tokens per attention GPU per step) the BF16 preset covers.
 pub const DECODE_BATCHES: [u32; 4] = [1, 32, 128, 256];
+
+/// Decode batch sizes the FP8 decode preset covers (tokens per attention GPU per step).
+pub const FP8_DECODE_BATCHES: [u32; 6] = [1, 16, 32, 64, 128, 256];
+/// FFN micro-batch sizes the FP8 FFN preset covers (the paper's operating point is M = 2048).
+pub const FP8_FFN_BATCHES: [u32; 3] = [512, 2048, 4096];
 
 /// A preset: a family and its problems (as JSON, the family's problem schema).
 #[derive(Clone, Debug)]
@@ -40,8 +46,63 @@ pub fn step3_bf16() -> Preset {
     }
 }
 
+fn fp8_problems(layers: &[(&str, u32, u32)], batches: &[u32]) -> Vec<(String, serde_json::Value)> {
+    let mut problems = Vec::new();
+    for &(name, n, k) in layers {
+        for &m in batches {
+            let p = GemmFp8Problem { m, n, k };
+            problems.push((
+                format!("{name} M={m}"),
+                serde_json::to_value(p).expect("problems serialise"),
+            ));
+        }
+    }
+    problems
+}
+
+/// `step3-fp8-decode`: the attention projections (qkv, wq, o_proj) in block FP8 for every
+/// decode batch size.
+pub fn step3_fp8_decode() -> Preset {
+    let c = Step3Config::step3();
+    Preset {
+        name: "step3-fp8-decode",
+        family: "gemm_fp8",
+        about: "Step-3 attention projections in block FP8: qkv 7168->2560, wq 2048->16384, o_proj 16384->7168 for M in {1, 16, 32, 64, 128, 256}",
+        problems: fp8_problems(&c.attention_linears(), &FP8_DECODE_BATCHES),
+    }
+}
+
+/// `step3-fp8-ffn`: the dense FFN and shared-expert projections in block FP8 for FFN
+/// micro-batches.
+pub fn step3_fp8_ffn() -> Preset {
+    let c = Step3Config::step3();
+    Preset {
+        name: "step3-fp8-ffn",
+        family: "gemm_fp8",
+        about: "Step-3 FFN projections in block FP8: 7168->36864, 18432->7168, 7168->10240, 5120->7168 for M in {512, 2048, 4096}",
+        problems: fp8_problems(&c.ffn_linears(), &FP8_FFN_BATCHES),
+    }
+}
+
+/// `step3-fp8`: both FP8 presets.
+pub fn step3_fp8() -> Preset {
+    let mut problems = step3_fp8_decode().problems;
+    problems.extend(step3_fp8_ffn().problems);
+    Preset {
+        name: "step3-fp8",
+        family: "gemm_fp8",
+        about: "step3-fp8-decode and step3-fp8-ffn",
+        problems,
+    }
+}
+
 pub fn all() -> Vec<Preset> {
-    vec![step3_bf16()]
+    vec![
+        step3_bf16(),
+        step3_fp8_decode(),
+        step3_fp8_ffn(),
+        step3_fp8(),
+    ]
 }
 
 pub fn find(name: &str) -> Option<Preset> {
@@ -63,5 +124,51 @@ mod tests {
         };
         assert!(has(1, 48, 7168) && has(256, 128815, 7168));
         assert!(has(32, 2560, 7168) && has(128, 16384, 2048) && has(256, 7168, 16384));
+    }
+
+    fn has(p: &Preset, m: u32, n: u32, k: u32) -> bool {
+        p.problems
+            .iter()
+            .any(|(_, v)| *v == serde_json::json!({"m": m, "n": n, "k": k}))
+    }
+
+    #[test]
+    fn step3_fp8_presets_cover_decode_and_ffn_shapes() {
+        let d = step3_fp8_decode();
+        assert_eq!((d.family, d.problems.len()), ("gemm_fp8", 18));
+        for m in [1, 16, 32, 64, 128, 256] {
+            assert!(has(&d, m, 2560, 7168) && has(&d, m, 16384, 2048) && has(&d, m, 7168, 16384));
+        }
+        let f = step3_fp8_ffn();
+        assert_eq!((f.family, f.problems.len()), ("gemm_fp8", 12));
+        for m in [512, 2048, 4096] {
+            assert!(has(&f, m, 36864, 7168) && has(&f, m, 7168, 18432));
+            assert!(has(&f, m, 10240, 7168) && has(&f, m, 7168, 5120));
+        }
+        let both = step3_fp8();
+        assert_eq!(both.problems.len(), 30);
+        assert!(both.problems.iter().all(|(_, v)| d
+            .problems
+            .iter()
+            .chain(&f.problems)
+            .any(|(_, w)| v == w)));
+        // Every K is whole 128-channel scale blocks, and names are unique.
+        for (name, v) in &both.problems {
+            assert_eq!(v["k"].as_u64().unwrap() % 128, 0, "{name}");
+            assert_eq!(
+                both.problems.iter().filter(|(n, _)| n == name).count(),
+                1,
+                "{name}"
+            );
+        }
+        for name in [
+            "step3-bf16",
+            "step3-fp8-decode",
+            "step3-fp8-ffn",
+            "step3-fp8",
+        ] {
+            assert_eq!(find(name).unwrap().name, name);
+        }
+        assert!(find("step3-fp9").is_none());
     }
 }
