@@ -21,6 +21,8 @@ mod adam;
 mod common;
 #[path = "gpu_parts/fp8.rs"]
 mod fp8;
+#[path = "gpu_parts/fp8_tune.rs"]
+mod fp8_tune;
 #[path = "gpu_parts/mfa.rs"]
 mod mfa;
 #[path = "gpu_parts/pinn.rs"]
