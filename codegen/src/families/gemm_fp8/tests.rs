@@ -131,7 +131,7 @@ fn render_vars_match_the_template() {
 fn wgmma_space_is_modest_and_fits_registers_and_smem() {
     let l = legal_wgmma();
     assert!(
-        (40..=150).contains(&l.len()),
+        (40..=170).contains(&l.len()),
         "{} legal wgmma configs",
         l.len()
     );
@@ -142,9 +142,23 @@ fn wgmma_space_is_modest_and_fits_registers_and_smem() {
     assert!(l
         .iter()
         .any(|c| !c.double_tmp && c.bn == 160 && c.bm == 128));
+    // The producer schedule, including 256-wide tiles in two passes.
+    assert!(l.iter().any(|c| c.producer && c.bn == 256 && c.wn == 128));
+    assert!(l.iter().any(|c| c.producer && c.bn == 192 && c.wn == 96));
+    for c in l.iter().filter(|c| c.producer) {
+        assert_eq!(c.threads(), 384);
+        assert!(!c.double_tmp && c.bm == 128 && c.split_k == 1);
+    }
+    // The registers setmaxnreg hands out fit the register file.
+    assert!(128 * wgmma::PRODUCER_REGISTERS + 256 * wgmma::CONSUMER_REGISTERS <= 65536);
     assert!(l.iter().any(|c| c.bm == 64 && c.split_k == 8));
     for c in &l {
-        assert!(c.fragment_registers() <= wgmma::FRAGMENT_BUDGET, "{c:?}");
+        let budget = if c.producer {
+            wgmma::PRODUCER_FRAGMENT_BUDGET
+        } else {
+            wgmma::FRAGMENT_BUDGET
+        };
+        assert!(c.fragment_registers() <= budget, "{c:?}");
         assert!(
             c.smem_bytes() <= limits().max_dynamic_smem_per_block,
             "{c:?}"
@@ -195,9 +209,11 @@ fn wgmma_geometry_and_workspace() {
     let c = WgmmaConfig {
         bm: 64,
         bn: 128,
+        wn: 128,
         stages: 6,
         split_k: 4,
-        double_tmp: true,
+        double_tmp: false,
+        producer: false,
     };
     let p = prob(77, 2563, 1024);
     let g = wgmma::geometry(&p, &c);

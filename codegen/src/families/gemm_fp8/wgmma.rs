@@ -5,8 +5,10 @@
 //! Serves any M (prefill, FFN and the decode batches past the stream kernel's 32 tokens).
 //! The template's header explains layout, pipeline and the two promotion schedules.
 //!
-//! A CTA computes a `bm x bn` tile (`bm / 64` warpgroups, each one m64 x bn wgmma per k32
-//! step). Grid: `[tiles, 1, split_k]`; block `2 * bm` threads (128 per warpgroup).
+//! A CTA computes a `bm x bn` tile (`bm / 64` consumer warpgroups, each `bn / wn` m64 x wn
+//! wgmma's per k32 step), optionally with a producer warpgroup that does all the copying.
+//! Grid: `[tiles, 1, split_k]`; block `2 * bm` threads (128 per warpgroup), + 128 with a
+//! producer.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -26,35 +28,54 @@ const SW_SLOTS: u32 = 4;
 pub struct WgmmaConfig {
     /// CTA tile rows (tokens): 64 (one warpgroup) or 128 (two).
     pub bm: u32,
-    /// CTA tile columns (weight rows) = the wgmma's N: 64, 96, 128 or 160.
+    /// CTA tile columns (weight rows): 64, 96, 128, 160, 192 or 256.
     pub bn: u32,
+    /// Columns per wgmma (the temporary fragment's width); `bn / wn` passes per K tile.
+    pub wn: u32,
     /// Shared-memory pipeline stages of one 128-wide K tile each.
     pub stages: u32,
     /// K slices reduced in-kernel (grid.z).
     pub split_k: u32,
     /// Two temporary fragments, so a tile's promotion overlaps the next tile's wgmma's.
     pub double_tmp: bool,
+    /// A producer warpgroup does the copying (mbarrier pipeline, no CTA barrier per tile).
+    pub producer: bool,
 }
+
+/// Registers a producer thread keeps (setmaxnreg.dec) and a consumer thread gets
+/// (setmaxnreg.inc): 128 x 56 + 256 x 224 <= 65536.
+pub const PRODUCER_REGISTERS: u32 = 56;
+pub const CONSUMER_REGISTERS: u32 = 224;
 
 impl WgmmaConfig {
     pub fn threads(&self) -> u32 {
-        2 * self.bm
+        2 * self.bm + if self.producer { 128 } else { 0 }
     }
-    /// fp32 accumulator registers per thread (one fragment).
+    /// fp32 registers of one temporary fragment (a wgmma's m64 x wn result) per thread.
     pub fn frag(&self) -> u32 {
+        self.wn / 2
+    }
+    /// fp32 accumulator registers per thread (the whole 64 x bn slice).
+    pub fn acc(&self) -> u32 {
         self.bn / 2
+    }
+    /// wgmma passes per K tile.
+    pub fn halves(&self) -> u32 {
+        self.bn / self.wn
     }
     /// Fragments live across the main loop: the accumulators and one or two temporaries.
     pub fn fragment_registers(&self) -> u32 {
-        self.frag() * if self.double_tmp { 3 } else { 2 }
+        self.acc() + self.frag() * if self.double_tmp { 2 } else { 1 }
     }
     /// One stage: the X tile, the W tile and the tile's scales.
     pub fn stage_bytes(&self) -> u32 {
         (self.bm + self.bn) * BK + (self.bm + SW_SLOTS) * 4
     }
-    /// Every stage, plus 1 KiB to align the base to a swizzle atom.
+    /// Every stage (+ two mbarriers each with a producer), plus 1 KiB to align the base to a
+    /// swizzle atom.
     pub fn smem_bytes(&self) -> u32 {
-        self.stages * self.stage_bytes() + 1024
+        let bars = if self.producer { 16 * self.stages } else { 0 };
+        self.stages * self.stage_bytes() + bars + 1024
     }
     /// Tiles read by wgmma's while later ones load (the prefetch distance is `stages - this`).
     fn busy_stages(&self) -> u32 {
@@ -88,6 +109,7 @@ pub fn counters_len(p: &GemmFp8Problem, c: &WgmmaConfig) -> usize {
 
 pub fn space() -> Vec<WgmmaConfig> {
     let mut out = Vec::new();
+    // Every thread copies; one wgmma pass per K tile.
     for bm in [64, 128] {
         for bn in [64, 96, 128, 160] {
             for stages in [4, 5, 6, 8] {
@@ -96,13 +118,29 @@ pub fn space() -> Vec<WgmmaConfig> {
                         out.push(WgmmaConfig {
                             bm,
                             bn,
+                            wn: bn,
                             stages,
                             split_k,
                             double_tmp,
+                            producer: false,
                         });
                     }
                 }
             }
+        }
+    }
+    // A producer warpgroup and two consumers; wide tiles in two passes.
+    for (bn, wn) in [(128, 128), (128, 64), (192, 96), (256, 128)] {
+        for stages in [3, 4, 5, 6] {
+            out.push(WgmmaConfig {
+                bm: 128,
+                bn,
+                wn,
+                stages,
+                split_k: 1,
+                double_tmp: false,
+                producer: true,
+            });
         }
     }
     out
@@ -112,19 +150,38 @@ pub fn space() -> Vec<WgmmaConfig> {
 /// descriptors, the scales and the loop: at 192 fragment registers (128 columns with two
 /// temporaries, or 192 with one) NVRTC 13.0 spills 4-104 bytes at the 255 cap.
 pub const FRAGMENT_BUDGET: u32 = 160;
+/// The same for a consumer of the producer schedule (232 registers, fewer addresses to keep).
+pub const PRODUCER_FRAGMENT_BUDGET: u32 = 192;
 
 pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illegal> {
     // One or two warpgroups of m64.
     illegal(![64, 128].contains(&c.bm), || {
         format!("bm {} is not 64 or 128", c.bm)
     })?;
-    // wgmma N sizes of the space (multiples of 32: W tiles are whole 1024-byte swizzle atoms and
+    // Tile widths of the space (multiples of 32: W tiles are whole 1024-byte swizzle atoms and
     // whole loader rounds of 16 or 32 rows).
-    illegal(![64, 96, 128, 160].contains(&c.bn), || {
-        format!("bn {} is not 64, 96, 128 or 160", c.bn)
+    illegal(![64, 96, 128, 160, 192, 256].contains(&c.bn), || {
+        format!("bn {} is not 64, 96, 128, 160, 192 or 256", c.bn)
     })?;
-    illegal(!(4..=8).contains(&c.stages), || {
-        format!("{} stages is not 4..=8", c.stages)
+    // wgmma widths: multiples of 32 up to 160 that divide the tile.
+    illegal(
+        c.wn == 0 || !c.wn.is_multiple_of(32) || c.wn > 160 || !c.bn.is_multiple_of(c.wn),
+        || format!("wn {} does not split bn {} into wgmma passes", c.wn, c.bn),
+    )?;
+    illegal(!(3..=8).contains(&c.stages), || {
+        format!("{} stages is not 3..=8", c.stages)
+    })?;
+    // The producer schedule has two consumer warpgroups, one temporary fragment.
+    illegal(c.producer && (c.bm != 128 || c.double_tmp), || {
+        "a producer warpgroup serves 128-row tiles with one temporary".to_string()
+    })?;
+    // ... for many tiles: its split-K epilogue spills (NVRTC 13.0, 4 bytes).
+    illegal(c.producer && c.split_k > 1, || {
+        "a producer warpgroup does not split K".to_string()
+    })?;
+    // Two temporaries alternate between K tiles, one pass each.
+    illegal(c.double_tmp && c.wn != c.bn, || {
+        "two temporaries need one wgmma pass per K tile".to_string()
     })?;
     illegal(![1, 2, 4, 8].contains(&c.split_k), || {
         format!("split_k {} is not 1, 2, 4 or 8", c.split_k)
@@ -133,11 +190,17 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
         format!("{} threads exceed the device's limit", c.threads())
     })?;
     // The accumulators and temporaries stay in registers.
-    illegal(c.fragment_registers() > FRAGMENT_BUDGET, || {
+    let budget = if c.producer {
+        PRODUCER_FRAGMENT_BUDGET
+    } else {
+        FRAGMENT_BUDGET
+    };
+    illegal(c.fragment_registers() > budget, || {
         format!(
-            "{} fragment registers (bn {}, double_tmp {}) exceed {FRAGMENT_BUDGET}",
+            "{} fragment registers (bn {}, wn {}, double_tmp {}) exceed {budget}",
             c.fragment_registers(),
             c.bn,
+            c.wn,
             c.double_tmp
         )
     })?;
@@ -148,9 +211,11 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
             limits.max_dynamic_smem_per_block
         )
     })?;
-    // At least one tile loads while the busy ones are read.
-    illegal(c.stages < c.busy_stages() + 2, || {
-        format!("{} stages leave no prefetch", c.stages)
+    // At least one tile loads while the busy ones are read (the producer schedule keeps
+    // stages - 1 tiles in flight).
+    let min_stages = if c.producer { 3 } else { c.busy_stages() + 2 };
+    illegal(c.stages < min_stages, || {
+        format!("{} stages leave too little prefetch", c.stages)
     })?;
     // Split-K serves few tiles (small M): partial tiles of at most 128 x 128.
     illegal(c.split_k > 1 && c.bm * c.bn > 128 * 128, || {
@@ -190,8 +255,8 @@ pub fn check_problem(p: &GemmFp8Problem, c: &WgmmaConfig) -> Result<(), Illegal>
 
 pub fn entry(c: &WgmmaConfig) -> String {
     format!(
-        "kiln_gemm_fp8_wgmma_m{}_n{}_s{}_sk{}_d{}",
-        c.bm, c.bn, c.stages, c.split_k, c.double_tmp as u32
+        "kiln_gemm_fp8_wgmma_m{}_n{}_w{}_s{}_sk{}_d{}_p{}",
+        c.bm, c.bn, c.wn, c.stages, c.split_k, c.double_tmp as u32, c.producer as u32
     )
 }
 
@@ -217,8 +282,12 @@ pub fn render_vars(c: &WgmmaConfig) -> RenderVars {
         "entry": entry(c),
         "use_split_k": c.split_k > 1,
         "double_tmp": c.double_tmp,
+        "producer": c.producer,
+        "producer_registers": PRODUCER_REGISTERS,
+        "consumer_registers": CONSUMER_REGISTERS,
         "bm": c.bm,
         "bn": c.bn,
+        "wn": c.wn,
         "threads": c.threads(),
         "stages": c.stages,
         "split_k": c.split_k,
@@ -249,9 +318,11 @@ pub fn default_config(p: &GemmFp8Problem) -> WgmmaConfig {
     let mut c = WgmmaConfig {
         bm,
         bn: 128,
+        wn: 128,
         stages: if bm == 128 { 5 } else { 6 },
         split_k: 1,
         double_tmp: false,
+        producer: false,
     };
     for split in [8, 4, 2] {
         let s = WgmmaConfig {
@@ -288,12 +359,14 @@ pub fn estimate_us(p: &GemmFp8Problem, c: &WgmmaConfig, limits: &DeviceLimits) -
         64 => 0.7,
         96 => 0.8,
         128 => 0.9,
-        _ => 0.95,
+        160 => 0.95,
+        _ => 1.0,
     };
-    let promote_eff = match (c.double_tmp, c.bm) {
-        (true, _) => 1.0,
-        (false, 128) => 0.85,
-        (false, _) => 0.65,
+    let promote_eff = match (c.producer, c.double_tmp, c.bm) {
+        (true, _, _) => 1.1,
+        (false, true, _) => 1.0,
+        (false, false, 128) => 0.85,
+        (false, false, _) => 0.65,
     };
     let cta_flops = 2.0 * c.bm as f64 * c.bn as f64 * kt * BK as f64;
     let compute_s = waves * slots * cta_flops / (n_eff * promote_eff * 1000e12);
