@@ -5,8 +5,9 @@
 //! With KILN_GPU_REPORT set, each test writes a JSON summary there.
 //!
 //! * `mfa_decode_every_config_small`: every legal config (each distinct split count) of every
-//!   branch (BF16 / FP8 x contiguous / paged) on B = 3 with lengths {1, 17, 1000} and on
-//!   B = 1 with a 4096-token sequence; a batch with an empty sequence; page sizes 16 and 7.
+//!   branch (BF16 / FP8 x contiguous / paged) on B = 3 with lengths {1, 17, 1000}, on B = 1
+//!   with a 4096-token sequence and on B = 64 with ragged lengths up to 600; a batch with an
+//!   empty sequence; page sizes 16 and 7 (last pages partly filled).
 //! * `mfa_decode_large_ragged`: a few configs on B = 64 (L <= 4096, ragged), B = 256
 //!   (L <= 4096, ragged), B = 1 (L = 65536), sampled sequences checked.
 //! * `mfa_decode_bench`: default and a few alternative configs on the target grid (B in
@@ -506,6 +507,20 @@ fn mfa_decode_every_config_small() {
                 None,
                 &mut rng,
             ));
+            // 64 sequences of 1..=600 tokens (1, 17 and 600 among them): many CTAs per
+            // launch, the combine of short and long sequences side by side.
+            let p = MfaDecodeProblem::step3(64, 600, kv, page);
+            let mut lens: Vec<i32> = (0..64).map(|_| rng.random_range(1..=600)).collect();
+            lens[0] = 1;
+            lens[1] = 17;
+            lens[63] = 600;
+            cases.push(Case::new(
+                &format!("{tag}_b64_l600"),
+                p,
+                lens,
+                None,
+                &mut rng,
+            ));
         }
     }
     // An empty sequence, a length past context (clamped), and pages of 7 tokens.
@@ -628,11 +643,11 @@ fn mfa_decode_large_ragged() {
     }
     let data_s = t0.elapsed().as_secs_f64();
 
-    // The default plus one 4-warp and one 8-warp alternative, each at a second split size.
+    // The default plus 4-warp and 8-warp alternatives, each at a second split size.
     let configs_for = |p: &MfaDecodeProblem| -> Vec<MfaDecodeConfig> {
         let d = MfaDecode::default_config(p);
         let mut v = vec![d.clone()];
-        for (tile_kv, stages, warps) in [(32, 4, 4), (64, 2, 4), (128, 2, 8)] {
+        for (tile_kv, stages, warps) in [(16, 4, 4), (32, 4, 4), (64, 2, 4), (128, 2, 8)] {
             for split_tokens in [d.split_tokens, (d.split_tokens * 4).min(1 << 24)] {
                 let c = MfaDecodeConfig {
                     tile_kv,
@@ -799,16 +814,23 @@ fn mfa_decode_bench() {
             }
         };
         for s in [d.split_tokens / 2, d.split_tokens * 2] {
-            if s >= 64 && s <= d.split_tokens.max(p.context.next_power_of_two()) {
+            if s >= 16 && s <= d.split_tokens.max(p.context.next_power_of_two()) {
                 push(MfaDecodeConfig {
                     split_tokens: s,
                     ..d.clone()
                 });
             }
         }
-        for (tile_kv, stages, warps) in
-            [(64, 2, 4), (32, 4, 4), (64, 2, 8), (32, 4, 8), (128, 3, 8)]
-        {
+        for (tile_kv, stages, warps) in [
+            (64, 2, 4),
+            (32, 4, 4),
+            (16, 4, 4),
+            (64, 2, 8),
+            (64, 3, 8),
+            (32, 3, 8),
+            (32, 4, 8),
+            (128, 3, 8),
+        ] {
             let split_tokens = d.split_tokens.max(tile_kv);
             push(MfaDecodeConfig {
                 tile_kv,
@@ -817,6 +839,13 @@ fn mfa_decode_bench() {
                 split_tokens,
             });
         }
+        // Short splits: the 16-token kernel at half the default split too.
+        push(MfaDecodeConfig {
+            tile_kv: 16,
+            stages: 4,
+            warps: 4,
+            split_tokens: (d.split_tokens / 2).max(16),
+        });
         v
     };
     let mut kernels = Kernels::new(&dev, &compiler);

@@ -26,10 +26,11 @@
 //! * Grid `[splits, batch, 1]` with `splits = ceil(context / split_tokens)`; the kernel derives
 //!   its chunk from `context` and `gridDim.x`, so a CUDA graph captured for one `context`
 //!   serves any `seq_lens` up to it.
-//! * `workspace` (fp32): `batch * splits * 16512` floats of split partials, no initialisation;
-//!   `counters` (u32): `4 * batch` entries, zeroed **once** at allocation, left zeroed by every
-//!   launch. Both are only touched when `splits > 1` (pass any pointer otherwise). Two launches
-//!   that run concurrently must not share them.
+//! * `workspace` (typed fp32, used as bytes): `batch * splits * 33280` bytes of split partials
+//!   (bf16 O / l, then fp32 (m, l) per row), no initialisation; `counters` (u32): `3 * batch`
+//!   entries, zeroed **once** at allocation, left zeroed by every launch. Both are only touched
+//!   when `splits > 1` (pass any pointer otherwise). Two launches that run concurrently must
+//!   not share them.
 //!
 //! The generated source depends on the problem only through the KV dtype and whether the
 //! cache is paged, and on the config through `tile_kv`, `stages` and `warps`: `split_tokens`
@@ -88,20 +89,27 @@ pub struct MfaDecodeConfig {
 pub const HEADS: u32 = 64;
 /// Head dimension the kernel is written for.
 pub const HEAD_DIM: u32 = 256;
-/// Split sizes of the search space (powers of two; each a multiple of every tile). Any power
-/// of two from 64 to [`MAX_CONTEXT`] is legal; the default config reaches past 65536 for very
+/// Split sizes of the search space (powers of two; a split must hold whole tiles). Any power
+/// of two from 16 to [`MAX_CONTEXT`] is legal; the default config reaches past 65536 for very
 /// long contexts of large batches, where no split (or a few) is the only workspace that fits.
-pub const SPLIT_CHOICES: [u32; 11] = [
-    64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536,
+/// 16 and 32 exist for one-sequence latency: more CTAs pull the few bytes of a short context.
+pub const SPLIT_CHOICES: [u32; 13] = [
+    16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536,
 ];
+/// Tile sizes (tokens per pipeline stage): 16 only with 4 warps (a warp group needs 16).
+pub const TILE_CHOICES: [u32; 4] = [16, 32, 64, 128];
 /// Most splits per sequence (the combine keeps one weight per split in shared memory).
 pub const MAX_SPLITS: u32 = 1024;
 /// Largest split workspace a config may ask for.
 pub const MAX_WORKSPACE_BYTES: usize = 512 << 20;
-/// Floats of one (sequence, split) partial: O [64 x 256], then 64 row maxima, 64 row sums.
-pub const WS_SLOT_FLOATS: u32 = HEADS * HEAD_DIM + 2 * HEADS;
-/// u32 counters per sequence: started, arrived | waiters, claimed shares, done.
-pub const COUNTERS_PER_SEQUENCE: u32 = 4;
+/// Bytes of one (sequence, split) partial: O / l [64 x 256] in bf16, then (m, l) per row in
+/// fp32. bf16 halves the combine's traffic; each partial is rounded once, so the combined
+/// output is off by at most about one more bf16 rounding (well inside the 1e-2 tolerance).
+pub const WS_SLOT_BYTES: u32 = HEADS * HEAD_DIM * 2 + HEADS * 8;
+/// u32 counters per sequence: started (high 16 bits) | arrived (low 16), claimed shares, done.
+pub const COUNTERS_PER_SEQUENCE: u32 = 3;
+/// Combine shares per sequence, at most (then a share is one output row).
+pub const MAX_SHARES: u32 = HEADS;
 /// Largest context a launch may name.
 pub const MAX_CONTEXT: u32 = 1 << 24;
 /// Largest batch (grid.y).
@@ -110,6 +118,15 @@ pub const MAX_BATCH: u32 = 65535;
 const Q_BYTES: u32 = HEADS * HEAD_DIM * 2;
 /// Group merge buffer (8 warps): 4 warps x 32 n8 tiles x 32 lanes x float4, then m/l per lane.
 const MERGE_BYTES: u32 = 4 * 32 * 32 * 16 + 4 * 32 * 16;
+/// The bf16 output tile staged for coalesced stores.
+const O_TILE_BYTES: u32 = HEADS * HEAD_DIM * 2;
+/// Combine: (m, l) entries of one share over all splits, at most (one row of MAX_SPLITS, or
+/// < 128 when there are at most 64 splits).
+const ML_CAP: u32 = MAX_SPLITS;
+/// Combine layout: 16 bytes of control, the (m, l) entries, then the staged partials.
+const COMBINE_DATA_OFFSET: u32 = 16 + ML_CAP * 8;
+/// Combine: the staged partials must hold one split of the largest share (HEADS / 2 rows).
+const COMBINE_MIN_BYTES: u32 = COMBINE_DATA_OFFSET + HEADS / 2 * HEAD_DIM * 2;
 
 /// CPU reference and test helpers: e4m3 codes, caches, f64 attention.
 pub mod reference;
@@ -176,23 +193,17 @@ impl MfaDecodeConfig {
     pub fn group_tokens(&self) -> u32 {
         self.tile_kv / self.groups().max(1)
     }
-    /// Output rows one combine share covers (one 128-thread slice per row).
-    pub fn share_rows(&self) -> u32 {
-        self.threads() / 128
-    }
     /// Bytes of one pipeline stage: a K and a V tile, plus their scales for FP8.
     pub fn stage_bytes(&self, dtype: KvDtype) -> u32 {
         let scales = if dtype.is_fp8() { self.tile_kv * 4 } else { 0 };
         2 * (self.tile_kv * dtype.row_bytes() + scales)
     }
-    /// Dynamic shared memory: Q fragments + the pipeline, or the group-merge or combine
-    /// buffers (which reuse it) when those are larger.
+    /// Dynamic shared memory: Q fragments + the pipeline, or the group-merge, output-staging
+    /// or combine buffers (which reuse it) when those are larger.
     pub fn smem_bytes(&self, dtype: KvDtype) -> u32 {
         let pipeline = Q_BYTES + self.stages * self.stage_bytes(dtype);
         let merge = if self.groups() == 2 { MERGE_BYTES } else { 0 };
-        // Combine: per share row, one weight and one row sum per split, then the claim flag.
-        let combine = self.share_rows() * MAX_SPLITS * 8 + 16;
-        pipeline.max(merge).max(combine)
+        pipeline.max(merge).max(O_TILE_BYTES).max(COMBINE_MIN_BYTES)
     }
 }
 
@@ -206,10 +217,10 @@ pub fn chunk_tokens(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> u32 {
     p.context.div_ceil(splits(p, c)).div_ceil(c.tile_kv) * c.tile_kv
 }
 
-fn workspace_floats(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> u64 {
+fn workspace_bytes(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> u64 {
     let s = splits(p, c) as u64;
     if s > 1 {
-        p.batch as u64 * s * WS_SLOT_FLOATS as u64
+        p.batch as u64 * s * WS_SLOT_BYTES as u64
     } else {
         0
     }
@@ -240,6 +251,23 @@ fn ctas_per_sm(c: &MfaDecodeConfig, dtype: KvDtype) -> u32 {
     smem_fit.min(thread_fit).min(reg_fit).max(1)
 }
 
+/// Kernels the default config chooses from (its split size is then estimated): the measured
+/// best of each regime first (run 3 on the H200: 64-token tiles, 2 stages, 4 warps for
+/// unsplit BF16; 128-token tiles, 3 stages for FP8), then 8 warps on 64- and 32-token tiles
+/// and 4 warps on 16-token tiles for short chunks, where a CTA's latency is its tile's compute.
+fn default_kernels(dtype: KvDtype) -> Vec<MfaDecodeConfig> {
+    let k = |tile_kv, stages, warps| MfaDecodeConfig {
+        tile_kv,
+        stages,
+        warps,
+        split_tokens: MAX_CONTEXT,
+    };
+    match dtype {
+        KvDtype::Bf16 => vec![k(64, 2, 4), k(64, 3, 8), k(32, 3, 8), k(16, 4, 4)],
+        KvDtype::Fp8e4m3 => vec![k(128, 3, 8), k(64, 4, 8), k(32, 4, 8), k(16, 4, 4)],
+    }
+}
+
 impl Family for MfaDecode {
     type Problem = MfaDecodeProblem;
     type Config = MfaDecodeConfig;
@@ -249,7 +277,7 @@ impl Family for MfaDecode {
 
     fn space() -> Vec<MfaDecodeConfig> {
         let mut out = Vec::new();
-        for tile_kv in [32, 64, 128] {
+        for tile_kv in TILE_CHOICES {
             for stages in [2, 3, 4] {
                 for warps in [4, 8] {
                     for split_tokens in SPLIT_CHOICES {
@@ -270,14 +298,14 @@ impl Family for MfaDecode {
     #[allow(clippy::manual_is_multiple_of)]
     fn check_config(c: &MfaDecodeConfig, limits: &DeviceLimits) -> Result<(), Illegal> {
         // The tiles the template is written for: a multiple of 16 tokens (mma k-step).
-        illegal(![32, 64, 128].contains(&c.tile_kv), || {
-            format!("tile_kv {} is not 32, 64 or 128", c.tile_kv)
+        illegal(!TILE_CHOICES.contains(&c.tile_kv), || {
+            format!("tile_kv {} is not one of {TILE_CHOICES:?}", c.tile_kv)
         })?;
         // 4 warps = one m16 tile of the 64 heads each; 8 = two groups splitting every tile.
         illegal(c.warps != 4 && c.warps != 8, || {
             format!("{} warps is not 4 or 8", c.warps)
         })?;
-        // At least double buffering; deeper than 4 stages buys nothing at 32+ KB per tile.
+        // At least double buffering; deeper than 4 stages buys nothing at 16+ KB per tile.
         illegal(!(2..=4).contains(&c.stages), || {
             format!("{} stages is not 2, 3 or 4", c.stages)
         })?;
@@ -301,12 +329,12 @@ impl Family for MfaDecode {
                 c.split_tokens, c.tile_kv
             )
         })?;
-        // Split sizes are powers of two from 64 (the smallest whole tile pair) to MAX_CONTEXT.
+        // Split sizes are powers of two from 16 (the smallest tile) to MAX_CONTEXT.
         illegal(
-            !c.split_tokens.is_power_of_two() || !(64..=MAX_CONTEXT).contains(&c.split_tokens),
+            !c.split_tokens.is_power_of_two() || !(16..=MAX_CONTEXT).contains(&c.split_tokens),
             || {
                 format!(
-                    "split_tokens {} is not a power of two in 64..={MAX_CONTEXT}",
+                    "split_tokens {} is not a power of two in 16..={MAX_CONTEXT}",
                     c.split_tokens
                 )
             },
@@ -342,8 +370,8 @@ impl Family for MfaDecode {
         // The combine keeps one weight per split in shared memory.
         let s = splits(p, c);
         illegal(s > MAX_SPLITS, || format!("{s} splits exceed {MAX_SPLITS}"))?;
-        // The fp32 partials stay a modest scratch buffer.
-        let ws = workspace_floats(p, c) * 4;
+        // The partials stay a modest scratch buffer.
+        let ws = workspace_bytes(p, c);
         illegal(ws > MAX_WORKSPACE_BYTES as u64, || {
             format!("split workspace of {ws} B exceeds {MAX_WORKSPACE_BYTES}")
         })?;
@@ -399,12 +427,13 @@ impl Family for MfaDecode {
             "scale_tile_bytes": if dtype.is_fp8() { c.tile_kv * 4 } else { 0 },
             "stage_bytes": c.stage_bytes(dtype),
             "smem_bytes": c.smem_bytes(dtype),
-            "share_rows": c.share_rows(),
-            "shares": HEADS / c.share_rows(),
             "max_splits": MAX_SPLITS,
-            "ws_slot_floats": WS_SLOT_FLOATS,
-            "ws_m_offset": HEADS * HEAD_DIM,
-            "ws_l_offset": HEADS * HEAD_DIM + HEADS,
+            "max_shares": MAX_SHARES,
+            "counters_per_sequence": COUNTERS_PER_SEQUENCE,
+            "ws_slot_bytes": WS_SLOT_BYTES,
+            "ws_ml_offset": HEADS * HEAD_DIM * 2,
+            "ml_cap": ML_CAP,
+            "combine_data_offset": COMBINE_DATA_OFFSET,
             "scale_log2": format!("{scale_log2:.9e}f"),
         });
         match vars {
@@ -455,12 +484,12 @@ impl Family for MfaDecode {
         }
     }
 
-    /// The fp32 split partials only; the u32 counters are a separate array of [`counters_len`].
+    /// The split partials only; the u32 counters are a separate array of [`counters_len`].
     fn workspace_bytes(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> usize {
-        (workspace_floats(p, c) * 4) as usize
+        workspace_bytes(p, c) as usize
     }
 
-    /// Splitting needs both: fp32 partials (no init) and per-sequence counters (zeroed once;
+    /// Splitting needs both: partials (no init) and per-sequence counters (zeroed once;
     /// every launch leaves them zero).
     fn scratch(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> Vec<Scratch> {
         vec![
@@ -502,86 +531,103 @@ impl Family for MfaDecode {
         p.kv_bytes() + qo
     }
 
+    /// For each of [`default_kernels`] the split size with the lowest
+    /// [`MfaDecode::estimate_us`] (powers of two up to [`MAX_CONTEXT`], so very long contexts
+    /// of large batches still get a workspace that fits); a later kernel replaces an earlier
+    /// one only if its estimate is more than 5% lower, since the model cannot rank kernels
+    /// that stream at the same rate (there the measured best, listed first, stays).
     fn default_config(p: &MfaDecodeProblem) -> MfaDecodeConfig {
-        const SMS: u64 = 132;
-        // 8 warps (two per SM sub-partition) over 64-token tiles, the deepest pipeline that
-        // fits: 3 stages of BF16 (224 KB), 4 of FP8.
-        let base = MfaDecodeConfig {
-            tile_kv: 64,
-            stages: if p.kv_dtype.is_fp8() { 4 } else { 3 },
-            warps: 8,
-            split_tokens: 64,
-        };
-        // Split so that one wave of CTAs covers the SMs: the cost of a choice is the bytes
-        // the slowest CTA moves (its KV chunk, Q, and for split sequences its partial plus
-        // its share of the combine) times the waves.
-        let bpt = p.kv_dtype.bytes_per_token() as u64;
-        let per_sm = ctas_per_sm(&base, p.kv_dtype) as u64;
-        let mut best: Option<(u64, MfaDecodeConfig)> = None;
-        let choices = (6..=MAX_CONTEXT.trailing_zeros()).map(|e| 1u32 << e);
-        for split_tokens in choices {
-            let c = MfaDecodeConfig {
-                split_tokens,
-                ..base.clone()
-            };
-            if Self::check_problem(p, &c).is_err() {
-                continue;
+        let limits = DeviceLimits::HOPPER;
+        let mut best: Option<(f64, MfaDecodeConfig)> = None;
+        for base in default_kernels(p.kv_dtype) {
+            let mut kernel_best: Option<(f64, MfaDecodeConfig)> = None;
+            for e in 4..=MAX_CONTEXT.trailing_zeros() {
+                let c = MfaDecodeConfig {
+                    split_tokens: 1 << e,
+                    ..base.clone()
+                };
+                if Self::check_config(&c, &limits).is_err() || Self::check_problem(p, &c).is_err() {
+                    continue;
+                }
+                let t = Self::estimate_us(p, &c, &limits);
+                // Ties go to the smaller split.
+                if kernel_best.as_ref().is_none_or(|(b, _)| t < *b) {
+                    kernel_best = Some((t, c));
+                }
             }
-            let s = splits(p, &c) as u64;
-            let waves = (p.batch as u64 * s).div_ceil(SMS * per_sm);
-            let partial = if s > 1 {
-                3 * WS_SLOT_FLOATS as u64 * 4
-            } else {
-                0
-            };
-            let cost = waves * (chunk_tokens(p, &c) as u64 * bpt + Q_BYTES as u64 + partial);
-            // Ties go to the larger split (fewer partials).
-            if best.as_ref().is_none_or(|(b, _)| cost <= *b) {
-                best = Some((cost, c));
-            }
-            if s == 1 {
-                break;
+            if let Some((t, c)) = kernel_best {
+                if best.as_ref().is_none_or(|(b, _)| t < 0.95 * *b) {
+                    best = Some((t, c));
+                }
             }
         }
         // The unsplit config always passes check_problem (no workspace, one split).
         best.map(|(_, c)| c).unwrap_or(MfaDecodeConfig {
             split_tokens: MAX_CONTEXT,
-            ..base
+            ..default_kernels(p.kv_dtype)[0].clone()
         })
     }
 
+    /// A latency model of one call: launch, then per wave of CTAs the chain of one CTA
+    /// (start-up round trip, its chunk streamed and computed, its output written), then for
+    /// split sequences the combine (release, arrival, wait, one load round trip of the
+    /// partials). Constants are H200 figures: ~0.8 us per DRAM round trip, ~0.5 us per L2 /
+    /// atomic round trip, ~3.6 TB/s of DRAM and ~7 TB/s of L2 shared by the CTAs that run, at
+    /// most ~150 GB/s into one SM, mma.sync at ~430 TFLOP/s per chip.
     fn estimate_us(p: &MfaDecodeProblem, c: &MfaDecodeConfig, limits: &DeviceLimits) -> f64 {
+        const LAUNCH_S: f64 = 3.2e-6; // empty kernel, as measured (L2 flushed, CUDA events)
+        const DRAM_RT_S: f64 = 0.8e-6;
+        const L2_RT_S: f64 = 0.5e-6;
+        const DRAM_BPS: f64 = 3.6e12;
+        const L2_BPS: f64 = 7.0e12;
+        const SM_BPS: f64 = 150e9;
+        const MMA_FLOPS: f64 = 430e12;
         let sms = limits.sms.max(1) as f64;
         let bpt = p.kv_dtype.bytes_per_token() as f64;
         let s = splits(p, c) as f64;
-        let chunk = chunk_tokens(p, c) as f64;
+        let chunk = chunk_tokens(p, c).min(p.context) as f64;
+        let tiles = (chunk / c.tile_kv as f64).ceil().max(1.0);
         let per_sm = ctas_per_sm(c, p.kv_dtype) as f64;
         let ctas = p.batch as f64 * s;
         let slots = sms * per_sm;
         let waves = (ctas / slots).ceil();
         let concurrent = ctas.min(slots);
-        // Streaming rate of one CTA: the bytes its pipeline keeps in flight over ~1.2 us of
-        // loaded DRAM latency, capped by its share of ~4 TB/s.
+        let sharing = (concurrent / sms).ceil().max(1.0); // CTAs per busy SM
+                                                          // Start-up: Q, the length and (contiguous) the first K tiles in one DRAM round trip;
+                                                          // a paged cache waits for its block table first. Q's 32 KB come from L2 for all but
+                                                          // the first CTA of a sequence.
+        let paged = if p.paged() { DRAM_RT_S } else { 0.0 };
+        let q_s = (concurrent * Q_BYTES as f64 / L2_BPS).max(Q_BYTES as f64 / SM_BPS);
+        let front = DRAM_RT_S + paged + q_s;
+        // Streaming: bytes in flight over a round trip, capped by the CTA's share of DRAM
+        // and of its SM's port.
         let in_flight = (c.stages as f64 - 1.0) * c.tile_kv as f64 * bpt;
-        let cta_rate = (in_flight / 1.2e-6).min(4.0e12 / concurrent);
-        // Tensor work of one CTA at ~430 TFLOP/s per chip for mma.sync, shared by the CTAs of
-        // an SM; fp8 pays its in-register widening (~1.3x), 4-warp CTAs issue less densely.
+        let rate = (in_flight / DRAM_RT_S)
+            .min(DRAM_BPS / concurrent)
+            .min(SM_BPS / sharing);
+        let mem = chunk * bpt / rate;
+        // Tensor work at the SM's share; fp8 widens every K and V element in registers (run 3:
+        // FP8 B=128 L=4K ran at ~235 TFLOP/s, compute-bound, so ~1.8x), 4 warps issue less
+        // densely than 8.
         let flops_token = 4.0 * HEADS as f64 * HEAD_DIM as f64;
-        let widen = if p.kv_dtype.is_fp8() { 1.3 } else { 1.0 };
+        let widen = if p.kv_dtype.is_fp8() { 1.8 } else { 1.0 };
         let density = if c.warps == 8 { 1.0 } else { 0.85 };
-        let sm_rate = 430e12 / sms * density;
-        let cta_compute = chunk * flops_token * widen / (sm_rate / per_sm.min(ctas / sms).max(1.0));
-        let cta_memory = chunk * bpt / cta_rate;
-        // Fixed cost per CTA: Q staging and the pipeline's fill, ~2 us.
-        let cta_s = cta_memory.max(cta_compute) + 2.0e-6;
-        // Combine: the partial written and every share read back, from L2.
-        let combine_s = if s > 1.0 {
-            (WS_SLOT_FLOATS as f64 * 4.0 * 2.0) / 100e9 + 1.0e-6
+        let cta_flops = MMA_FLOPS / sms * density / sharing;
+        let compute = chunk * flops_token * widen / cta_flops;
+        // Load and compute overlap across tiles; the first load and the last compute do not.
+        let main = mem.max(compute) + mem.min(compute) / tiles;
+        let out_s = (HEADS * HEAD_DIM * 2) as f64 / SM_BPS;
+        let cta = front + main + out_s;
+        let combine = if s > 1.0 {
+            // Release (stores acknowledged), arrival, the last arrival seen, then the share's
+            // partials and (m, l) in one round trip: ~one partial per combiner, all from L2.
+            let partials = 2.0 * ctas * WS_SLOT_BYTES as f64 / L2_BPS;
+            let share = (WS_SLOT_BYTES as f64 * (s / 64.0).max(1.0)) / SM_BPS;
+            3.0 * L2_RT_S + L2_RT_S + share.max(partials) + out_s
         } else {
             0.0
         };
-        let launch_s = 2.0e-6;
-        (waves * cta_s + combine_s + launch_s) * 1e6
+        (LAUNCH_S + waves * cta + combine) * 1e6
     }
 
     fn branch_problems() -> Vec<MfaDecodeProblem> {

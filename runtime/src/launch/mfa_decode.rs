@@ -18,7 +18,8 @@ use super::need;
 /// The device buffer type the launch takes, so callers can name it without depending on cudarc.
 pub use cudarc::driver::CudaSlice;
 
-/// Scratch for split sequences: fp32 partials and per-sequence counters.
+/// Scratch for split sequences: partials (bf16 O / l and fp32 row statistics, allocated as f32)
+/// and per-sequence counters.
 pub type MfaWorkspace = super::SplitWorkspace;
 
 /// The K and V pools a launch reads (rows of 256 values; see [`MfaKvLayout`] for the rows).

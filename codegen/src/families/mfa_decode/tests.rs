@@ -28,10 +28,28 @@ fn legal_space_is_large_enough_and_small_enough() {
         kernels.len()
     );
     assert!(legal.iter().any(|c| c.warps == 4) && legal.iter().any(|c| c.warps == 8));
-    assert!(legal.iter().any(|c| c.tile_kv == 32) && legal.iter().any(|c| c.tile_kv == 128));
-    assert!(legal.iter().any(|c| c.split_tokens == 64));
-    // 4 warps never take 128-token tiles (128 score registers per thread).
+    for tile in TILE_CHOICES {
+        assert!(
+            legal.iter().any(|c| c.tile_kv == tile),
+            "no {tile}-token tile"
+        );
+    }
+    for split in SPLIT_CHOICES {
+        assert!(
+            legal.iter().any(|c| c.split_tokens == split),
+            "no split of {split}"
+        );
+    }
+    // 4 warps never take 128-token tiles (128 score registers per thread); 8 warps never take
+    // 16-token tiles (each group needs a whole 16-token k-step).
     assert!(!legal.iter().any(|c| c.warps == 4 && c.tile_kv == 128));
+    assert!(!legal.iter().any(|c| c.warps == 8 && c.tile_kv == 16));
+    // Splits hold whole tiles: 16-token splits only for 16-token tiles.
+    assert!(legal
+        .iter()
+        .filter(|c| c.split_tokens == 16)
+        .all(|c| c.tile_kv == 16));
+    assert!(legal.len() <= 300, "{} legal configs", legal.len());
 }
 
 #[test]
@@ -161,11 +179,24 @@ fn default_config_is_legal_for_many_problems() {
             }
         }
     }
-    // B = 1 spreads a 4K context over many CTAs; B = 128 needs no split.
+    // B = 1 spreads a 4K context over many CTAs of short tiles; B = 128 needs no split and
+    // keeps the kernels measured best for streaming.
     let one = prob(1, 4096, KvDtype::Bf16, 0);
-    assert!(splits(&one, &MfaDecode::default_config(&one)) >= 32);
+    let c = MfaDecode::default_config(&one);
+    assert!(splits(&one, &c) >= 32, "{c:?}");
+    assert!(c.tile_kv <= 32, "{c:?}");
+    let short = prob(1, 1024, KvDtype::Bf16, 0);
+    assert!(splits(&short, &MfaDecode::default_config(&short)) >= 16);
     let many = prob(128, 4096, KvDtype::Bf16, 0);
-    assert_eq!(splits(&many, &MfaDecode::default_config(&many)), 1);
+    let c = MfaDecode::default_config(&many);
+    assert_eq!(splits(&many, &c), 1);
+    assert_eq!((c.tile_kv, c.stages, c.warps), (64, 2, 4));
+    let many8 = prob(128, 4096, KvDtype::Fp8e4m3, 0);
+    let c = MfaDecode::default_config(&many8);
+    assert_eq!(
+        (c.tile_kv, c.stages, c.warps, splits(&many8, &c)),
+        (128, 3, 8, 1)
+    );
     let mid = prob(8, 4096, KvDtype::Bf16, 16);
     let s = splits(&mid, &MfaDecode::default_config(&mid));
     assert!((8..=32).contains(&s), "{s} splits for B=8");
@@ -245,11 +276,14 @@ fn workspace_and_counters() {
     };
     let p = prob(2, 4096, KvDtype::Bf16, 0);
     assert_eq!(splits(&p, &c), 64);
-    assert_eq!(MfaDecode::workspace_bytes(&p, &c), 2 * 64 * 16512 * 4);
-    assert_eq!(counters_len(&p, &c), 8);
+    // One slot: bf16 O [64 x 256], then fp32 (m, l) per row.
+    assert_eq!(WS_SLOT_BYTES, 64 * 256 * 2 + 64 * 8);
+    assert_eq!(MfaDecode::workspace_bytes(&p, &c), 2 * 64 * 33280);
+    assert_eq!(MfaDecode::workspace_bytes(&p, &c) % 4, 0); // allocated as f32
+    assert_eq!(counters_len(&p, &c), 6);
     let scratch = MfaDecode::scratch(&p, &c);
     assert!(!scratch[0].zero_init && scratch[1].zero_init);
-    assert_eq!(scratch[1].bytes, 32);
+    assert_eq!(scratch[1].bytes, 24);
     let one = MfaDecodeConfig {
         split_tokens: 4096,
         ..c.clone()
@@ -266,6 +300,65 @@ fn workspace_and_counters() {
     };
     let p = prob(3, 1000, KvDtype::Bf16, 0);
     assert_eq!((splits(&p, &c256), chunk_tokens(&p, &c256)), (4, 256));
+}
+
+#[test]
+fn combine_shares_fit_the_template_layout() {
+    // The template's combine: min(active, MAX_SHARES) shares of whole rows; a share's (m, l)
+    // over all splits fit ML_CAP entries, and one split of its rows fits the staging area of
+    // every legal config.
+    for active in 2..=MAX_SPLITS {
+        let nsh = active.min(MAX_SHARES);
+        let mut rows = 0;
+        for share in 0..nsh {
+            let r0 = share * HEADS / nsh;
+            let nr = (share + 1) * HEADS / nsh - r0;
+            assert!((1..=HEADS / 2).contains(&nr), "active {active}: {nr} rows");
+            assert!(
+                nr * active <= ML_CAP,
+                "active {active}: {} (m, l)",
+                nr * active
+            );
+            rows += nr;
+        }
+        assert_eq!(rows, HEADS);
+    }
+    for c in MfaDecode::legal_space(&limits()) {
+        for dtype in [KvDtype::Bf16, KvDtype::Fp8e4m3] {
+            let smem = c.smem_bytes(dtype);
+            // One split of a 32-row share fits after the (m, l) entries; the output tile too.
+            assert!(
+                smem >= COMBINE_DATA_OFFSET + HEADS / 2 * HEAD_DIM * 2,
+                "{c:?}"
+            );
+            assert!(smem >= O_TILE_BYTES, "{c:?}");
+        }
+    }
+}
+
+#[test]
+fn default_split_follows_batch_and_context() {
+    // More work per sequence or more sequences: never more CTAs per token.
+    for kv in [KvDtype::Bf16, KvDtype::Fp8e4m3] {
+        for batch in [1u32, 8, 32, 128] {
+            let mut prev = 0;
+            for context in [1024u32, 4096, 16384, 65536] {
+                let p = prob(batch, context, kv, 0);
+                let c = MfaDecode::default_config(&p);
+                assert!(chunk_tokens(&p, &c) >= prev, "{p:?} -> {c:?}");
+                prev = chunk_tokens(&p, &c);
+            }
+        }
+        for context in [1024u32, 4096, 16384] {
+            let mut prev = 0;
+            for batch in [1u32, 8, 32, 128] {
+                let p = prob(batch, context, kv, 0);
+                let c = MfaDecode::default_config(&p);
+                assert!(chunk_tokens(&p, &c) >= prev, "{p:?} -> {c:?}");
+                prev = chunk_tokens(&p, &c);
+            }
+        }
+    }
 }
 
 #[test]
