@@ -308,12 +308,26 @@ pub fn geometry(p: &GemmFp8Problem, c: &WgmmaConfig) -> LaunchGeometry {
     }
 }
 
-/// The wgmma config used when nothing is tuned (M > 32): 128-row tiles (two warpgroups) past 64
-/// tokens, else 64; 128 columns, one temporary fragment (two warpgroups take turns on the
-/// tensor cores while the other promotes); 5 stages of 33 KiB (128 rows) or 6 of 24 KiB (64
-/// rows); split-K while tiles x splits stays within 1.5 waves and every split keeps >= 4 K tiles.
+/// The wgmma config used when nothing is tuned (M > 32). Prefill-sized M (> 256): 128 x 256
+/// tiles in two n128 passes with a producer warpgroup, 4 stages (the measured winner on every
+/// FFN shape at M = 512-4096, 2026-11-29 run 11, within 3% where it was not). Decode-sized M:
+/// 128-row tiles (two warpgroups) past 64 tokens, else 64; 128 columns, one temporary fragment
+/// (two warpgroups take turns on the tensor cores while the other promotes); 5 stages of 33
+/// KiB (128 rows) or 6 of 24 KiB (64 rows); split-K while tiles x splits stays within 1.5 waves
+/// and every split keeps >= 4 K tiles.
 pub fn default_config(p: &GemmFp8Problem) -> WgmmaConfig {
     const SMS: u64 = 132;
+    if p.m > 256 {
+        return WgmmaConfig {
+            bm: 128,
+            bn: 256,
+            wn: 128,
+            stages: 4,
+            split_k: 1,
+            double_tmp: false,
+            producer: true,
+        };
+    }
     let bm = if p.m > 64 { 128 } else { 64 };
     let mut c = WgmmaConfig {
         bm,
