@@ -529,3 +529,33 @@ mod driver {
         assert!(!path.exists(), "nothing tuned, nothing written");
     }
 }
+
+/// The gemm_fp8 artifact committed from the H200 loads; every entry's baseline is cuBLASLt with
+/// block scales, or the row-wise one named as standing in for it, with the other kept beside.
+#[test]
+fn the_committed_gemm_fp8_artifact_loads_with_its_baselines() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuned/nvidia-h200/gemm_fp8.json");
+    if !path.exists() {
+        eprintln!("skipped: no committed gemm_fp8 artifact");
+        return;
+    }
+    let art = Artifact::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(art.family, "gemm_fp8");
+    for e in &art.entries {
+        let b = e.baseline.as_ref().expect("a baseline");
+        match b.name.as_str() {
+            "cublaslt-fp8-block128" => {
+                assert!(e
+                    .extra_baselines
+                    .iter()
+                    .any(|x| x.name == "cublaslt-fp8-rowwise"))
+            }
+            "cublaslt-fp8-rowwise (block NOT_SUPPORTED)" => {
+                assert!(b.note.as_deref().unwrap_or("").contains("NOT_SUPPORTED"))
+            }
+            other => panic!("{}: unexpected baseline {other}", e.problem),
+        }
+        assert!(b.max_rel_err.is_some_and(|x| x <= 1e-2), "{}", e.problem);
+    }
+}
