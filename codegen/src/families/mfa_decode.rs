@@ -117,8 +117,8 @@ pub const MAX_CONTEXT: u32 = 1 << 24;
 pub const MAX_BATCH: u32 = 65535;
 
 const Q_BYTES: u32 = HEADS * HEAD_DIM * 2;
-/// Group merge buffer (8 warps): 4 warps x 32 n8 tiles x 32 lanes x float4, then m/l per lane.
-const MERGE_BYTES: u32 = 4 * 32 * 32 * 16 + 4 * 32 * 16;
+/// Group merge buffer (8 warps): 4 warps x 32 n8 tiles x 32 lanes x 4 bf16, then m/l per lane.
+const MERGE_BYTES: u32 = 4 * 32 * 32 * 8 + 4 * 32 * 16;
 /// The bf16 output tile staged for coalesced stores.
 const O_TILE_BYTES: u32 = HEADS * HEAD_DIM * 2;
 /// Combine: (m, l) entries of one share over all splits, at most (one row of MAX_SPLITS, or
