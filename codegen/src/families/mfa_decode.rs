@@ -6,7 +6,10 @@
 //! The template (`templates/mfa_decode.cu.tera`) is split-KV flash-decoding with the 64 heads
 //! as the M dimension of `mma.sync` m16n8k16 tiles, a `cp.async` pipeline of K/V tiles in
 //! swizzled shared memory, and an in-kernel, deterministic combine of the splits. Its header
-//! comment explains tiling, the FP8 fragment layouts, the pipeline and the combine protocol.
+//! comment explains tiling, FP8 widening, the start-up that overlaps the length read with the
+//! first loads, the pipeline and the combine protocol. Small batches split finely (16- to
+//! 64-token splits, so most SMs pull bytes) and the combine then costs about one partial
+//! written and one read per CTA; large batches stream unsplit.
 //!
 //! # Launch contract
 //!
