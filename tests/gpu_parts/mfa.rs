@@ -647,7 +647,7 @@ fn mfa_decode_large_ragged() {
     let configs_for = |p: &MfaDecodeProblem| -> Vec<MfaDecodeConfig> {
         let d = MfaDecode::default_config(p);
         let mut v = vec![d.clone()];
-        for (tile_kv, stages, warps) in [(16, 4, 4), (32, 4, 4), (64, 2, 4), (64, 4, 8)] {
+        for (tile_kv, stages, warps) in [(16, 4, 4), (32, 4, 4), (64, 2, 4), (128, 2, 8)] {
             for split_tokens in [d.split_tokens, (d.split_tokens * 4).min(1 << 24)] {
                 let c = MfaDecodeConfig {
                     tile_kv,
@@ -823,14 +823,13 @@ fn mfa_decode_bench() {
         }
         for (tile_kv, stages, warps) in [
             (64, 2, 4),
-            (64, 3, 4),
             (32, 4, 4),
             (16, 4, 4),
             (64, 2, 8),
             (64, 3, 8),
-            (64, 4, 8),
             (32, 3, 8),
             (32, 4, 8),
+            (128, 3, 8),
         ] {
             let split_tokens = d.split_tokens.max(tile_kv);
             push(MfaDecodeConfig {

@@ -6,10 +6,7 @@
 //! The template (`templates/mfa_decode.cu.tera`) is split-KV flash-decoding with the 64 heads
 //! as the M dimension of `mma.sync` m16n8k16 tiles, a `cp.async` pipeline of K/V tiles in
 //! swizzled shared memory, and an in-kernel, deterministic combine of the splits. Its header
-//! comment explains tiling, FP8 widening, the start-up that overlaps the length read with the
-//! first loads, the pipeline and the combine protocol. Small batches split finely (16- to
-//! 64-token splits, so most SMs pull bytes) and the combine then costs about one partial
-//! written and one read per CTA; large batches stream unsplit.
+//! comment explains tiling, the FP8 fragment layouts, the pipeline and the combine protocol.
 //!
 //! # Launch contract
 //!
@@ -99,9 +96,8 @@ pub const HEAD_DIM: u32 = 256;
 pub const SPLIT_CHOICES: [u32; 13] = [
     16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536,
 ];
-/// Tile sizes (tokens per pipeline stage): 16 only with 4 warps (a warp group needs 16). 128
-/// no longer fits: two BF16 stages are 256 KB, and FP8 adds its widened f16 tiles.
-pub const TILE_CHOICES: [u32; 3] = [16, 32, 64];
+/// Tile sizes (tokens per pipeline stage): 16 only with 4 warps (a warp group needs 16).
+pub const TILE_CHOICES: [u32; 4] = [16, 32, 64, 128];
 /// Most splits per sequence (the combine keeps one weight per split in shared memory).
 pub const MAX_SPLITS: u32 = 1024;
 /// Largest split workspace a config may ask for.
@@ -120,8 +116,8 @@ pub const MAX_CONTEXT: u32 = 1 << 24;
 pub const MAX_BATCH: u32 = 65535;
 
 const Q_BYTES: u32 = HEADS * HEAD_DIM * 2;
-/// Group merge buffer (8 warps): 4 warps x 32 n8 tiles x 32 lanes x 4 bf16, then m/l per lane.
-const MERGE_BYTES: u32 = 4 * 32 * 32 * 8 + 4 * 32 * 16;
+/// Group merge buffer (8 warps): 4 warps x 32 n8 tiles x 32 lanes x float4, then m/l per lane.
+const MERGE_BYTES: u32 = 4 * 32 * 32 * 16 + 4 * 32 * 16;
 /// The bf16 output tile staged for coalesced stores.
 const O_TILE_BYTES: u32 = HEADS * HEAD_DIM * 2;
 /// Combine: (m, l) entries of one share over all splits, at most (one row of MAX_SPLITS, or
@@ -202,20 +198,10 @@ impl MfaDecodeConfig {
         let scales = if dtype.is_fp8() { self.tile_kv * 4 } else { 0 };
         2 * (self.tile_kv * dtype.row_bytes() + scales)
     }
-    /// FP8: one K (or V) tile widened to f16, the tile the mma reads (0 for BF16).
-    pub fn wide_tile_bytes(&self, dtype: KvDtype) -> u32 {
-        if dtype.is_fp8() {
-            self.tile_kv * HEAD_DIM * 2
-        } else {
-            0
-        }
-    }
-    /// Dynamic shared memory: Q fragments + the pipeline (+ FP8's widened K and V tiles), or
-    /// the group-merge, output-staging or combine buffers (which reuse it) when those are
-    /// larger.
+    /// Dynamic shared memory: Q fragments + the pipeline, or the group-merge, output-staging
+    /// or combine buffers (which reuse it) when those are larger.
     pub fn smem_bytes(&self, dtype: KvDtype) -> u32 {
-        let pipeline =
-            Q_BYTES + self.stages * self.stage_bytes(dtype) + 2 * self.wide_tile_bytes(dtype);
+        let pipeline = Q_BYTES + self.stages * self.stage_bytes(dtype);
         let merge = if self.groups() == 2 { MERGE_BYTES } else { 0 };
         pipeline.max(merge).max(O_TILE_BYTES).max(COMBINE_MIN_BYTES)
     }
@@ -265,11 +251,10 @@ fn ctas_per_sm(c: &MfaDecodeConfig, dtype: KvDtype) -> u32 {
     smem_fit.min(thread_fit).min(reg_fit).max(1)
 }
 
-/// Kernels the default config chooses from (its split size is then estimated): the streaming
-/// kernel first (BF16: run 3's measured best for unsplit batches, 64-token tiles, 2 stages,
-/// 4 warps; FP8, not yet measured with its tiles widened once: 64-token tiles, 8 warps, the
-/// deepest pipeline that fits), then 8 warps on 64- and 32-token tiles and 4 warps on 16-token
-/// tiles for short chunks, where a CTA's latency is its tile's compute.
+/// Kernels the default config chooses from (its split size is then estimated): the measured
+/// best of each regime first (run 3 on the H200: 64-token tiles, 2 stages, 4 warps for
+/// unsplit BF16; 128-token tiles, 3 stages for FP8), then 8 warps on 64- and 32-token tiles
+/// and 4 warps on 16-token tiles for short chunks, where a CTA's latency is its tile's compute.
 fn default_kernels(dtype: KvDtype) -> Vec<MfaDecodeConfig> {
     let k = |tile_kv, stages, warps| MfaDecodeConfig {
         tile_kv,
@@ -279,7 +264,7 @@ fn default_kernels(dtype: KvDtype) -> Vec<MfaDecodeConfig> {
     };
     match dtype {
         KvDtype::Bf16 => vec![k(64, 2, 4), k(64, 3, 8), k(32, 3, 8), k(16, 4, 4)],
-        KvDtype::Fp8e4m3 => vec![k(64, 4, 8), k(64, 3, 8), k(32, 4, 8), k(16, 4, 4)],
+        KvDtype::Fp8e4m3 => vec![k(128, 3, 8), k(64, 4, 8), k(32, 4, 8), k(16, 4, 4)],
     }
 }
 
@@ -361,10 +346,8 @@ impl Family for MfaDecode {
                 limits.max_threads_per_block
             )
         })?;
-        // Shared memory fits for at least one KV dtype (each is checked per problem).
-        let smem = c
-            .smem_bytes(KvDtype::Fp8e4m3)
-            .min(c.smem_bytes(KvDtype::Bf16));
+        // Shared memory fits for at least the FP8 cache (BF16 is checked per problem).
+        let smem = c.smem_bytes(KvDtype::Fp8e4m3);
         illegal(smem > limits.max_dynamic_smem_per_block, || {
             format!(
                 "{smem} B of shared memory exceed {}",
@@ -443,8 +426,6 @@ impl Family for MfaDecode {
             "kv_tile_bytes": c.tile_kv * row_bytes,
             "scale_tile_bytes": if dtype.is_fp8() { c.tile_kv * 4 } else { 0 },
             "stage_bytes": c.stage_bytes(dtype),
-            "wide_tile_bytes": c.wide_tile_bytes(dtype),
-            "wide_offset": Q_BYTES + c.stages * c.stage_bytes(dtype),
             "smem_bytes": c.smem_bytes(dtype),
             "max_splits": MAX_SPLITS,
             "max_shares": MAX_SHARES,
@@ -625,11 +606,11 @@ impl Family for MfaDecode {
             .min(DRAM_BPS / concurrent)
             .min(SM_BPS / sharing);
         let mem = chunk * bpt / rate;
-        // Tensor work at the SM's share; fp8 widens each K and V element once per CTA (a
-        // guess of ~1.3x until measured: run 3, which widened them once per row-tile warp, ran
-        // FP8 at ~235 TFLOP/s, ~1.8x), 4 warps issue less densely than 8.
+        // Tensor work at the SM's share; fp8 widens every K and V element in registers (run 3:
+        // FP8 B=128 L=4K ran at ~235 TFLOP/s, compute-bound, so ~1.8x), 4 warps issue less
+        // densely than 8.
         let flops_token = 4.0 * HEADS as f64 * HEAD_DIM as f64;
-        let widen = if p.kv_dtype.is_fp8() { 1.3 } else { 1.0 };
+        let widen = if p.kv_dtype.is_fp8() { 1.8 } else { 1.0 };
         let density = if c.warps == 8 { 1.0 } else { 0.85 };
         let cta_flops = MMA_FLOPS / sms * density / sharing;
         let compute = chunk * flops_token * widen / cta_flops;
