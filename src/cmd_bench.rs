@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use kiln_codegen::families::gemm_bf16::{GemmBf16, GemmBf16Config, GemmBf16Problem};
-use kiln_codegen::families::gemm_fp8::{GemmFp8, GemmFp8Config, GemmFp8Problem};
+use kiln_codegen::families::gemm_bf16::{GemmBf16, GemmBf16Config};
+use kiln_codegen::families::gemm_fp8::{GemmFp8, GemmFp8Config};
 use kiln_codegen::{Compiler, Family};
 use kiln_runtime::artifact::{Artifact, Baseline};
 use kiln_runtime::dispatch::Dispatch;
@@ -164,15 +164,20 @@ pub fn compare_bench(old: &BenchFile, new: &BenchFile, threshold: f64) -> Vec<St
     out
 }
 
-fn measure_bf16(
+/// A family's dispatch table and the problems of its artifact.
+type TunedProblems<F> = (Dispatch<F>, Vec<<F as Family>::Problem>);
+
+/// The dispatch table of family `F` loaded from `tuned_dir` for this device (its notes printed)
+/// and the problems its artifact holds; an error naming `tune_command` when there is no usable
+/// artifact.
+fn tuned_problems<F: Family>(
     tuned_dir: &Path,
-    reps: usize,
-    steady: bool,
-) -> Result<BenchFile, Box<dyn std::error::Error>> {
-    let device = Device::open(0)?;
-    let compiler = Compiler::new()?;
-    let path = Artifact::path(tuned_dir, &device.info.slug(), GemmBf16::NAME);
-    let dispatch = Dispatch::<GemmBf16>::load(
+    device: &Device,
+    compiler: &Compiler,
+    tune_command: &str,
+) -> Result<TunedProblems<F>, Box<dyn std::error::Error>> {
+    let path = Artifact::path(tuned_dir, &device.info.slug(), F::NAME);
+    let dispatch = Dispatch::<F>::load(
         tuned_dir,
         &device.info,
         Some(&compiler.toolchain().version_string()),
@@ -182,15 +187,27 @@ fn measure_bf16(
     }
     let art = dispatch.artifact().ok_or_else(|| {
         format!(
-            "no usable artifact at {}: run `kiln tune` first",
+            "no usable artifact at {}: run `{tune_command}` first",
             path.display()
         )
     })?;
-    let problems: Vec<GemmBf16Problem> = art
+    let problems = art
         .entries
         .iter()
         .filter_map(|e| serde_json::from_value(e.problem.clone()).ok())
         .collect();
+    Ok((dispatch, problems))
+}
+
+fn measure_bf16(
+    tuned_dir: &Path,
+    reps: usize,
+    steady: bool,
+) -> Result<BenchFile, Box<dyn std::error::Error>> {
+    let device = Device::open(0)?;
+    let compiler = Compiler::new()?;
+    let (dispatch, problems) =
+        tuned_problems::<GemmBf16>(tuned_dir, &device, &compiler, "kiln tune")?;
     let reference = GemmBf16Reference::compile(&device, &compiler)?;
     let blas = CublasBf16::new(&device)?;
     let mut bench = Bench::new(&device)?;
@@ -272,26 +289,8 @@ fn measure_fp8(
 ) -> Result<BenchFile, Box<dyn std::error::Error>> {
     let device = Device::open(0)?;
     let compiler = Compiler::new()?;
-    let path = Artifact::path(tuned_dir, &device.info.slug(), GemmFp8::NAME);
-    let dispatch = Dispatch::<GemmFp8>::load(
-        tuned_dir,
-        &device.info,
-        Some(&compiler.toolchain().version_string()),
-    );
-    for n in &dispatch.notes {
-        eprintln!("note: {n}");
-    }
-    let art = dispatch.artifact().ok_or_else(|| {
-        format!(
-            "no usable artifact at {}: run `kiln tune --family gemm_fp8` first",
-            path.display()
-        )
-    })?;
-    let problems: Vec<GemmFp8Problem> = art
-        .entries
-        .iter()
-        .filter_map(|e| serde_json::from_value(e.problem.clone()).ok())
-        .collect();
+    let (dispatch, problems) =
+        tuned_problems::<GemmFp8>(tuned_dir, &device, &compiler, "kiln tune --family gemm_fp8")?;
     let reference = GemmFp8Reference::compile(&device, &compiler)?;
     let lt = CublasLtFp8::new(&device)?;
     let mut bench = Bench::new(&device)?;
