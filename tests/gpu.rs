@@ -27,10 +27,10 @@ mod fp8_tune;
 mod mfa;
 #[path = "gpu_parts/pinn.rs"]
 mod pinn;
-#[path = "gpu_parts/small_mlp.rs"]
-mod small_mlp;
 #[path = "gpu_parts/pinn_backward.rs"]
 mod pinn_backward;
+#[path = "gpu_parts/small_mlp.rs"]
+mod small_mlp;
 #[path = "gpu_parts/synth_residual.rs"]
 mod synth_residual;
 

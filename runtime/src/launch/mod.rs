@@ -8,9 +8,9 @@ pub mod gemm_fp8;
 pub mod gemm_fp8_ref;
 pub mod mfa_decode;
 pub mod mlp_jet;
+pub mod mlp_jet_backward;
 pub mod small_mlp;
 pub mod synth_residual;
-pub mod mlp_jet_backward;
 
 use cudarc::driver::CudaSlice;
 
