@@ -277,7 +277,7 @@ fn measure_bf16(
         schema: 1,
         device: serde_json::to_value(&device.info)?,
         empty_kernel_us,
-        method: format!("median of {reps} CUDA-event-timed runs, L2 flushed (2x L2 memset) before each; baseline in the same process on the same buffers"),
+        method: format!("median of {reps} CUDA-event-timed runs, L2 flushed (a read of a 2x-L2 buffer) before each; baseline in the same process on the same buffers"),
         rows,
     })
 }
@@ -377,7 +377,7 @@ fn measure_fp8(
         schema: 1,
         device: serde_json::to_value(&device.info)?,
         empty_kernel_us,
-        method: format!("median of {reps} CUDA-event-timed runs, L2 flushed (2x L2 memset) before each; baselines (cuBLASLt FP8, block-scaled and row-wise, each validated against the GPU reference first) in the same process on the same buffers"),
+        method: format!("median of {reps} CUDA-event-timed runs, L2 flushed (a read of a 2x-L2 buffer) before each; baselines (cuBLASLt FP8, block-scaled and row-wise, each validated against the GPU reference first) in the same process on the same buffers"),
         rows,
     })
 }

@@ -23,34 +23,14 @@ import sys
 
 import torch
 
+from timing import L2Flush, median_us
+
 LAYERS = [("qkv", 2560, 7168), ("wq", 16384, 2048), ("o_proj", 7168, 16384)]
 # The MoE/FFN-side shapes of the [fp8-gemm] targets (prefill-sized M).
 FFN = [("ffn_up", 36864, 7168), ("ffn_down", 7168, 18432), ("moe_up", 10240, 7168),
        ("moe_down", 7168, 5120)]
 FFN_MS = (512, 2048, 4096)
 FP8 = torch.float8_e4m3fn
-
-
-def l2_bytes():
-    props = torch.cuda.get_device_properties(0)
-    return getattr(props, "L2_cache_size", 50 * 2**20)
-
-
-def median_us(fn, flush, reps=50, warmup=5):
-    for _ in range(warmup):
-        fn()
-    pairs = []
-    for _ in range(reps):
-        flush.zero_()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        pairs.append((s, e))
-    torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) * 1e3 for s, e in pairs)
-    q = lambda f: times[int(round(f * (len(times) - 1)))]
-    return q(0.5), q(0.2), q(0.8)
 
 
 def quantize_rows(x, group=128):
@@ -84,7 +64,7 @@ def main():
     shapes = [(name, n, k, ms) for name, n, k in LAYERS]
     if not quick and "--decode-only" not in sys.argv[2:]:
         shapes += [(name, n, k, FFN_MS) for name, n, k in FFN]
-    flush = torch.empty(2 * l2_bytes(), dtype=torch.uint8, device="cuda")
+    flush = L2Flush()
     rows = []
     for name, n, k, shape_ms in shapes:
         g = torch.Generator(device="cuda").manual_seed(n * 31 + k)
@@ -121,7 +101,7 @@ def main():
                     fn = call_rowwise(a, b, m, n)
                     fn()
                     torch.cuda.synchronize()
-                med, p20, p80 = median_us(fn, flush)
+                med, p20, p80 = median_us(fn, flush, reps=50, warmup=5)
                 row.update({"us": med, "p20_us": p20, "p80_us": p80,
                             "weight_tb_s": weight_bytes / (med * 1e-6) / 1e12,
                             "tflop_s": 2.0 * m * n * k / (med * 1e-6) / 1e12})

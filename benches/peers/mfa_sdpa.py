@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from timing import L2Flush, median_us
+
 HEADS, HEAD_DIM, SCALE = 64, 256, 1.0 / 16.0
 BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -25,35 +27,13 @@ BACKENDS = {
 }
 
 
-def l2_bytes():
-    props = torch.cuda.get_device_properties(0)
-    return getattr(props, "L2_cache_size", 50 * 2**20)
-
-
-def median_us(fn, flush, reps=20, warmup=3):
-    for _ in range(warmup):
-        fn()
-    pairs = []
-    for _ in range(reps):
-        flush.zero_()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        pairs.append((s, e))
-    torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) * 1e3 for s, e in pairs)
-    q = lambda f: times[int(round(f * (len(times) - 1)))]
-    return q(0.5), q(0.2), q(0.8)
-
-
 def main():
     out_path = sys.argv[1]
     quick = "--quick" in sys.argv[2:]
     shapes = [(b, l) for b in (1, 8, 32, 128) for l in (1024, 4096, 16384, 65536)]
     if quick:
         shapes = [(1, 4096), (128, 4096)]
-    flush = torch.empty(2 * l2_bytes(), dtype=torch.uint8, device="cuda")
+    flush = L2Flush()
     rows = []
     for batch, context in shapes:
         g = torch.Generator(device="cuda").manual_seed(batch * 100003 + context)

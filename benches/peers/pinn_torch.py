@@ -29,29 +29,9 @@ import sys
 
 import torch
 
+from timing import L2Flush, median_us
+
 NETS = [(1, 64, 4, 1 << 20), (2, 128, 4, 1 << 18), (20, 128, 4, 1 << 16)]
-
-
-def l2_bytes():
-    props = torch.cuda.get_device_properties(0)
-    return getattr(props, "L2_cache_size", 50 * 2**20)
-
-
-def median_us(fn, flush, reps=20, warmup=3):
-    for _ in range(warmup):
-        fn()
-    pairs = []
-    for _ in range(reps):
-        flush.zero_()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        pairs.append((s, e))
-    torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) * 1e3 for s, e in pairs)
-    q = lambda f: times[int(round(f * (len(times) - 1)))]
-    return q(0.5), q(0.2), q(0.8)
 
 
 def make_net(d, width, depth, p, gen):
@@ -117,7 +97,7 @@ def main():
     out_path = sys.argv[1]
     quick = "--quick" in sys.argv[2:]
     p = int(sys.argv[sys.argv.index("--p") + 1]) if "--p" in sys.argv else 1
-    flush = torch.empty(2 * l2_bytes(), dtype=torch.uint8, device="cuda")
+    flush = L2Flush()
     rows = []
     for d, width, depth, n in NETS:
         gen = torch.Generator().manual_seed(d * 1000 + width)

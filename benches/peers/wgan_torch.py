@@ -31,32 +31,12 @@ import sys
 
 import torch
 
+from timing import L2Flush, median_us
+
 NETS = {
     "critic": (64, 128, 3, 1, "leaky_relu"),
     "generator": (32, 128, 3, 64, "tanh"),
 }
-
-
-def l2_bytes():
-    props = torch.cuda.get_device_properties(0)
-    return getattr(props, "L2_cache_size", 50 * 2**20)
-
-
-def median_us(fn, flush, reps=20, warmup=3):
-    for _ in range(warmup):
-        fn()
-    pairs = []
-    for _ in range(reps):
-        flush.zero_()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        pairs.append((s, e))
-    torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) * 1e3 for s, e in pairs)
-    q = lambda f: times[int(round(f * (len(times) - 1)))]
-    return q(0.5), q(0.2), q(0.8)
 
 
 def make_net(d_in, width, depth, d_out, act, gen):
@@ -155,7 +135,7 @@ def main():
     out_path = sys.argv[1]
     quick = "--quick" in sys.argv[2:]
     reps = 3 if quick else 20
-    flush = torch.empty(2 * l2_bytes(), dtype=torch.uint8, device="cuda")
+    flush = L2Flush()
     rows = []
     for name, (d_in, width, depth, d_out, act) in NETS.items():
         gen = torch.Generator().manual_seed(d_in * 1000 + width)

@@ -49,6 +49,9 @@ pub enum RuntimeError {
         reasons: String,
     },
 
+    #[error("timing cannot start: {0}")]
+    Timing(String),
+
     #[error("baseline {name}: {reason}")]
     Baseline { name: String, reason: String },
 

@@ -296,7 +296,7 @@ fn adam_bench() {
             "test": "adam_bench",
             "device": dev.info,
             "clock_and_temperature": kiln_runtime::measure::gpu_clock_and_temperature(0),
-            "how": "median of 20 CUDA-event-timed launches, L2 flushed (2x L2 memset) before each; \
+            "how": "median of 20 CUDA-event-timed launches, L2 flushed (a read of a 2x-L2 buffer) before each; \
                     gb_s = 28 bytes per parameter (p, g, m, v read; p, m, v written) / time; \
                     copy ceiling ~4.2 TB/s (device-to-device copy on this H200)",
             "copy_ceiling_gb_s": COPY_CEILING_GB_S,

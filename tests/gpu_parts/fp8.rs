@@ -453,7 +453,7 @@ fn gemm_fp8_bench() {
         "test": "gemm_fp8_bench",
         "device": dev.info,
         "clock_and_temperature": kiln_runtime::measure::gpu_clock_and_temperature(0),
-        "how": "median of 30 CUDA-event-timed launches after 5 warm-ups, L2 flushed (2x L2 memset) before each; weight_tb_s = N * K bytes (e4m3 weight) / time",
+        "how": "median of 30 CUDA-event-timed launches after 5 warm-ups, L2 flushed (a read of a 2x-L2 buffer) before each; weight_tb_s = N * K bytes (e4m3 weight) / time",
         "wall_s": t0.elapsed().as_secs_f64(),
         "rows": rows_out,
         "quant": quant_rows,

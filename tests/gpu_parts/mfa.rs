@@ -963,7 +963,7 @@ fn mfa_decode_bench() {
         "test": "mfa_decode_bench",
         "device": dev.info,
         "clock_and_temperature": kiln_runtime::measure::gpu_clock_and_temperature(0),
-        "how": "median of 20 CUDA-event-timed launches, L2 flushed (2x L2 memset) before each; uniform lengths = context; kv_tb_s = K+V bytes (with FP8 scales) / time",
+        "how": "median of 20 CUDA-event-timed launches, L2 flushed (a read of a 2x-L2 buffer) before each; uniform lengths = context; kv_tb_s = K+V bytes (with FP8 scales) / time",
         "wall_s": t0.elapsed().as_secs_f64(),
         "rows": rows_out,
     });

@@ -475,7 +475,7 @@ fn mlp_jet_bench() {
             "test": "mlp_jet_bench",
             "device": dev.info,
             "clock_and_temperature": kiln_runtime::measure::gpu_clock_and_temperature(0),
-            "how": "median of 20 CUDA-event-timed launches after 3 warm-up, L2 flushed (2x L2 memset) before each; u + grad + Laplacian, fp32; tflops = products only (MlpJet::flops) / time; compare with pinn_torch.json (PyTorch autograd, same nets)",
+            "how": "median of 20 CUDA-event-timed launches after 3 warm-up, L2 flushed (a read of a 2x-L2 buffer) before each; u + grad + Laplacian, fp32; tflops = products only (MlpJet::flops) / time; compare with pinn_torch.json (PyTorch autograd, same nets)",
             "wall_s": t0.elapsed().as_secs_f64(),
             "rows": rows,
         }),

@@ -517,7 +517,7 @@ fn mlp_jet_backward_bench() {
             "test": "mlp_jet_backward_bench",
             "device": dev.info,
             "clock_and_temperature": kiln_runtime::measure::gpu_clock_and_temperature(0),
-            "how": "median of 20 CUDA-event-timed calls after 3 warm-up, L2 flushed (2x L2 memset) before each; one call = the fused kernel (forward jets u, grad u, Laplacian; residual loss -Lap u - f, mean square; backward to every weight and bias) + the ordered reduction, fp32; tflops = products only (MlpJetBackward::flops) / time; compare with pinn_torch.json's train rows (PyTorch autograd, same nets, loss.backward())",
+            "how": "median of 20 CUDA-event-timed calls after 3 warm-up, L2 flushed (a read of a 2x-L2 buffer) before each; one call = the fused kernel (forward jets u, grad u, Laplacian; residual loss -Lap u - f, mean square; backward to every weight and bias) + the ordered reduction, fp32; tflops = products only (MlpJetBackward::flops) / time; compare with pinn_torch.json's train rows (PyTorch autograd, same nets, loss.backward())",
             "wall_s": t0.elapsed().as_secs_f64(),
             "rows": rows,
         }),

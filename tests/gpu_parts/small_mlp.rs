@@ -470,7 +470,7 @@ fn small_mlp_bench() {
             "test": "small_mlp_bench",
             "device": dev.info,
             "clock_and_temperature": kiln_runtime::measure::gpu_clock_and_temperature(0),
-            "how": "median of 20 CUDA-event-timed launches, L2 flushed (2x L2 memset) before each; \
+            "how": "median of 20 CUDA-event-timed launches, L2 flushed (a read of a 2x-L2 buffer) before each; \
                     one launch per pass (forward with the stash; VJP and parameter backward from \
                     the stash; the penalty pass computes u itself); tflops counts products only \
                     (SmallMlp::flops). Peer: benches/peers/wgan_torch.py (PyTorch autograd).",
