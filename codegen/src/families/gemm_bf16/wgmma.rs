@@ -18,12 +18,18 @@ use crate::family::{DeviceLimits, Illegal, LaunchGeometry, RenderVars};
 /// K elements per pipeline stage: one 128-byte swizzle row of bf16.
 pub const BK: u32 = 64;
 
+/// The tile widths (wgmma N) of the space. Besides the powers of two, 56 and 112 split
+/// o_proj's N = 7168 into 128 and 64 column tiles, so a 64-row (M <= 64) or a 128-row
+/// (M = 256) problem fills 128 of the H200's 132 SMs in one wave where 64 / 128 columns give
+/// 112 / 56 tiles (weight-bound decode shapes lose the idle SMs' share of bandwidth).
+pub const BNS: [u32; 5] = [56, 64, 112, 128, 256];
+
 /// A point of the wgmma kernel's space.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct WgmmaConfig {
     /// CTA tile rows: 64 (one warpgroup) or 128 (two).
     pub bm: u32,
-    /// CTA tile columns = the wgmma's N: 64, 128 or 256.
+    /// CTA tile columns = the wgmma's N: one of [`BNS`].
     pub bn: u32,
     /// Shared-memory pipeline stages of 64 K elements.
     pub stages: u32,
@@ -72,7 +78,7 @@ pub fn counters_len(p: &GemmBf16Problem, c: &WgmmaConfig) -> usize {
 pub fn space() -> Vec<WgmmaConfig> {
     let mut out = Vec::new();
     for bm in [64, 128] {
-        for bn in [64, 128, 256] {
+        for bn in BNS {
             for stages in [3, 4, 5, 6] {
                 for split_k in [1, 2, 4, 8] {
                     out.push(WgmmaConfig {
@@ -93,9 +99,14 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
     illegal(![64, 128].contains(&c.bm), || {
         format!("bm {} is not 64 or 128", c.bm)
     })?;
-    // The wgmma N sizes the template spells out.
-    illegal(![64, 128, 256].contains(&c.bn), || {
-        format!("bn {} is not 64, 128 or 256", c.bn)
+    // wgmma N: a multiple of 8 up to 256 (the template renders the operand list).
+    illegal(!BNS.contains(&c.bn), || {
+        format!("bn {} is not one of {BNS:?}", c.bn)
+    })?;
+    // The odd widths serve one tile height each: 56 columns a 64-row tile (M <= 64), 112 a
+    // 128-row one.
+    illegal((c.bn == 56 && c.bm != 64) || (c.bn == 112 && c.bm != 128), || {
+        format!("a {}x{} tile (56 columns go with 64 rows, 112 with 128)", c.bm, c.bn)
     })?;
     // Prefetch distance stages - 2 (two stages are read by the wgmma's in flight).
     illegal(!(3..=6).contains(&c.stages), || {
@@ -156,6 +167,9 @@ pub fn render_vars(p: &GemmBf16Problem, c: &WgmmaConfig) -> RenderVars {
         "use_split_k": c.split_k > 1,
         "bm": c.bm,
         "bn": c.bn,
+        "wgmma_d_operands": d_operands(c),
+        "wgmma_desc_operands": format!("%{}, %{}", c.acc_per_thread(), c.acc_per_thread() + 1),
+        "wgmma_d_constraints": d_constraints(c),
         "threads": c.threads(),
         "stages": c.stages,
         "split_k": c.split_k,
@@ -165,6 +179,22 @@ pub fn render_vars(p: &GemmBf16Problem, c: &WgmmaConfig) -> RenderVars {
         Value::Object(map) => map,
         _ => unreachable!("json! of an object literal"),
     }
+}
+
+/// The wgmma's accumulator operand list, `%0, %1, ..., %(BN/2 - 1)`.
+fn d_operands(c: &WgmmaConfig) -> String {
+    (0..c.acc_per_thread())
+        .map(|i| format!("%{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The matching read-write constraints, `"+f"(d[0]), ...`.
+fn d_constraints(c: &WgmmaConfig) -> String {
+    (0..c.acc_per_thread())
+        .map(|i| format!("\"+f\"(d[{i}])"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn geometry(p: &GemmBf16Problem, c: &WgmmaConfig) -> LaunchGeometry {
@@ -219,7 +249,8 @@ pub fn default_config(p: &GemmBf16Problem) -> Option<WgmmaConfig> {
 }
 
 /// Analytical time in microseconds: tensor work at ~550 TFLOP/s (wgmma without warp
-/// specialisation, one K tile's products in flight), DRAM bytes at ~4 TB/s, a round trip
+/// specialisation, one K tile's products in flight), DRAM bytes at ~4 TB/s times the share of
+/// the waves' slots the grid fills, a round trip
 /// per `stages - 2` K tiles along a CTA's K slice, whole waves, launch and split-K overhead.
 pub fn estimate_us(p: &GemmBf16Problem, c: &WgmmaConfig, limits: &DeviceLimits) -> f64 {
     let sms = limits.sms.max(1) as f64;
@@ -235,7 +266,8 @@ pub fn estimate_us(p: &GemmBf16Problem, c: &WgmmaConfig, limits: &DeviceLimits) 
     let waves = (ctas / slots).ceil();
     // wgmma with n >= 128 keeps the tensor pipe busiest; n64 re-reads A twice as often.
     let n_eff = match c.bn {
-        64 => 0.75,
+        0..=64 => 0.75 * c.bn as f64 / 64.0,
+        65..=127 => 0.9,
         128 => 0.95,
         _ => 1.0,
     };
@@ -246,7 +278,10 @@ pub fn estimate_us(p: &GemmBf16Problem, c: &WgmmaConfig, limits: &DeviceLimits) 
     let b_bytes = tiles_n * c.bn as f64 * k * 2.0 * (tiles_m / GROUP_M as f64).ceil();
     let c_bytes = p.m as f64 * p.n as f64 * 2.0;
     let ws_bytes = 2.0 * workspace_floats(p, c) as f64 * 4.0;
-    let memory_s = (a_bytes + b_bytes + c_bytes + ws_bytes) / 4.0e12;
+    // Slots left idle in the waves draw no bandwidth: a grid that fills 112 of 132 SMs
+    // streams ~its share of the ~4 TB/s (10% slack for the SMs that run ahead).
+    let bw_share = (1.1 * ctas / (waves * slots)).min(1.0);
+    let memory_s = (a_bytes + b_bytes + c_bytes + ws_bytes) / (4.0e12 * bw_share);
     let latency_s = waves * kt * 0.8e-6 / (c.stages as f64 - 2.0);
     let launch_s = 3e-6 + if c.split_k > 1 { 1e-6 } else { 0.0 };
     (compute_s.max(memory_s).max(latency_s) + launch_s) * 1e6
@@ -267,7 +302,7 @@ mod tests {
     fn space_is_modest_and_covers_both_tile_heights() {
         let l = legal();
         assert!(
-            (24..=80).contains(&l.len()),
+            (60..=110).contains(&l.len()),
             "{} legal wgmma configs",
             l.len()
         );
@@ -275,6 +310,8 @@ mod tests {
             assert!(l.iter().any(|c| c.bm == 128 && c.bn == bn));
             assert!(l.iter().any(|c| c.bm == 64 && c.bn == bn && c.split_k == 8));
         }
+        assert!(l.iter().any(|c| c.bm == 64 && c.bn == 56 && c.split_k == 1));
+        assert!(l.iter().any(|c| c.bm == 128 && c.bn == 112 && c.split_k == 1));
         for c in &l {
             assert!(c.acc_per_thread() <= 128);
             // Stage tiles are whole 1024-byte swizzle atoms.
@@ -320,6 +357,25 @@ mod tests {
             check_config(&c, &l).unwrap();
             check_problem(&p(m, n, k), &c).unwrap();
         }
+    }
+
+    #[test]
+    fn o_proj_decode_ranks_the_128_tile_width_first() {
+        // M = 32, 7168 x 16384: 56 columns give 128 CTAs, 64 give 112 of 132 SMs.
+        let p = GemmBf16Problem {
+            m: 32,
+            n: 7168,
+            k: 16384,
+        };
+        let l = DeviceLimits::HOPPER;
+        let c = |bn| WgmmaConfig {
+            bm: 64,
+            bn,
+            stages: 6,
+            split_k: 1,
+        };
+        assert_eq!(tiles(&p, &c(56)), 128);
+        assert!(estimate_us(&p, &c(56), &l) < estimate_us(&p, &c(64), &l));
     }
 
     #[test]
