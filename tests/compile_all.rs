@@ -208,3 +208,33 @@ fn the_gemm_fp8_reference_compiles_without_spills() {
     );
     assert!(!k.resources.spills(), "{:?}\n{}", k.resources, k.log);
 }
+
+#[test]
+fn the_mfa_decode_phase_trace_build_compiles() {
+    use kiln_codegen::families::mfa_decode::{KvDtype, MfaDecode, MfaDecodeProblem};
+    use kiln_codegen::Family;
+    let dir = tempfile::tempdir().unwrap();
+    let compiler = compiler_with_fresh_cache(dir.path(), CachePolicy::Compile);
+    // The diagnostics build of tests/gpu_parts/mfa.rs (`mfa_decode_trace`): split and unsplit.
+    for context in [4096, 64] {
+        let p = MfaDecodeProblem::step3(1, context, KvDtype::Bf16, 0);
+        let c = MfaDecode::default_config(&p);
+        let mut src = kiln_codegen::render::render::<MfaDecode>(&p, &c).unwrap();
+        assert!(src.source.contains("#define KILN_TRACE 0"));
+        src.source = src
+            .source
+            .replace("#define KILN_TRACE 0", "#define KILN_TRACE 1");
+        let k = compiler
+            .compile(&src, &CompileOptions::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!k.resources.spills(), "{:?}", k.resources);
+        // The trace buffers keep C names (the test reads them with cuModuleGetGlobal).
+        for name in ["kiln_mfa_trace_ns", "kiln_mfa_trace_clk"] {
+            let needle = format!("\0{name}\0");
+            assert!(
+                k.cubin.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{name} not in the cubin's symbol names"
+            );
+        }
+    }
+}

@@ -969,3 +969,155 @@ fn mfa_decode_bench() {
     });
     report("mfa_decode_bench", &summary);
 }
+
+/// Phase trace of single-sequence calls (diagnostics for the small-batch latency): the default
+/// config compiled with `KILN_TRACE 1`, timed like the bench (median of 20, L2 flushed), then
+/// one more flushed launch whose per-CTA stamps (%globaltimer ns, clock64) are read back.
+/// Reports, per shape: the event time, the kernel's span (first CTA start to last CTA end,
+/// globaltimer), the CTAs' start spread, and per phase the median and max over CTAs of
+/// entry -> length known -> first tile landed -> loop done -> partial out -> combine claimed
+/// -> end.
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
+fn mfa_decode_trace() {
+    const POINTS: usize = 8;
+    let (dev, compiler) = open();
+    let shapes = [
+        MfaDecodeProblem::step3(1, 1024, KvDtype::Bf16, 0),
+        MfaDecodeProblem::step3(1, 4096, KvDtype::Bf16, 0),
+        MfaDecodeProblem::step3(1, 16384, KvDtype::Bf16, 0),
+        MfaDecodeProblem::step3(1, 65536, KvDtype::Bf16, 0),
+        MfaDecodeProblem::step3(8, 4096, KvDtype::Bf16, 0),
+    ];
+    let mut bench = Bench::new(&dev).unwrap();
+    let opts = MeasureOptions {
+        warmup: 3,
+        reps: 20,
+        flush_l2: true,
+    };
+    let pools = DevPools::new(&dev, KvDtype::Bf16, 8 * 65536);
+    let mut rows = Vec::new();
+    for p in &shapes {
+        let c = MfaDecode::default_config(p);
+        let mut src = kiln_codegen::render::render::<MfaDecode>(p, &c).unwrap();
+        assert!(src.source.contains("#define KILN_TRACE 0"));
+        src.source = src
+            .source
+            .replace("#define KILN_TRACE 0", "#define KILN_TRACE 1");
+        let cubin = compiler
+            .compile(&src, &CompileOptions::default())
+            .unwrap_or_else(|e| panic!("trace build of {c:?}: {e}"))
+            .cubin;
+        let k = MfaDecodeKernel::from_cubin(&dev, &cubin, p, &c).unwrap();
+        let b = p.batch as usize;
+        let q = dev
+            .upload(&vec![bf16::from_f32(0.5); b * PER_SEQ], "q")
+            .unwrap();
+        let mut out = dev.zeros::<bf16>(b * PER_SEQ, "out").unwrap();
+        let seq_lens = dev.upload(&vec![p.context as i32; b], "seq_lens").unwrap();
+        let layout = MfaKvLayout::Contiguous { max_len: p.context };
+        let cache = pools.cache();
+        let mut ws = k.workspace(&dev, p).unwrap();
+        let launch = |out: &mut CudaSlice<bf16>, ws: &mut MfaWorkspace| {
+            k.launch(&dev.stream, p, &q, &cache, &layout, &seq_lens, out, ws)
+        };
+        let m = bench
+            .measure(&opts, || launch(&mut out, &mut ws))
+            .unwrap();
+        let module = k.kernel.module.clone();
+        let read = |name: &str| -> Vec<u64> {
+            let view = module.get_global(name, &dev.stream).unwrap();
+            let bytes: Vec<u8> = dev.stream.clone_dtoh(&view).unwrap();
+            bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        for name in ["kiln_mfa_trace_ns", "kiln_mfa_trace_clk"] {
+            let mut view = module.get_global(name, &dev.stream).unwrap();
+            dev.stream.memset_zeros(&mut view).unwrap();
+        }
+        bench.flush_l2().unwrap();
+        launch(&mut out, &mut ws).unwrap();
+        dev.stream.synchronize().unwrap();
+        let ns = read("kiln_mfa_trace_ns");
+        let clk = read("kiln_mfa_trace_clk");
+        let splits = fam::splits(p, &c) as usize;
+        let ctas: Vec<usize> = (0..splits.min(ns.len() / POINTS))
+            .filter(|&i| ns[i * POINTS] != 0)
+            .collect();
+        let t0 = ctas.iter().map(|&i| ns[i * POINTS]).min().unwrap_or(0);
+        let last = |i: usize| {
+            (0..POINTS)
+                .rev()
+                .map(|j| ns[i * POINTS + j])
+                .find(|&v| v != 0)
+                .unwrap_or(0)
+        };
+        let t_end = ctas.iter().map(|&i| last(i)).max().unwrap_or(0);
+        let start_spread = ctas.iter().map(|&i| ns[i * POINTS] - t0).max().unwrap_or(0);
+        // Phase j -> j+1 where both stamps exist: ns (globaltimer) and clock cycles.
+        let mut phases = Vec::new();
+        for j in 0..POINTS - 1 {
+            let mut d_ns: Vec<f64> = Vec::new();
+            let mut d_clk: Vec<f64> = Vec::new();
+            for &i in &ctas {
+                let (a, z) = (i * POINTS + j, i * POINTS + j + 1);
+                if ns[a] != 0 && ns[z] != 0 {
+                    d_ns.push(ns[z] as f64 - ns[a] as f64);
+                    d_clk.push(clk[z] as f64 - clk[a] as f64);
+                }
+            }
+            if d_ns.is_empty() {
+                continue;
+            }
+            let med = |v: &mut Vec<f64>| {
+                v.sort_by(|a, b| a.total_cmp(b));
+                (v[v.len() / 2], *v.last().unwrap())
+            };
+            let (ns_med, ns_max) = med(&mut d_ns);
+            let (clk_med, clk_max) = med(&mut d_clk);
+            phases.push(json!({"from": j, "to": j + 1, "ctas": d_ns.len(),
+                "ns_median": ns_med, "ns_max": ns_max, "clk_median": clk_med, "clk_max": clk_max}));
+        }
+        let per_cta: Vec<Vec<i64>> = ctas
+            .iter()
+            .map(|&i| {
+                (0..POINTS)
+                    .map(|j| {
+                        let v = ns[i * POINTS + j];
+                        if v == 0 { -1 } else { (v - t0) as i64 }
+                    })
+                    .collect()
+            })
+            .collect();
+        eprintln!(
+            "  B={} L={}: event {:.2} us, kernel span {:.2} us, start spread {:.2} us, {} CTAs",
+            p.batch,
+            p.context,
+            m.median_us,
+            (t_end - t0) as f64 / 1e3,
+            start_spread as f64 / 1e3,
+            ctas.len()
+        );
+        for ph in &phases {
+            eprintln!("    {ph}");
+        }
+        rows.push(json!({
+            "problem": p, "config": c, "splits": splits, "event": m,
+            "kernel_span_us": (t_end - t0) as f64 / 1e3,
+            "start_spread_us": start_spread as f64 / 1e3,
+            "phases": phases, "per_cta_ns_from_first_start": per_cta,
+        }));
+    }
+    report(
+        "mfa_decode_trace",
+        &json!({
+            "test": "mfa_decode_trace",
+            "device": dev.info,
+            "points": ["entry", "length known", "first tile landed", "loop done",
+                       "partial out (or output, unsplit)", "combine claimed", "end"],
+            "rows": rows,
+        }),
+    );
+}
