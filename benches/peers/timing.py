@@ -5,7 +5,13 @@ and before each timed run an L2 flush that *reads* a buffer of 2x the L2 size.
 A read leaves L2 full of clean lines of an unrelated buffer (what the layer before leaves in a
 real decode step, and what rotating inputs over more than 2x L2 gives). A memset, what these
 scripts used up to run 14, leaves dirty lines that the timed kernel has to write back as its own
-reads evict them, which inflates the time of anything that reads less than the L2 size."""
+reads evict them, which inflates the time of anything that reads less than the L2 size.
+
+After the flush comes a ~50 us spin kernel (`torch.cuda._sleep`): Python enqueues a timed op
+(a Triton launch, an SDPA call) in 10-30 us of host time, longer than the flush takes on the
+GPU, and without the spin the GPU would sit idle between the start event and the op, and that
+gap would be timed (run 15 measured 20-25 us for a 4 MB read that way). kiln's Rust side
+enqueues in a few microseconds, inside the flush's own time."""
 import torch
 
 
@@ -14,17 +20,23 @@ def l2_bytes():
     return getattr(props, "L2_cache_size", 50 * 2**20)
 
 
+SPIN_CYCLES = 100_000  # ~50 us at the H200's 1.98 GHz
+
+
 class L2Flush:
-    """Call it to flush by reading; `memset()` is the old, dirty-line flush (kept for comparison)."""
+    """Call it to flush by reading; `memset()` is the old, dirty-line flush (kept for comparison).
+    Both end with the spin kernel that covers the host's enqueue time of what is timed next."""
 
     def __init__(self):
         self.buf = torch.zeros(2 * l2_bytes() // 4, dtype=torch.int32, device="cuda")
 
     def __call__(self):
         self.buf.max()
+        torch.cuda._sleep(SPIN_CYCLES)
 
     def memset(self):
         self.buf.zero_()
+        torch.cuda._sleep(SPIN_CYCLES)
 
 
 def median_us(fn, flush, reps=20, warmup=3):
