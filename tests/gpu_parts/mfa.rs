@@ -823,12 +823,15 @@ fn mfa_decode_bench() {
         }
         for (tile_kv, stages, warps) in [
             (64, 2, 4),
+            (64, 3, 4),
+            (32, 2, 4),
             (32, 4, 4),
             (16, 4, 4),
             (64, 2, 8),
             (64, 3, 8),
             (32, 3, 8),
             (32, 4, 8),
+            (128, 2, 8),
             (128, 3, 8),
         ] {
             let split_tokens = d.split_tokens.max(tile_kv);
@@ -839,12 +842,19 @@ fn mfa_decode_bench() {
                 split_tokens,
             });
         }
-        // Short splits: the 16-token kernel at half the default split too.
+        // Short splits: the 16-token kernel at half the default split too, and two small
+        // CTAs per SM (32-token tiles, 2 stages: 96 KB) at half the default split.
         push(MfaDecodeConfig {
             tile_kv: 16,
             stages: 4,
             warps: 4,
             split_tokens: (d.split_tokens / 2).max(16),
+        });
+        push(MfaDecodeConfig {
+            tile_kv: 32,
+            stages: 2,
+            warps: 4,
+            split_tokens: (d.split_tokens / 2).max(32),
         });
         v
     };
@@ -1120,4 +1130,54 @@ fn mfa_decode_trace() {
             "rows": rows,
         }),
     );
+}
+
+/// One shape, one config, a few launches: the target of an `ncu` profile (the GPU script runs
+/// it under Nsight Compute). KILN_MFA_SHAPE = "batch,context,bf16|fp8[,page]" (default
+/// "128,4096,bf16"); KILN_MFA_CONFIG = "tile,stages,warps,split_tokens" (default: the
+/// family's default config).
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
+fn mfa_decode_one_shape() {
+    let (dev, compiler) = open();
+    let shape = std::env::var("KILN_MFA_SHAPE").unwrap_or_else(|_| "128,4096,bf16".into());
+    let f: Vec<&str> = shape.split(',').collect();
+    let dtype = if f[2] == "fp8" {
+        KvDtype::Fp8e4m3
+    } else {
+        KvDtype::Bf16
+    };
+    let page = f.get(3).map(|x| x.parse().unwrap()).unwrap_or(0);
+    let p = MfaDecodeProblem::step3(f[0].parse().unwrap(), f[1].parse().unwrap(), dtype, page);
+    assert_eq!(page, 0, "contiguous caches only");
+    let c = match std::env::var("KILN_MFA_CONFIG") {
+        Ok(v) => {
+            let n: Vec<u32> = v.split(',').map(|x| x.parse().unwrap()).collect();
+            MfaDecodeConfig {
+                tile_kv: n[0],
+                stages: n[1],
+                warps: n[2],
+                split_tokens: n[3],
+            }
+        }
+        Err(_) => MfaDecode::default_config(&p),
+    };
+    let mut kernels = Kernels::new(&dev, &compiler);
+    let k = kernels.get(&p, &c);
+    let b = p.batch as usize;
+    let pools = DevPools::new(&dev, dtype, b * p.context as usize);
+    let q = dev
+        .upload(&vec![bf16::from_f32(0.5); b * PER_SEQ], "q")
+        .unwrap();
+    let mut out = dev.zeros::<bf16>(b * PER_SEQ, "out").unwrap();
+    let seq_lens = dev.upload(&vec![p.context as i32; b], "seq_lens").unwrap();
+    let layout = MfaKvLayout::Contiguous { max_len: p.context };
+    let cache = pools.cache();
+    let mut ws = k.workspace(&dev, &p).unwrap();
+    for _ in 0..3 {
+        k.launch(&dev.stream, &p, &q, &cache, &layout, &seq_lens, &mut out, &mut ws)
+            .unwrap();
+    }
+    dev.stream.synchronize().unwrap();
+    eprintln!("mfa_decode_one_shape: {p:?} {c:?}: 3 launches");
 }
