@@ -251,6 +251,36 @@ fn ctas_per_sm(c: &MfaDecodeConfig, dtype: KvDtype) -> u32 {
     smem_fit.min(thread_fit).min(reg_fit).max(1)
 }
 
+/// Where the latency model picked BF16 64-token tiles on 4 warps at one CTA per SM, run 17 on
+/// the H200 measured 32-token tiles over 2 stages (96 KB, two CTAs per SM: two warps per
+/// scheduler instead of one, which Nsight Compute showed issuing every 4 cycles) at half the
+/// split faster whenever a CTA's chunk stays within 1K..16K tokens: B=8 L=64K 147 vs 162 us,
+/// B=32 L=16K 149 vs 164, B=32 L=64K 520 vs 592, B=128 L=4K 153 vs 161, B=128 L=16K 527 vs
+/// 587, paged B=128 L=4K 169 vs 186; slower with shorter chunks (B=128 L=1K: 56 vs 50, the
+/// split's combine) and longer ones (B=128 L=64K: 2474 vs 2314).
+fn two_ctas_per_sm(p: &MfaDecodeProblem, c: MfaDecodeConfig) -> MfaDecodeConfig {
+    if p.kv_dtype != KvDtype::Bf16 || (c.tile_kv, c.stages, c.warps) != (64, 2, 4) {
+        return c;
+    }
+    let alt = MfaDecodeConfig {
+        tile_kv: 32,
+        stages: 2,
+        warps: 4,
+        split_tokens: (c.split_tokens / 2).max(32),
+    };
+    let ctas = p.batch as u64 * splits(p, &alt) as u64;
+    let fits = ctas <= 2 * DeviceLimits::HOPPER.sms as u64
+        && ctas_per_sm(&alt, p.kv_dtype) >= 2
+        && (1024..=16384).contains(&chunk_tokens(p, &alt))
+        && MfaDecode::check_config(&alt, &DeviceLimits::HOPPER).is_ok()
+        && MfaDecode::check_problem(p, &alt).is_ok();
+    if fits {
+        alt
+    } else {
+        c
+    }
+}
+
 /// Kernels the default config chooses from (its split size is then estimated): the measured
 /// best of each regime first (run 3 on the H200: 64-token tiles, 2 stages, 4 warps for
 /// unsplit BF16; 128-token tiles, 3 stages for FP8), then 8 warps on 64- and 32-token tiles
@@ -562,10 +592,11 @@ impl Family for MfaDecode {
             }
         }
         // The unsplit config always passes check_problem (no workspace, one split).
-        best.map(|(_, c)| c).unwrap_or(MfaDecodeConfig {
+        let chosen = best.map(|(_, c)| c).unwrap_or(MfaDecodeConfig {
             split_tokens: MAX_CONTEXT,
             ..default_kernels(p.kv_dtype)[0].clone()
-        })
+        });
+        two_ctas_per_sm(p, chosen)
     }
 
     /// A latency model of one call: launch, then per wave of CTAs the chain of one CTA

@@ -179,8 +179,8 @@ fn default_config_is_legal_for_many_problems() {
             }
         }
     }
-    // B = 1 spreads a 4K context over many CTAs of short tiles; B = 128 needs no split and
-    // keeps the kernels measured best for streaming.
+    // B = 1 spreads a 4K context over many CTAs of short tiles; B = 128 needs two CTAs per
+    // SM (32-token tiles, two splits; run 17) and FP8 its 128-token tiles unsplit.
     let one = prob(1, 4096, KvDtype::Bf16, 0);
     let c = MfaDecode::default_config(&one);
     assert!(splits(&one, &c) >= 32, "{c:?}");
@@ -189,8 +189,8 @@ fn default_config_is_legal_for_many_problems() {
     assert!(splits(&short, &MfaDecode::default_config(&short)) >= 16);
     let many = prob(128, 4096, KvDtype::Bf16, 0);
     let c = MfaDecode::default_config(&many);
-    assert_eq!(splits(&many, &c), 1);
-    assert_eq!((c.tile_kv, c.stages, c.warps), (64, 2, 4));
+    assert_eq!(splits(&many, &c), 2);
+    assert_eq!((c.tile_kv, c.stages, c.warps), (32, 2, 4));
     let many8 = prob(128, 4096, KvDtype::Fp8e4m3, 0);
     let c = MfaDecode::default_config(&many8);
     assert_eq!(
@@ -642,4 +642,24 @@ fn args_match_the_template_signature() {
         let a = args.iter().find(|a| a.name == s.arg).unwrap();
         assert!(a.c_type.ends_with('*'));
     }
+}
+
+#[test]
+fn large_bf16_batches_default_to_two_ctas_per_sm() {
+    // Run 17's measured winners (see two_ctas_per_sm): 32-token tiles, 2 stages, 4 warps.
+    for (b, l) in [(8, 65536), (32, 16384), (32, 65536), (128, 4096), (128, 16384)] {
+        let p = prob(b, l, KvDtype::Bf16, 0);
+        let c = MfaDecode::default_config(&p);
+        assert_eq!((c.tile_kv, c.stages, c.warps), (32, 2, 4), "B={b} L={l}: {c:?}");
+        assert!(b * splits(&p, &c) <= 264, "B={b} L={l}: {c:?}");
+    }
+    let paged = prob(128, 4096, KvDtype::Bf16, 16);
+    assert_eq!(MfaDecode::default_config(&paged).tile_kv, 32);
+    // Not where it measured slower: short chunks, the longest contexts, FP8.
+    for (b, l) in [(128, 1024), (128, 65536)] {
+        let c = MfaDecode::default_config(&prob(b, l, KvDtype::Bf16, 0));
+        assert_ne!((c.tile_kv, c.stages), (32, 2), "B={b} L={l}: {c:?}");
+    }
+    let fp8 = MfaDecode::default_config(&prob(128, 4096, KvDtype::Fp8e4m3, 0));
+    assert_eq!(fp8.tile_kv, 128);
 }
