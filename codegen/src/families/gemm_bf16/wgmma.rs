@@ -21,8 +21,9 @@ pub const BK: u32 = 64;
 /// The tile widths (wgmma N) of the space. Besides the powers of two, 56 and 112 split
 /// o_proj's N = 7168 into 128 and 64 column tiles, so a 64-row (M <= 64) or a 128-row
 /// (M = 256) problem fills 128 of the H200's 132 SMs in one wave where 64 / 128 columns give
-/// 112 / 56 tiles (weight-bound decode shapes lose the idle SMs' share of bandwidth).
-pub const BNS: [u32; 5] = [56, 64, 112, 128, 256];
+/// 112 / 56 tiles (weight-bound decode shapes lose the idle SMs' share of bandwidth); 40 and
+/// 80 do the same for qkv's N = 2560 (64 tiles x split-K 2, 32 x 4).
+pub const BNS: [u32; 7] = [40, 56, 64, 80, 112, 128, 256];
 
 /// A point of the wgmma kernel's space.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -103,11 +104,17 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
     illegal(!BNS.contains(&c.bn), || {
         format!("bn {} is not one of {BNS:?}", c.bn)
     })?;
-    // The odd widths serve one tile height each: 56 columns a 64-row tile (M <= 64), 112 a
-    // 128-row one.
-    illegal((c.bn == 56 && c.bm != 64) || (c.bn == 112 && c.bm != 128), || {
-        format!("a {}x{} tile (56 columns go with 64 rows, 112 with 128)", c.bm, c.bn)
-    })?;
+    // The odd widths serve one tile height each: 40, 56 and 80 columns a 64-row tile
+    // (M <= 64), 112 a 128-row one.
+    illegal(
+        ([40, 56, 80].contains(&c.bn) && c.bm != 64) || (c.bn == 112 && c.bm != 128),
+        || {
+            format!(
+                "a {}x{} tile (40, 56 and 80 columns go with 64 rows, 112 with 128)",
+                c.bm, c.bn
+            )
+        },
+    )?;
     // Prefetch distance stages - 2 (two stages are read by the wgmma's in flight).
     illegal(!(3..=6).contains(&c.stages), || {
         format!("{} stages is not 3..=6", c.stages)
@@ -302,7 +309,7 @@ mod tests {
     fn space_is_modest_and_covers_both_tile_heights() {
         let l = legal();
         assert!(
-            (60..=110).contains(&l.len()),
+            (60..=150).contains(&l.len()),
             "{} legal wgmma configs",
             l.len()
         );
