@@ -232,7 +232,9 @@ fn the_mfa_decode_phase_trace_build_compiles() {
         for name in ["kiln_mfa_trace_ns", "kiln_mfa_trace_clk"] {
             let needle = format!("\0{name}\0");
             assert!(
-                k.cubin.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                k.cubin
+                    .windows(needle.len())
+                    .any(|w| w == needle.as_bytes()),
                 "{name} not in the cubin's symbol names"
             );
         }

@@ -30,7 +30,7 @@ BACKENDS = {
 def main():
     out_path = sys.argv[1]
     quick = "--quick" in sys.argv[2:]
-    shapes = [(b, l) for b in (1, 8, 32, 128) for l in (1024, 4096, 16384, 65536)]
+    shapes = [(b, l) for b in (1, 8, 32, 128) for l in (1024, 4096, 8192, 32768, 65536)]
     if quick:
         shapes = [(1, 4096), (128, 4096)]
     flush = L2Flush()

@@ -127,7 +127,9 @@ impl Bench {
     /// Allocates the flush buffer (2x L2, zeroed) and compiles the flush kernel
     /// to PTX with NVRTC (the driver finishes it for the GPU).
     pub fn new(device: &Device) -> Result<Bench> {
-        let bytes = (2 * device.info.l2_bytes as usize).max(8 << 20).next_multiple_of(16);
+        let bytes = (2 * device.info.l2_bytes as usize)
+            .max(8 << 20)
+            .next_multiple_of(16);
         let ptx = flush_ptx()?;
         let module = device
             .ctx
@@ -168,9 +170,7 @@ impl Bench {
         b.arg(&self.flush).arg(&n).arg(&mut self.sink);
         // SAFETY: (buf: n x 16 bytes, n, sink: one u32) match FLUSH_SOURCE's signature;
         // the kernel reads buf[0..n) and writes nothing for a zeroed buffer.
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .during("flushing L2")
+        unsafe { b.launch(cfg) }.map(|_| ()).during("flushing L2")
     }
 
     /// Time `run` (which enqueues work on the device's stream) per `opts`.
@@ -342,6 +342,9 @@ mod flush_tests {
         let text = ptx.to_src();
         assert!(text.contains(".entry kiln_l2_flush_read"), "{text}");
         assert!(text.contains("ld.global.cg.v4.u32"), "{text}");
-        assert!(!text.contains("st.global.v4"), "the flush must not write its buffer");
+        assert!(
+            !text.contains("st.global.v4"),
+            "the flush must not write its buffer"
+        );
     }
 }

@@ -10,8 +10,8 @@
 //!   empty sequence; page sizes 16 and 7 (last pages partly filled).
 //! * `mfa_decode_large_ragged`: a few configs on B = 64 (L <= 4096, ragged), B = 256
 //!   (L <= 4096, ragged), B = 1 (L = 65536), sampled sequences checked.
-//! * `mfa_decode_bench`: default and a few alternative configs on the target grid (B in
-//!   {1, 8, 32, 128} x L in {1K, 4K, 16K, 64K} BF16, FP8 and paged at B = 128, L = 4K),
+//! * `mfa_decode_bench`: default and a few alternative configs on the [mfa] issue's grid (B in
+//!   {1, 8, 32, 128} x L in {1K, 4K, 8K, 32K, 64K} BF16, FP8 and paged at B = 128, L = 4K),
 //!   L2 flushed, effective KV bandwidth per shape.
 
 // `!(err <= tol)` on purpose: a NaN error must fail.
@@ -791,7 +791,7 @@ fn mfa_decode_bench() {
     let t0 = std::time::Instant::now();
     let mut shapes: Vec<MfaDecodeProblem> = Vec::new();
     for batch in [1u32, 8, 32, 128] {
-        for context in [1024u32, 4096, 16384, 65536] {
+        for context in [1024u32, 4096, 8192, 32768, 65536] {
             shapes.push(MfaDecodeProblem::step3(batch, context, KvDtype::Bf16, 0));
         }
     }
@@ -1031,9 +1031,7 @@ fn mfa_decode_trace() {
         let launch = |out: &mut CudaSlice<bf16>, ws: &mut MfaWorkspace| {
             k.launch(&dev.stream, p, &q, &cache, &layout, &seq_lens, out, ws)
         };
-        let m = bench
-            .measure(&opts, || launch(&mut out, &mut ws))
-            .unwrap();
+        let m = bench.measure(&opts, || launch(&mut out, &mut ws)).unwrap();
         let module = k.kernel.module.clone();
         let read = |name: &str| -> Vec<u64> {
             let view = module.get_global(name, &dev.stream).unwrap();
@@ -1096,7 +1094,11 @@ fn mfa_decode_trace() {
                 (0..POINTS)
                     .map(|j| {
                         let v = ns[i * POINTS + j];
-                        if v == 0 { -1 } else { (v - t0) as i64 }
+                        if v == 0 {
+                            -1
+                        } else {
+                            (v - t0) as i64
+                        }
                     })
                     .collect()
             })
@@ -1175,8 +1177,17 @@ fn mfa_decode_one_shape() {
     let cache = pools.cache();
     let mut ws = k.workspace(&dev, &p).unwrap();
     for _ in 0..3 {
-        k.launch(&dev.stream, &p, &q, &cache, &layout, &seq_lens, &mut out, &mut ws)
-            .unwrap();
+        k.launch(
+            &dev.stream,
+            &p,
+            &q,
+            &cache,
+            &layout,
+            &seq_lens,
+            &mut out,
+            &mut ws,
+        )
+        .unwrap();
     }
     dev.stream.synchronize().unwrap();
     eprintln!("mfa_decode_one_shape: {p:?} {c:?}: 3 launches");

@@ -174,7 +174,9 @@ pub fn reference_cpu(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<
 pub fn counters_len(problem: &GemmBf16Problem, config: &GemmBf16Config) -> usize {
     match config {
         GemmBf16Config::Tiled(c) if c.split_k > 1 => tiles(problem, c) as usize,
-        GemmBf16Config::Stream(c) if c.split_k > 1 => stream::tiles(problem, c) as usize,
+        GemmBf16Config::Stream(c) if c.split_k > 1 && !c.cluster => {
+            stream::tiles(problem, c) as usize
+        }
         GemmBf16Config::Ring(c) => ring::counters_len(problem, c),
         GemmBf16Config::Wgmma(c) => wgmma::counters_len(problem, c),
         _ => 0,

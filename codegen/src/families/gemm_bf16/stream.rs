@@ -36,6 +36,13 @@ pub struct StreamConfig {
     /// buffers). Configs tuned before the field existed are depth 1.
     #[serde(default = "depth_one")]
     pub depth: u32,
+    /// Split-K reduced inside a thread-block cluster of the `split_k` CTAs of a tile (compiled
+    /// in, `__cluster_dims__(1, 1, split_k)`): the partials stay in the CTAs' shared memory and
+    /// each CTA sums a slice of the tile over distributed shared memory, with no workspace,
+    /// counter or L2 round trip. `split_k` 2..=8 (the portable cluster size). Configs tuned
+    /// before the field existed reduce through the workspace.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
 }
 
 fn depth_one() -> u32 {
@@ -127,7 +134,7 @@ pub fn tiles(p: &GemmBf16Problem, c: &StreamConfig) -> u64 {
 }
 
 pub fn workspace_floats(p: &GemmBf16Problem, c: &StreamConfig) -> u64 {
-    if c.split_k > 1 {
+    if c.split_k > 1 && !c.cluster {
         c.split_k as u64 * tiles(p, c) * c.outputs() as u64
     } else {
         0
@@ -142,14 +149,17 @@ pub fn space() -> Vec<StreamConfig> {
                 for tokens8 in [1, 2, 4] {
                     for split_k in [1, 2, 4, 8, 16, 32] {
                         for depth in [1, 2] {
-                            out.push(StreamConfig {
-                                warps,
-                                rows,
-                                unroll,
-                                tokens8,
-                                split_k,
-                                depth,
-                            });
+                            for cluster in [false, true] {
+                                out.push(StreamConfig {
+                                    warps,
+                                    rows,
+                                    unroll,
+                                    tokens8,
+                                    split_k,
+                                    depth,
+                                    cluster,
+                                });
+                            }
                         }
                     }
                 }
@@ -216,6 +226,18 @@ pub fn check_config(c: &StreamConfig, limits: &DeviceLimits) -> Result<(), Illeg
     illegal(c.depth == 2 && c.split_k >= 16, || {
         format!("split_k {} at depth 2: a few chunks per warp", c.split_k)
     })?;
+    // A cluster holds the split_k CTAs of a tile: 2 to 8 (portable cluster sizes); pruned to
+    // depth 2 and 4 warps (the streaming half is the workspace variant's, which won the split
+    // decode shapes at depth 2 and mostly with 4 warps).
+    illegal(c.cluster && !(2..=8).contains(&c.split_k), || {
+        format!("a cluster of split_k {} CTAs (2..=8)", c.split_k)
+    })?;
+    illegal(c.cluster && (c.depth != 2 || c.warps != 4), || {
+        format!(
+            "cluster split-K at depth {} with {} warps (depth 2, 4 warps only)",
+            c.depth, c.warps
+        )
+    })?;
     // The cross-warp sum fits the opt-in shared memory.
     illegal(c.smem_bytes() > limits.max_dynamic_smem_per_block, || {
         format!(
@@ -257,13 +279,14 @@ pub fn check_problem(p: &GemmBf16Problem, c: &StreamConfig) -> Result<(), Illega
 
 pub fn entry(p: &GemmBf16Problem, c: &StreamConfig) -> String {
     format!(
-        "kiln_gemm_bf16_stream_w{}_r{}_u{}_d{}_t{}_sk{}_a{}",
+        "kiln_gemm_bf16_stream_w{}_r{}_u{}_d{}_t{}_sk{}{}_a{}",
         c.warps,
         c.rows,
         c.unroll,
         c.depth,
         c.tokens8,
         c.split_k,
+        if c.cluster { "c" } else { "" },
         if is_aligned(p) { 16 } else { 2 }
     )
 }
@@ -276,6 +299,7 @@ pub fn render_vars(p: &GemmBf16Problem, c: &StreamConfig) -> RenderVars {
         "entry": entry(p, c),
         "aligned": is_aligned(p),
         "use_split_k": c.split_k > 1,
+        "cluster_k": c.cluster,
         "warps": c.warps,
         "threads": c.threads(),
         "min_blocks": 1,
@@ -298,6 +322,8 @@ pub fn render_vars(p: &GemmBf16Problem, c: &StreamConfig) -> RenderVars {
 }
 
 pub fn geometry(p: &GemmBf16Problem, c: &StreamConfig) -> LaunchGeometry {
+    // A cluster config carries its shape in the cubin (`__cluster_dims__`), so it launches
+    // like any other kernel (plain cuLaunchKernel) and reports no launch-time cluster.
     LaunchGeometry {
         grid: [tiles(p, c).min(i32::MAX as u64) as u32, 1, c.split_k],
         block: [c.threads(), 1, 1],
@@ -319,6 +345,7 @@ pub fn default_config(p: &GemmBf16Problem) -> StreamConfig {
         tokens8,
         split_k: 1,
         depth: 1,
+        cluster: false,
     };
     // Split K until there are >= 4 CTAs per SM (the block scheduler then evens the bytes
     // per SM out), while every split keeps a group of K blocks and the reduction its bounds.
@@ -403,8 +430,11 @@ pub fn estimate_us(p: &GemmBf16Problem, c: &StreamConfig, limits: &DeviceLimits)
     let fill_s = if c.depth >= 2 { 0.0 } else { LATENCY_S };
     let stream_s = memory_s.max(latency_s).max(sm_s) + fill_s;
 
-    // Split-K: partials out and back through L2, one round trip per batch of outputs.
-    let reduce_s = if c.split_k > 1 {
+    // Split-K: partials out and back through L2, one round trip per batch of outputs; in a
+    // cluster, two cluster barriers and distributed shared-memory reads.
+    let reduce_s = if c.cluster {
+        0.4e-6
+    } else if c.split_k > 1 {
         let batches = (c.outputs() as f64 / (threads * c.reduce_batch() as f64)).ceil();
         1.0e-6 + batches * 0.3e-6
     } else {
@@ -440,6 +470,8 @@ mod tests {
             assert!(l.iter().any(|c| c.tokens8 == t && c.split_k == 1));
         }
         assert!(l.iter().any(|c| c.rows == 4));
+        assert!(l.iter().any(|c| c.cluster && c.split_k == 8));
+        assert!(l.iter().all(|c| !c.cluster || (2..=8).contains(&c.split_k)));
         for d in [1, 2] {
             assert!(l
                 .iter()
@@ -598,6 +630,7 @@ mod tests {
             tokens8: 1,
             split_k: 8,
             depth: 1,
+            cluster: false,
         };
         assert!(check_problem(&prob(8, 48, 7168), &c).is_ok());
         assert!(check_problem(&prob(9, 48, 7168), &c).is_err());

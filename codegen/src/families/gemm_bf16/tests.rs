@@ -123,6 +123,7 @@ fn configs_say_which_kernel_they_are() {
         tokens8: 1,
         split_k: 8,
         depth: 1,
+        cluster: false,
     });
     let v = serde_json::to_value(&s).unwrap();
     assert_eq!(v["kernel"], "stream");
@@ -435,10 +436,29 @@ fn workspace_and_counters() {
         tokens8: 2,
         split_k: 4,
         depth: 1,
+        cluster: false,
     });
     assert!(GemmBf16::check_config(&s, &limits()).is_ok());
     assert_eq!(counters_len(&p, &s), 2);
     assert_eq!(GemmBf16::workspace_bytes(&p, &s), 4 * 2 * 32 * 16 * 4);
+    // The same split reduced in a cluster: no workspace, no counters, depth 2 only.
+    let GemmBf16Config::Stream(sc) = &s else {
+        unreachable!()
+    };
+    let cl = GemmBf16Config::Stream(StreamConfig {
+        cluster: true,
+        depth: 2,
+        unroll: 2,
+        ..sc.clone()
+    });
+    assert!(GemmBf16::check_config(&cl, &limits()).is_ok());
+    assert_eq!(counters_len(&p, &cl), 0);
+    assert_eq!(GemmBf16::workspace_bytes(&p, &cl), 0);
+    let cl1 = GemmBf16Config::Stream(StreamConfig {
+        cluster: true,
+        ..sc.clone()
+    });
+    assert!(GemmBf16::check_config(&cl1, &limits()).is_err());
     let scratch = GemmBf16::scratch(&p, &s);
     assert_eq!(scratch[1].bytes, 2 * 4);
     assert!(GemmBf16::check_problem(&prob(17, 48, 7168), &s).is_err());

@@ -318,7 +318,9 @@ mod tests {
             assert!(l.iter().any(|c| c.bm == 64 && c.bn == bn && c.split_k == 8));
         }
         assert!(l.iter().any(|c| c.bm == 64 && c.bn == 56 && c.split_k == 1));
-        assert!(l.iter().any(|c| c.bm == 128 && c.bn == 112 && c.split_k == 1));
+        assert!(l
+            .iter()
+            .any(|c| c.bm == 128 && c.bn == 112 && c.split_k == 1));
         for c in &l {
             assert!(c.acc_per_thread() <= 128);
             // Stage tiles are whole 1024-byte swizzle atoms.

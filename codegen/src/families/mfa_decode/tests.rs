@@ -647,10 +647,20 @@ fn args_match_the_template_signature() {
 #[test]
 fn large_bf16_batches_default_to_two_ctas_per_sm() {
     // Run 17's measured winners (see two_ctas_per_sm): 32-token tiles, 2 stages, 4 warps.
-    for (b, l) in [(8, 65536), (32, 16384), (32, 65536), (128, 4096), (128, 16384)] {
+    for (b, l) in [
+        (8, 65536),
+        (32, 16384),
+        (32, 65536),
+        (128, 4096),
+        (128, 16384),
+    ] {
         let p = prob(b, l, KvDtype::Bf16, 0);
         let c = MfaDecode::default_config(&p);
-        assert_eq!((c.tile_kv, c.stages, c.warps), (32, 2, 4), "B={b} L={l}: {c:?}");
+        assert_eq!(
+            (c.tile_kv, c.stages, c.warps),
+            (32, 2, 4),
+            "B={b} L={l}: {c:?}"
+        );
         assert!(b * splits(&p, &c) <= 264, "B={b} L={l}: {c:?}");
     }
     let paged = prob(128, 4096, KvDtype::Bf16, 16);
