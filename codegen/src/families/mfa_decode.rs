@@ -254,10 +254,12 @@ fn ctas_per_sm(c: &MfaDecodeConfig, dtype: KvDtype) -> u32 {
 /// Where the latency model picked BF16 64-token tiles on 4 warps at one CTA per SM, run 17 on
 /// the H200 measured 32-token tiles over 2 stages (96 KB, two CTAs per SM: two warps per
 /// scheduler instead of one, which Nsight Compute showed issuing every 4 cycles) at half the
-/// split faster whenever a CTA's chunk stays within 1K..16K tokens: B=8 L=64K 147 vs 162 us,
+/// split faster whenever a CTA's chunk stays within 1K..32K tokens: B=8 L=64K 147 vs 162 us,
 /// B=32 L=16K 149 vs 164, B=32 L=64K 520 vs 592, B=128 L=4K 153 vs 161, B=128 L=16K 527 vs
 /// 587, paged B=128 L=4K 169 vs 186; slower with shorter chunks (B=128 L=1K: 56 vs 50, the
-/// split's combine) and longer ones (B=128 L=64K: 2474 vs 2314).
+/// split's combine). At B=128 L=64K (32K-token chunks, 8.6 GB of cache) the unsplit kernel
+/// varies from call to call: runs 17 / 18 / 19 measured 2474 / 2186 / 2299 us split against
+/// 2314 / 2420 / 2641 unsplit, so the split wins two of three and the median.
 fn two_ctas_per_sm(p: &MfaDecodeProblem, c: MfaDecodeConfig) -> MfaDecodeConfig {
     if p.kv_dtype != KvDtype::Bf16 || (c.tile_kv, c.stages, c.warps) != (64, 2, 4) {
         return c;
@@ -271,7 +273,7 @@ fn two_ctas_per_sm(p: &MfaDecodeProblem, c: MfaDecodeConfig) -> MfaDecodeConfig 
     let ctas = p.batch as u64 * splits(p, &alt) as u64;
     let fits = ctas <= 2 * DeviceLimits::HOPPER.sms as u64
         && ctas_per_sm(&alt, p.kv_dtype) >= 2
-        && (1024..=16384).contains(&chunk_tokens(p, &alt))
+        && (1024..=32768).contains(&chunk_tokens(p, &alt))
         && MfaDecode::check_config(&alt, &DeviceLimits::HOPPER).is_ok()
         && MfaDecode::check_problem(p, &alt).is_ok();
     if fits {
