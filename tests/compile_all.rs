@@ -219,11 +219,8 @@ fn the_mfa_decode_phase_trace_build_compiles() {
     for context in [4096, 64] {
         let p = MfaDecodeProblem::step3(1, context, KvDtype::Bf16, 0);
         let c = MfaDecode::default_config(&p);
-        let mut src = kiln_codegen::render::render::<MfaDecode>(&p, &c).unwrap();
-        assert!(src.source.contains("#define KILN_TRACE 0"));
-        src.source = src
-            .source
-            .replace("#define KILN_TRACE 0", "#define KILN_TRACE 1");
+        let src = kiln_codegen::families::mfa_decode::render_traced(&p, &c).unwrap();
+        assert!(!src.source.contains(kiln_codegen::families::mfa_decode::TRACE_OFF));
         let k = compiler
             .compile(&src, &CompileOptions::default())
             .unwrap_or_else(|e| panic!("{e}"));

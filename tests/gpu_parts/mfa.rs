@@ -783,6 +783,21 @@ macro_rules! replicate_fn {
 replicate_fn!(replicate_bf16, bf16);
 replicate_fn!(replicate_u8, u8);
 
+/// The timing tests' inputs for `p`: Q = 0.5 everywhere, a zeroed output, every length =
+/// context.
+fn uniform_inputs(
+    dev: &Device,
+    p: &MfaDecodeProblem,
+) -> (CudaSlice<bf16>, CudaSlice<bf16>, CudaSlice<i32>) {
+    let b = p.batch as usize;
+    let q = dev
+        .upload(&vec![bf16::from_f32(0.5); b * PER_SEQ], "q")
+        .unwrap();
+    let out = dev.zeros::<bf16>(b * PER_SEQ, "out").unwrap();
+    let seq_lens = dev.upload(&vec![p.context as i32; b], "seq_lens").unwrap();
+    (q, out, seq_lens)
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
 fn mfa_decode_bench() {
@@ -887,11 +902,7 @@ fn mfa_decode_bench() {
             .entry(key)
             .or_insert_with(|| DevPools::new(&dev, p.kv_dtype, max_rows));
         let b = p.batch as usize;
-        let q = dev
-            .upload(&vec![bf16::from_f32(0.5); b * PER_SEQ], "q")
-            .unwrap();
-        let mut out = dev.zeros::<bf16>(b * PER_SEQ, "out").unwrap();
-        let seq_lens = dev.upload(&vec![p.context as i32; b], "seq_lens").unwrap();
+        let (q, mut out, seq_lens) = uniform_inputs(&dev, p);
         // Paged: pages of each sequence scattered over the pool (sequence-major reversed).
         let table = if p.paged() {
             let ps = p.page_size as usize;
@@ -1009,22 +1020,13 @@ fn mfa_decode_trace() {
     let mut rows = Vec::new();
     for p in &shapes {
         let c = MfaDecode::default_config(p);
-        let mut src = kiln_codegen::render::render::<MfaDecode>(p, &c).unwrap();
-        assert!(src.source.contains("#define KILN_TRACE 0"));
-        src.source = src
-            .source
-            .replace("#define KILN_TRACE 0", "#define KILN_TRACE 1");
+        let src = fam::render_traced(p, &c).unwrap();
         let cubin = compiler
             .compile(&src, &CompileOptions::default())
             .unwrap_or_else(|e| panic!("trace build of {c:?}: {e}"))
             .cubin;
         let k = MfaDecodeKernel::from_cubin(&dev, &cubin, p, &c).unwrap();
-        let b = p.batch as usize;
-        let q = dev
-            .upload(&vec![bf16::from_f32(0.5); b * PER_SEQ], "q")
-            .unwrap();
-        let mut out = dev.zeros::<bf16>(b * PER_SEQ, "out").unwrap();
-        let seq_lens = dev.upload(&vec![p.context as i32; b], "seq_lens").unwrap();
+        let (q, mut out, seq_lens) = uniform_inputs(&dev, p);
         let layout = MfaKvLayout::Contiguous { max_len: p.context };
         let cache = pools.cache();
         let mut ws = k.workspace(&dev, p).unwrap();
@@ -1168,11 +1170,7 @@ fn mfa_decode_one_shape() {
     let k = kernels.get(&p, &c);
     let b = p.batch as usize;
     let pools = DevPools::new(&dev, dtype, b * p.context as usize);
-    let q = dev
-        .upload(&vec![bf16::from_f32(0.5); b * PER_SEQ], "q")
-        .unwrap();
-    let mut out = dev.zeros::<bf16>(b * PER_SEQ, "out").unwrap();
-    let seq_lens = dev.upload(&vec![p.context as i32; b], "seq_lens").unwrap();
+    let (q, mut out, seq_lens) = uniform_inputs(&dev, &p);
     let layout = MfaKvLayout::Contiguous { max_len: p.context };
     let cache = pools.cache();
     let mut ws = k.workspace(&dev, &p).unwrap();

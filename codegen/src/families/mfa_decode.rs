@@ -207,6 +207,22 @@ impl MfaDecodeConfig {
     }
 }
 
+/// The template's phase-trace switch (see its header): off in every rendered kernel.
+pub const TRACE_OFF: &str = "#define KILN_TRACE 0";
+
+/// `render` with the phase trace compiled in (diagnostics only: per-CTA `%globaltimer` and
+/// `clock64` stamps in the module globals `kiln_mfa_trace_ns` / `kiln_mfa_trace_clk`).
+#[cfg(feature = "jit")]
+pub fn render_traced(
+    p: &MfaDecodeProblem,
+    c: &MfaDecodeConfig,
+) -> crate::Result<crate::KernelSource> {
+    let mut src = crate::render::render::<MfaDecode>(p, c)?;
+    debug_assert!(src.source.contains(TRACE_OFF));
+    src.source = src.source.replace(TRACE_OFF, "#define KILN_TRACE 1");
+    Ok(src)
+}
+
 /// Splits of the launch (grid.x).
 pub fn splits(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> u32 {
     p.context.div_ceil(c.split_tokens).max(1)

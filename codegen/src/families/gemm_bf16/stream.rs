@@ -149,23 +149,31 @@ pub fn space() -> Vec<StreamConfig> {
                 for tokens8 in [1, 2, 4] {
                     for split_k in [1, 2, 4, 8, 16, 32] {
                         for depth in [1, 2] {
-                            for cluster in [false, true] {
-                                out.push(StreamConfig {
-                                    warps,
-                                    rows,
-                                    unroll,
-                                    tokens8,
-                                    split_k,
-                                    depth,
-                                    cluster,
-                                });
-                            }
+                            out.push(StreamConfig {
+                                warps,
+                                rows,
+                                unroll,
+                                tokens8,
+                                split_k,
+                                depth,
+                                cluster: false,
+                            });
                         }
                     }
                 }
             }
         }
     }
+    // Each split of 2..=8 at depth 2 with 4 warps again, reduced in a cluster.
+    let clustered: Vec<StreamConfig> = out
+        .iter()
+        .filter(|c| (2..=8).contains(&c.split_k) && c.depth == 2 && c.warps == 4)
+        .map(|c| StreamConfig {
+            cluster: true,
+            ..c.clone()
+        })
+        .collect();
+    out.extend(clustered);
     out
 }
 
