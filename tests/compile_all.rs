@@ -220,7 +220,9 @@ fn the_mfa_decode_phase_trace_build_compiles() {
         let p = MfaDecodeProblem::step3(1, context, KvDtype::Bf16, 0);
         let c = MfaDecode::default_config(&p);
         let src = kiln_codegen::families::mfa_decode::render_traced(&p, &c).unwrap();
-        assert!(!src.source.contains(kiln_codegen::families::mfa_decode::TRACE_OFF));
+        assert!(!src
+            .source
+            .contains(kiln_codegen::families::mfa_decode::TRACE_OFF));
         let k = compiler
             .compile(&src, &CompileOptions::default())
             .unwrap_or_else(|e| panic!("{e}"));
