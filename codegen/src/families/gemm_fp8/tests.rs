@@ -131,10 +131,18 @@ fn render_vars_match_the_template() {
 fn wgmma_space_is_modest_and_fits_registers_and_smem() {
     let l = legal_wgmma();
     assert!(
-        (40..=170).contains(&l.len()),
+        (40..=220).contains(&l.len()),
         "{} legal wgmma configs",
         l.len()
     );
+    // The narrow decode widths: 64-row, one-pass tiles.
+    for bn in wgmma::NARROW_BNS {
+        assert!(l.iter().any(|c| c.bn == bn && c.split_k == 1));
+        assert!(l
+            .iter()
+            .filter(|c| c.bn == bn)
+            .all(|c| c.bm == 64 && c.wn == bn && !c.producer));
+    }
     for bn in [64, 96, 128, 160] {
         assert!(l.iter().any(|c| c.bm == 128 && c.bn == bn));
     }

@@ -107,6 +107,9 @@ pub fn counters_len(p: &GemmFp8Problem, c: &WgmmaConfig) -> usize {
     }
 }
 
+/// Tile widths below 64 or not a multiple of 32, for 64-row tiles only (see [`space`]).
+pub const NARROW_BNS: [u32; 3] = [40, 56, 80];
+
 pub fn space() -> Vec<WgmmaConfig> {
     let mut out = Vec::new();
     // Every thread copies; one wgmma pass per K tile.
@@ -125,6 +128,25 @@ pub fn space() -> Vec<WgmmaConfig> {
                             producer: false,
                         });
                     }
+                }
+            }
+        }
+    }
+    // Narrow 64-row tiles that fill the SMs on the decode shapes (M <= 64): 56 columns cut
+    // o_proj's N = 7168 into 128 tiles, 40 and 80 qkv's 2560 into 64 and 32 (x split-K 2 / 4).
+    for bn in NARROW_BNS {
+        for stages in [4, 6] {
+            for split_k in [1, 2, 4, 8] {
+                for double_tmp in [false, true] {
+                    out.push(WgmmaConfig {
+                        bm: 64,
+                        bn,
+                        wn: bn,
+                        stages,
+                        split_k,
+                        double_tmp,
+                        producer: false,
+                    });
                 }
             }
         }
@@ -158,14 +180,24 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
     illegal(![64, 128].contains(&c.bm), || {
         format!("bm {} is not 64 or 128", c.bm)
     })?;
-    // Tile widths of the space (multiples of 32: W tiles are whole 1024-byte swizzle atoms and
-    // whole loader rounds of 16 or 32 rows).
-    illegal(![64, 96, 128, 160, 192, 256].contains(&c.bn), || {
-        format!("bn {} is not 64, 96, 128, 160, 192 or 256", c.bn)
-    })?;
-    // wgmma widths: multiples of 32 up to 160 that divide the tile.
+    // Tile widths of the space (multiples of 8: W tiles are whole 1024-byte swizzle atoms; the
+    // loader's last round may be partial). The narrow ones go with 64-row tiles in one pass.
     illegal(
-        c.wn == 0 || !c.wn.is_multiple_of(32) || c.wn > 160 || !c.bn.is_multiple_of(c.wn),
+        ![64, 96, 128, 160, 192, 256].contains(&c.bn) && !NARROW_BNS.contains(&c.bn),
+        || {
+            format!(
+                "bn {} is not 64, 96, 128, 160, 192, 256 or one of {NARROW_BNS:?}",
+                c.bn
+            )
+        },
+    )?;
+    illegal(
+        NARROW_BNS.contains(&c.bn) && (c.bm != 64 || c.wn != c.bn || c.producer),
+        || format!("a {}-column tile is a 64-row, one-pass tile", c.bn),
+    )?;
+    // wgmma widths: multiples of 8 up to 160 that divide the tile.
+    illegal(
+        c.wn == 0 || !c.wn.is_multiple_of(8) || c.wn > 160 || !c.bn.is_multiple_of(c.wn),
         || format!("wn {} does not split bn {} into wgmma passes", c.wn, c.bn),
     )?;
     illegal(!(3..=8).contains(&c.stages), || {
@@ -370,8 +402,9 @@ pub fn estimate_us(p: &GemmFp8Problem, c: &WgmmaConfig, limits: &DeviceLimits) -
     let slots = sms * per_sm;
     let waves = (ctas / slots).ceil();
     let n_eff = match c.bn {
+        0..=63 => 0.7 * c.bn as f64 / 64.0,
         64 => 0.7,
-        96 => 0.8,
+        65..=96 => 0.8,
         128 => 0.9,
         160 => 0.95,
         _ => 1.0,
@@ -389,7 +422,9 @@ pub fn estimate_us(p: &GemmFp8Problem, c: &WgmmaConfig, limits: &DeviceLimits) -
     let b_bytes = tiles_n * c.bn as f64 * k * (tiles_m / GROUP_M as f64).ceil();
     let y_bytes = p.m as f64 * p.n as f64 * 2.0;
     let ws_bytes = 2.0 * workspace_floats(p, c) as f64 * 4.0;
-    let memory_s = (a_bytes + b_bytes + y_bytes + ws_bytes) / 3.8e12;
+    // Slots left idle in the waves draw no bandwidth (10% slack for SMs that run ahead).
+    let bw_share = (1.1 * ctas / (waves * slots)).min(1.0);
+    let memory_s = (a_bytes + b_bytes + y_bytes + ws_bytes) / (3.8e12 * bw_share);
     let ahead = (c.stages - c.busy_stages()) as f64;
     let latency_s = waves * kt * 0.8e-6 / ahead;
     let launch_s = 3e-6 + if c.split_k > 1 { 1e-6 } else { 0.0 };
