@@ -14,3 +14,18 @@ pub mod synth_residual;
 mod mma_emulation;
 #[cfg(test)]
 mod template_tags;
+
+/// A wgmma's accumulator operands for `n` fp32 registers per thread, as inline PTX wants them:
+/// the operand list `%0, %1, ..., %(n-1)` and the matching read-write bindings
+/// `"+f"(d[0]), ..., "+f"(d[n-1])` (the descriptors and flags follow as `%n`, `%(n+1)`, ...).
+pub(crate) fn wgmma_accumulator_operands(n: u32) -> (String, String) {
+    let list = (0..n)
+        .map(|i| format!("%{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let bindings = (0..n)
+        .map(|i| format!("\"+f\"(d[{i}])"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (list, bindings)
+}

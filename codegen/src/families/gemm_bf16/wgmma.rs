@@ -164,6 +164,8 @@ pub fn entry(_p: &GemmBf16Problem, c: &WgmmaConfig) -> String {
 }
 
 pub fn render_vars(p: &GemmBf16Problem, c: &WgmmaConfig) -> RenderVars {
+    let (d_operands, d_constraints) =
+        crate::families::wgmma_accumulator_operands(c.acc_per_thread());
     let vars = json!({
         "wgmma": true,
         "ring": false,
@@ -172,9 +174,9 @@ pub fn render_vars(p: &GemmBf16Problem, c: &WgmmaConfig) -> RenderVars {
         "use_split_k": c.split_k > 1,
         "bm": c.bm,
         "bn": c.bn,
-        "wgmma_d_operands": d_operands(c),
+        "wgmma_d_operands": d_operands,
         "wgmma_desc_operands": format!("%{}, %{}", c.acc_per_thread(), c.acc_per_thread() + 1),
-        "wgmma_d_constraints": d_constraints(c),
+        "wgmma_d_constraints": d_constraints,
         "threads": c.threads(),
         "stages": c.stages,
         "split_k": c.split_k,
@@ -184,22 +186,6 @@ pub fn render_vars(p: &GemmBf16Problem, c: &WgmmaConfig) -> RenderVars {
         Value::Object(map) => map,
         _ => unreachable!("json! of an object literal"),
     }
-}
-
-/// The wgmma's accumulator operand list, `%0, %1, ..., %(BN/2 - 1)`.
-fn d_operands(c: &WgmmaConfig) -> String {
-    (0..c.acc_per_thread())
-        .map(|i| format!("%{i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The matching read-write constraints, `"+f"(d[0]), ...`.
-fn d_constraints(c: &WgmmaConfig) -> String {
-    (0..c.acc_per_thread())
-        .map(|i| format!("\"+f\"(d[{i}])"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 pub fn geometry(p: &GemmBf16Problem, c: &WgmmaConfig) -> LaunchGeometry {

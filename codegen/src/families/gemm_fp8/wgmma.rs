@@ -296,14 +296,7 @@ pub fn render_vars(c: &WgmmaConfig) -> RenderVars {
     // The wgmma's operand list: the fragment's registers %0 .. %(frag-1), bound to d[0..frag),
     // then the two descriptors and the accumulate flag.
     let n = c.frag();
-    let d_operands = (0..n)
-        .map(|i| format!("%{i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let d_bindings = (0..n)
-        .map(|i| format!("\"+f\"(d[{i}])"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let (d_operands, d_bindings) = crate::families::wgmma_accumulator_operands(n);
     let vars = json!({
         "d_operands": d_operands,
         "d_bindings": d_bindings,
