@@ -112,10 +112,14 @@ pub const NARROW_BNS: [u32; 3] = [40, 56, 80];
 
 pub fn space() -> Vec<WgmmaConfig> {
     let mut out = Vec::new();
-    // Every thread copies; one wgmma pass per K tile.
-    for bm in [64, 128] {
-        for bn in [64, 96, 128, 160] {
-            for stages in [4, 5, 6, 8] {
+    // Every thread copies; one wgmma pass per K tile. Besides the main widths, narrow 64-row
+    // tiles fill the SMs on the decode shapes (M <= 64): 56 columns cut o_proj's N = 7168 into
+    // 128 tiles, 40 and 80 qkv's 2560 into 64 and 32 (x split-K 2 / 4).
+    let main = [64, 96, 128, 160].map(|bn| (bn, [64, 128].as_slice(), [4, 5, 6, 8].as_slice()));
+    let narrow = NARROW_BNS.map(|bn| (bn, [64].as_slice(), [4, 6].as_slice()));
+    for (bn, bms, stage_choices) in main.into_iter().chain(narrow) {
+        for &bm in bms {
+            for &stages in stage_choices {
                 for split_k in [1, 2, 4, 8] {
                     for double_tmp in [false, true] {
                         out.push(WgmmaConfig {
@@ -128,25 +132,6 @@ pub fn space() -> Vec<WgmmaConfig> {
                             producer: false,
                         });
                     }
-                }
-            }
-        }
-    }
-    // Narrow 64-row tiles that fill the SMs on the decode shapes (M <= 64): 56 columns cut
-    // o_proj's N = 7168 into 128 tiles, 40 and 80 qkv's 2560 into 64 and 32 (x split-K 2 / 4).
-    for bn in NARROW_BNS {
-        for stages in [4, 6] {
-            for split_k in [1, 2, 4, 8] {
-                for double_tmp in [false, true] {
-                    out.push(WgmmaConfig {
-                        bm: 64,
-                        bn,
-                        wn: bn,
-                        stages,
-                        split_k,
-                        double_tmp,
-                        producer: false,
-                    });
                 }
             }
         }
