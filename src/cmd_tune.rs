@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use kiln_codegen::families::gemm_bf16::{GemmBf16, GemmBf16Problem};
 use kiln_codegen::families::gemm_fp8::{GemmFp8, GemmFp8Problem};
+use kiln_codegen::families::mfa_decode::{MfaDecode, MfaDecodeProblem};
 use kiln_codegen::{Compiler, Family};
 use kiln_runtime::Device;
 use kiln_tuner::baseline::CUBLASLT_FP8_ROWWISE;
-use kiln_tuner::tune::{tune_gemm_bf16, tune_gemm_fp8, TuneOptions, TuneReport};
+use kiln_tuner::tune::{tune_gemm_bf16, tune_gemm_fp8, tune_mfa_decode, TuneOptions, TuneReport};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -71,6 +72,8 @@ fn load_problems(
     Ok((family.to_string(), list))
 }
 
+const MFA_SCHEMA: &str = "mfa_decode problems are {\"batch\", \"context\", \"heads\": 64, \"head_dim\": 256, \"kv_dtype\": \"bf16\" or \"fp8e4m3\", \"page_size\" (0 = contiguous)}";
+
 /// Problems of one family from their JSON; `schema` says what they look like.
 fn parse_problems<P: DeserializeOwned>(
     list: &[Value],
@@ -108,6 +111,7 @@ pub fn tune(
     enum Problems {
         Bf16(Vec<GemmBf16Problem>),
         Fp8(Vec<GemmFp8Problem>),
+        Mfa(Vec<MfaDecodeProblem>),
     }
     let problems = if fam == GemmBf16::NAME {
         Problems::Bf16(parse_problems(
@@ -119,9 +123,14 @@ pub fn tune(
             &list,
             "gemm_fp8 problems are {\"m\", \"n\", \"k\"} with k a multiple of 128",
         )?)
+    } else if fam == MfaDecode::NAME {
+        Problems::Mfa(parse_problems(&list, MFA_SCHEMA)?)
     } else {
         kiln_codegen::find_family(&fam)?;
-        return Err(format!("family {fam} has no tuner yet (gemm_bf16 and gemm_fp8 have)").into());
+        return Err(format!(
+            "family {fam} has no tuner yet (gemm_bf16, gemm_fp8 and mfa_decode have)"
+        )
+        .into());
     };
     let budget = budget.as_deref().map(parse_duration).transpose()?;
     let device = Device::open(0)?;
@@ -143,6 +152,7 @@ pub fn tune(
     let report = match &problems {
         Problems::Bf16(p) => tune_gemm_bf16(&device, &compiler, p, &opts)?,
         Problems::Fp8(p) => tune_gemm_fp8(&device, &compiler, p, &opts)?,
+        Problems::Mfa(p) => tune_mfa_decode(&device, &compiler, p, &opts)?,
     };
     for n in &report.notes {
         eprintln!("note: {n}");
@@ -150,6 +160,7 @@ pub fn tune(
     let table = match problems {
         Problems::Bf16(_) => bf16_table(&report),
         Problems::Fp8(_) => fp8_table(&report),
+        Problems::Mfa(_) => mfa_table(&report),
     };
     println!("{}", table.render());
     for p in &report.problems {
@@ -269,6 +280,42 @@ fn fp8_table(report: &TuneReport) -> Table {
     t
 }
 
+/// No baseline column (the SDPA peer is timed by `benches/peers/mfa_sdpa.py`): the KV bytes'
+/// effective bandwidth instead.
+fn mfa_table(report: &TuneReport) -> Table {
+    let mut t = Table::new(&[
+        "problem",
+        "status",
+        "kiln us",
+        "KV TB/s",
+        "% roofline",
+        "max rel err",
+        "tried",
+        "s",
+    ]);
+    for p in &report.problems {
+        let e = p.entry.as_ref();
+        let tb_s = e.and_then(|e| {
+            let q: MfaDecodeProblem = serde_json::from_value(e.problem.clone()).ok()?;
+            Some(q.kv_bytes() / (e.median_us * 1e-6) / 1e12)
+        });
+        t.row(vec![
+            compact(&p.problem),
+            p.status.clone(),
+            e.map(|e| format!("{:.2}", e.median_us)).unwrap_or_default(),
+            tb_s.map(|x| format!("{x:.2}")).unwrap_or_default(),
+            e.map(|e| format!("{:.1}", e.pct_of_roofline))
+                .unwrap_or_default(),
+            e.map(|e| format!("{:.1e}", e.max_rel_err))
+                .unwrap_or_default(),
+            e.map(|e| e.candidates_tried.to_string())
+                .unwrap_or_default(),
+            format!("{:.1}", p.seconds),
+        ]);
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +345,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("step3-fp8-ffn"), "{err}");
+    }
+
+    use kiln_codegen::families::mfa_decode::KvDtype;
+
+    #[test]
+    fn the_mfa_preset_parses_as_mfa_problems() {
+        let (fam, list) = load_problems("gemm_bf16", None, Some("step3-mfa")).unwrap();
+        assert_eq!((fam.as_str(), list.len()), ("mfa_decode", 24));
+        let p: Vec<MfaDecodeProblem> = parse_problems(&list, MFA_SCHEMA).unwrap();
+        assert_eq!(p[0], MfaDecodeProblem::step3(1, 1024, KvDtype::Bf16, 0));
+        let bad = [serde_json::json!({"m": 1, "n": 48, "k": 7168})];
+        let err = parse_problems::<MfaDecodeProblem>(&bad, MFA_SCHEMA)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mfa_decode problems are"), "{err}");
     }
 }

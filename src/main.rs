@@ -62,14 +62,14 @@ enum Command {
     },
     /// Autotune a family on this GPU and write tuned/<gpu>/<family>.json (resumable).
     Tune {
-        /// gemm_bf16 (the default with --problems) or gemm_fp8; a preset names its own.
+        /// gemm_bf16 (the default with --problems), gemm_fp8 or mfa_decode; a preset names its own.
         #[arg(long)]
         family: Option<String>,
         /// JSON file: an array of problems (e.g. [{"m":1,"n":48,"k":7168}]).
         #[arg(long, conflicts_with = "preset", required_unless_present = "preset")]
         problems: Option<PathBuf>,
         /// A named problem list: step3-bf16 (gemm_bf16), step3-fp8-decode, step3-fp8-ffn,
-        /// step3-fp8 (gemm_fp8).
+        /// step3-fp8 (gemm_fp8), step3-mfa (mfa_decode).
         #[arg(long)]
         preset: Option<String>,
         /// Stop starting new problems after this long (e.g. 5m).

@@ -559,3 +559,46 @@ fn the_committed_gemm_fp8_artifact_loads_with_its_baselines() {
         assert!(b.max_rel_err.is_some_and(|x| x <= 1e-2), "{}", e.problem);
     }
 }
+
+/// An `mfa_decode` artifact (as `kiln tune --family mfa_decode` writes it, no baseline) is
+/// served by the generic dispatch, and its entries describe as `kiln export` reads them.
+#[test]
+fn an_mfa_decode_artifact_dispatches_and_describes() {
+    use kiln_codegen::families::mfa_decode::{KvDtype, MfaDecode, MfaDecodeProblem};
+    let dir = tempfile::tempdir().unwrap();
+    let mut art = Artifact::new(
+        MfaDecode::NAME,
+        ArtifactDevice::from_info(&h200(), None, None),
+        ArtifactToolchain {
+            template_sha256: kiln_codegen::registry::template_sha256(MfaDecode::TEMPLATE),
+            ..toolchain()
+        },
+    );
+    let tuned = MfaDecodeProblem::step3(128, 4096, KvDtype::Bf16, 0);
+    let mut config = MfaDecode::default_config(&tuned);
+    config.split_tokens *= 2;
+    art.upsert(Entry {
+        problem: serde_json::to_value(tuned).unwrap(),
+        config: serde_json::to_value(&config).unwrap(),
+        ..entry(&qkv(1))
+    });
+    art.save(&Artifact::path(dir.path(), "nvidia-h200", MfaDecode::NAME))
+        .unwrap();
+
+    let d = Dispatch::<MfaDecode>::load(dir.path(), &h200(), Some("13.0"));
+    assert!(d.notes.is_empty(), "{:?}", d.notes);
+    let s = d.select(&tuned);
+    assert_eq!((s.source, s.config), (Source::Exact, config.clone()));
+    // A nearby batch takes the bucket; another dtype is not served by it.
+    let near = MfaDecodeProblem::step3(96, 4096, KvDtype::Bf16, 0);
+    assert!(matches!(d.select(&near).source, Source::Bucket { .. }));
+    let fp8 = MfaDecodeProblem::step3(128, 4096, KvDtype::Fp8e4m3, 0);
+    assert!(matches!(d.select(&fp8).source, Source::Default { .. }));
+
+    let fam = kiln_codegen::find_family(MfaDecode::NAME).unwrap();
+    let e = &art.entries[0];
+    let desc = fam
+        .describe(&e.problem, &e.config, &kiln_codegen::DeviceLimits::HOPPER)
+        .unwrap();
+    assert_eq!(desc.entry, MfaDecode::entry(&tuned, &config));
+}

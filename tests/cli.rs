@@ -107,6 +107,7 @@ fn tuning_gemm_fp8_without_a_gpu_is_a_typed_error() {
             "step3-fp8-decode",
         ][..],
         &["tune", "--preset", "step3-fp8"][..],
+        &["tune", "--family", "mfa_decode", "--preset", "step3-mfa"][..],
         &["bench", "--family", "gemm_fp8"][..],
     ] {
         let out = kiln().args(args).output().unwrap();
@@ -132,13 +133,22 @@ fn presets_and_families_must_agree() {
     let problems = dir.path().join("p.json");
     std::fs::write(&problems, r#"[{"m": 1, "n": 48, "k": 7168}]"#).unwrap();
     let out = kiln()
-        .args(["tune", "--family", "mfa_decode", "--problems"])
+        .args(["tune", "--family", "small_mlp", "--problems"])
         .arg(&problems)
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("has no tuner yet"), "{err}");
+    // mfa_decode has one: a GEMM problem is refused with its schema.
+    let out = kiln()
+        .args(["tune", "--family", "mfa_decode", "--problems"])
+        .arg(&problems)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mfa_decode problems are"), "{err}");
     std::fs::write(&problems, r#"[{"m": 1, "n": 48}]"#).unwrap();
     let out = kiln()
         .args(["tune", "--family", "gemm_fp8", "--problems"])

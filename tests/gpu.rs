@@ -25,6 +25,8 @@ mod fp8;
 mod fp8_tune;
 #[path = "gpu_parts/mfa.rs"]
 mod mfa;
+#[path = "gpu_parts/mfa_tune.rs"]
+mod mfa_tune;
 #[path = "gpu_parts/pinn.rs"]
 mod pinn;
 #[path = "gpu_parts/pinn_backward.rs"]

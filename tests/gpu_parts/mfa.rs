@@ -31,6 +31,7 @@ use kiln_runtime::launch::mfa_decode::{
 };
 use kiln_runtime::measure::{Bench, MeasureOptions};
 use kiln_runtime::{Device, LoadedKernel};
+use kiln_tuner::mfa_decode::{fill_pools, seq_rel_err, DevPools, HostPools, PATTERN_ROWS};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde_json::{json, Value};
@@ -45,20 +46,6 @@ mod norm_rope;
 const TOL: f64 = 1e-2;
 const PER_SEQ: usize = (HEADS * HEAD_DIM) as usize;
 const D: usize = HEAD_DIM as usize;
-
-/// Host copy of one pool pair.
-enum HostPools {
-    Bf16 {
-        k: Vec<bf16>,
-        v: Vec<bf16>,
-    },
-    Fp8 {
-        k: Vec<u8>,
-        v: Vec<u8>,
-        ks: Vec<f32>,
-        vs: Vec<f32>,
-    },
-}
 
 /// Host copy of the layout.
 enum HostLayout {
@@ -76,60 +63,6 @@ struct Case {
     layout: HostLayout,
     checked: Vec<usize>,
     reference: Vec<Vec<f64>>,
-}
-
-/// Rows of `D` values, filled in parallel with one RNG per row (deterministic per seed).
-fn fill_pools(dtype: KvDtype, rows: usize, seed: u64) -> HostPools {
-    let row_rng = |r: usize, which: u64| {
-        rand::rngs::StdRng::seed_from_u64(
-            seed ^ (r as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ which,
-        )
-    };
-    match dtype {
-        KvDtype::Bf16 => {
-            let gen = |which: u64| -> Vec<bf16> {
-                let mut out = vec![bf16::ZERO; rows * D];
-                out.par_chunks_mut(D).enumerate().for_each(|(r, row)| {
-                    let mut rng = row_rng(r, which);
-                    for x in row {
-                        *x = bf16::from_f32(rng.random_range(-1.0f32..1.0));
-                    }
-                });
-                out
-            };
-            HostPools::Bf16 {
-                k: gen(1),
-                v: gen(2),
-            }
-        }
-        KvDtype::Fp8e4m3 => {
-            // Per-token magnitudes spread over ~e^4, quantised with scale = amax / 448.
-            let gen = |which: u64| -> (Vec<u8>, Vec<f32>) {
-                let mut codes = vec![0u8; rows * D];
-                let mut scales = vec![0f32; rows];
-                codes
-                    .par_chunks_mut(D)
-                    .zip(scales.par_iter_mut())
-                    .enumerate()
-                    .for_each(|(r, (row, scale))| {
-                        let mut rng = row_rng(r, which);
-                        let amp = rng.random_range(-2.0f32..2.0).exp();
-                        let x: Vec<f32> = (0..D)
-                            .map(|_| rng.random_range(-1.0f32..1.0) * amp)
-                            .collect();
-                        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-                        *scale = amax / 448.0;
-                        for (c, v) in row.iter_mut().zip(&x) {
-                            *c = fam::e4m3_encode(v / *scale);
-                        }
-                    });
-                (codes, scales)
-            };
-            let (k, ks) = gen(1);
-            let (v, vs) = gen(2);
-            HostPools::Fp8 { k, v, ks, vs }
-        }
-    }
 }
 
 impl Case {
@@ -394,20 +327,9 @@ fn compare(case: &Case, out: &[bf16]) -> (f64, bool) {
     let mut worst = 0.0f64;
     let mut bad = false;
     for (i, &b) in case.checked.iter().enumerate() {
-        let got = &out[b * PER_SEQ..(b + 1) * PER_SEQ];
-        let want = &case.reference[i];
-        let (mut num, mut den) = (0.0, 0.0);
-        for (g, w) in got.iter().zip(want) {
-            let g = g.to_f64();
-            bad |= !g.is_finite();
-            num += (g - w) * (g - w);
-            den += w * w;
-        }
-        if den == 0.0 {
-            bad |= num != 0.0;
-        } else {
-            worst = worst.max((num / den).sqrt());
-        }
+        let (err, b_bad) = seq_rel_err(&out[b * PER_SEQ..(b + 1) * PER_SEQ], &case.reference[i]);
+        bad |= b_bad;
+        worst = worst.max(err);
     }
     (worst, bad)
 }
@@ -712,76 +634,11 @@ fn mfa_decode_large_ragged() {
     assert_no_failures(&failures);
 }
 
-/// Device pools for timing.
-enum DevPools {
-    Bf16(CudaSlice<bf16>, CudaSlice<bf16>),
-    Fp8(CudaSlice<u8>, CudaSlice<u8>, CudaSlice<f32>, CudaSlice<f32>),
+/// Device pools for timing: `rows` rows replicating a fixed random pattern (seed 7).
+fn timing_pools(dev: &Device, dtype: KvDtype, rows: usize) -> DevPools {
+    let pattern = fill_pools(dtype, rows.min(PATTERN_ROWS), 7);
+    DevPools::replicated(dev, &pattern, rows).unwrap()
 }
-
-impl DevPools {
-    /// `rows` rows of plausible values (finite, no NaN codes): a 64 MiB host pattern,
-    /// replicated on the device.
-    fn new(dev: &Device, dtype: KvDtype, rows: usize) -> DevPools {
-        let elems = rows * D;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let pattern_elems = 32 << 20;
-        match dtype {
-            KvDtype::Bf16 => {
-                let pat: Vec<bf16> = (0..pattern_elems)
-                    .map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)))
-                    .collect();
-                let pat = dev.upload(&pat, "pattern").unwrap();
-                let k = replicate_bf16(dev, &pat, elems);
-                let v = replicate_bf16(dev, &pat, elems);
-                DevPools::Bf16(k, v)
-            }
-            KvDtype::Fp8e4m3 => {
-                let pat: Vec<u8> = (0..pattern_elems)
-                    .map(|_| fam::e4m3_encode(rng.random_range(-448.0f32..448.0)))
-                    .collect();
-                let pat = dev.upload(&pat, "pattern").unwrap();
-                let k = replicate_u8(dev, &pat, elems);
-                let v = replicate_u8(dev, &pat, elems);
-                let ks = dev.upload(&vec![1.0f32 / 448.0; rows], "k scales").unwrap();
-                let vs = dev.upload(&vec![1.0f32 / 448.0; rows], "v scales").unwrap();
-                DevPools::Fp8(k, v, ks, vs)
-            }
-        }
-    }
-
-    fn cache(&self) -> MfaKvCache<'_> {
-        match self {
-            DevPools::Bf16(k, v) => MfaKvCache::Bf16 { k, v },
-            DevPools::Fp8(k, v, ks, vs) => MfaKvCache::Fp8 {
-                k,
-                v,
-                k_scale: ks,
-                v_scale: vs,
-            },
-        }
-    }
-}
-
-/// `$name(dev, pat, len)`: a device buffer of `len` elements holding copies of `pat`
-/// (one function per element type; cudarc's copy traits are not nameable from here).
-macro_rules! replicate_fn {
-    ($name:ident, $t:ty) => {
-        fn $name(dev: &Device, pat: &CudaSlice<$t>, len: usize) -> CudaSlice<$t> {
-            let mut dst = dev.zeros::<$t>(len, "timing pool").unwrap();
-            let mut off = 0;
-            while off < len {
-                let n = pat.len().min(len - off);
-                let mut view = dst.slice_mut(off..off + n);
-                dev.stream.memcpy_dtod(&pat.slice(0..n), &mut view).unwrap();
-                off += n;
-            }
-            dev.synchronize().unwrap();
-            dst
-        }
-    };
-}
-replicate_fn!(replicate_bf16, bf16);
-replicate_fn!(replicate_u8, u8);
 
 /// The timing tests' inputs for `p`: Q = 0.5 everywhere, a zeroed output, every length =
 /// context.
@@ -900,7 +757,7 @@ fn mfa_decode_bench() {
             .unwrap();
         let pl = pools
             .entry(key)
-            .or_insert_with(|| DevPools::new(&dev, p.kv_dtype, max_rows));
+            .or_insert_with(|| timing_pools(&dev, p.kv_dtype, max_rows));
         let b = p.batch as usize;
         let (q, mut out, seq_lens) = uniform_inputs(&dev, p);
         // Paged: pages of each sequence scattered over the pool (sequence-major reversed).
@@ -1016,7 +873,7 @@ fn mfa_decode_trace() {
         reps: 20,
         flush_l2: true,
     };
-    let pools = DevPools::new(&dev, KvDtype::Bf16, 8 * 65536);
+    let pools = timing_pools(&dev, KvDtype::Bf16, 8 * 65536);
     let mut rows = Vec::new();
     for p in &shapes {
         let c = MfaDecode::default_config(p);
@@ -1169,7 +1026,7 @@ fn mfa_decode_one_shape() {
     let mut kernels = Kernels::new(&dev, &compiler);
     let k = kernels.get(&p, &c);
     let b = p.batch as usize;
-    let pools = DevPools::new(&dev, dtype, b * p.context as usize);
+    let pools = timing_pools(&dev, dtype, b * p.context as usize);
     let (q, mut out, seq_lens) = uniform_inputs(&dev, &p);
     let layout = MfaKvLayout::Contiguous { max_len: p.context };
     let cache = pools.cache();

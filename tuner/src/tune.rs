@@ -4,7 +4,7 @@
 //!
 //! [`run_tuning`] holds everything families share (lock, artifact, resume, budget, progress,
 //! report); a family brings a [`ProblemTuner`] (its bench, reference and baseline):
-//! [`tune_gemm_bf16`] and [`tune_gemm_fp8`].
+//! [`tune_gemm_bf16`], [`tune_gemm_fp8`] and [`tune_mfa_decode`].
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_codegen::families::gemm_bf16::{GemmBf16, GemmBf16Problem};
 use kiln_codegen::families::gemm_fp8::{GemmFp8, GemmFp8Problem};
+use kiln_codegen::families::mfa_decode::{MfaDecode, MfaDecodeProblem};
 use kiln_codegen::{Compiler, Family};
 use kiln_runtime::artifact::{
     Artifact, ArtifactDevice, ArtifactToolchain, Baseline, Entry, Staleness,
@@ -26,6 +27,7 @@ use crate::baseline::{CublasBf16, CublasLtFp8, CUBLASLT_FP8_ROWWISE, CUBLAS_BF16
 use crate::gemm_bf16::GemmBf16Bench;
 use crate::gemm_fp8::{choose_baselines, GemmFp8Bench};
 use crate::lock::GpuLock;
+use crate::mfa_decode::MfaTuner;
 use crate::roofline;
 use crate::search::{search, Evaluator, SearchOptions, SearchResult};
 
@@ -327,7 +329,7 @@ pub fn tune_problems<T: ProblemTuner>(
 
 /// The best of `candidates` for one problem, by [`search`] over `evaluator`; a typed error with
 /// the first few reasons when none passed.
-fn search_family<F: Family, E: Evaluator<F::Config>>(
+pub(crate) fn search_family<F: Family, E: Evaluator<F::Config>>(
     problem: &F::Problem,
     limits: &kiln_codegen::DeviceLimits,
     floor_us: f64,
@@ -358,16 +360,14 @@ fn search_family<F: Family, E: Evaluator<F::Config>>(
     Ok(result)
 }
 
-/// The artifact entry of a search's winner.
-fn entry_of<F: Family>(
+/// The artifact entry of a search's winner; `floor_us` is the problem's roofline time.
+pub(crate) fn entry_of<F: Family>(
     problem: &F::Problem,
     result: SearchResult<F::Config>,
-    peak_flops: f64,
+    floor_us: f64,
     baseline: Option<Baseline>,
     extra_baselines: Vec<Baseline>,
 ) -> Entry {
-    let flops = F::flops(problem);
-    let bytes = F::min_bytes(problem);
     let (config, m, prepared) = result.winner.expect("search_family returns a winner");
     Entry {
         problem: serde_json::to_value(problem).expect("problems serialise"),
@@ -375,7 +375,7 @@ fn entry_of<F: Family>(
         median_us: m.median_us,
         p20_us: m.p20_us,
         p80_us: m.p80_us,
-        pct_of_roofline: roofline::pct_of_roofline(flops, bytes, peak_flops, m.median_us),
+        pct_of_roofline: 100.0 * floor_us / m.median_us,
         speedup: baseline.as_ref().map(|b| b.median_us / m.median_us),
         baseline,
         extra_baselines,
@@ -431,13 +431,7 @@ impl ProblemTuner for Bf16Tuner<'_> {
         let (base, _base_err) = b.time_cublas(&self.blas, &base_opts)?;
         let baseline = Baseline::timed(CUBLAS_BF16, base.median_us);
         Ok(Tuned {
-            entry: entry_of::<GemmBf16>(
-                problem,
-                result,
-                roofline::BF16_FLOPS,
-                Some(baseline),
-                Vec::new(),
-            ),
+            entry: entry_of::<GemmBf16>(problem, result, floor, Some(baseline), Vec::new()),
             notes: Vec::new(),
         })
     }
@@ -524,13 +518,7 @@ impl ProblemTuner for Fp8Tuner<'_> {
         };
         let choice = choose_baselines(&b.run_baselines(&self.lt, &base_opts));
         Ok(Tuned {
-            entry: entry_of::<GemmFp8>(
-                problem,
-                result,
-                roofline::FP8_FLOPS,
-                choice.primary,
-                choice.extra,
-            ),
+            entry: entry_of::<GemmFp8>(problem, result, floor, choice.primary, choice.extra),
             notes: choice.notes,
         })
     }
@@ -576,6 +564,27 @@ pub fn tune_gemm_fp8(
             compiler,
             reference: GemmFp8Reference::compile(device, compiler)?,
             lt: CublasLtFp8::new(device)?,
+            limits: device.info.limits(),
+        })
+    })
+}
+
+/// Tune `mfa_decode` for each problem. No baseline is stored: the peer (PyTorch SDPA) is timed
+/// outside the process, and each problem's report notes so.
+pub fn tune_mfa_decode(
+    device: &Device,
+    compiler: &Compiler,
+    problems: &[MfaDecodeProblem],
+    opts: &TuneOptions,
+) -> Result<TuneReport> {
+    let family = FamilyId {
+        name: MfaDecode::NAME,
+        template: MfaDecode::TEMPLATE,
+    };
+    run_tuning(device, compiler, family, problems, opts, || {
+        Ok(MfaTuner {
+            device,
+            compiler,
             limits: device.info.limits(),
         })
     })

@@ -2,6 +2,7 @@
 
 use kiln_codegen::families::gemm_bf16::GemmBf16Problem;
 use kiln_codegen::families::gemm_fp8::GemmFp8Problem;
+use kiln_codegen::families::mfa_decode::{KvDtype, MfaDecodeProblem};
 
 use super::Step3Config;
 
@@ -96,12 +97,59 @@ pub fn step3_fp8() -> Preset {
     }
 }
 
+/// Decode batch sizes the MFA attention preset covers.
+pub const MFA_BATCHES: [u32; 4] = [1, 8, 32, 128];
+/// Context lengths the MFA attention preset covers.
+pub const MFA_CONTEXTS: [u32; 5] = [1024, 4096, 8192, 32768, 65536];
+
+/// `step3-mfa`: Step-3 MFA decode attention (64 query heads sharing one K/V head of 256) for
+/// every batch x context with a contiguous BF16 cache, then at B = 128 L = 4K an FP8 cache,
+/// paged FP8 and paged BF16 caches (pages of 16 tokens), and one FP8 sequence of 4K.
+pub fn step3_mfa() -> Preset {
+    let mut shapes = Vec::new();
+    for batch in MFA_BATCHES {
+        for context in MFA_CONTEXTS {
+            shapes.push(MfaDecodeProblem::step3(batch, context, KvDtype::Bf16, 0));
+        }
+    }
+    shapes.push(MfaDecodeProblem::step3(128, 4096, KvDtype::Fp8e4m3, 0));
+    shapes.push(MfaDecodeProblem::step3(128, 4096, KvDtype::Fp8e4m3, 16));
+    shapes.push(MfaDecodeProblem::step3(128, 4096, KvDtype::Bf16, 16));
+    shapes.push(MfaDecodeProblem::step3(1, 4096, KvDtype::Fp8e4m3, 0));
+    let problems = shapes
+        .into_iter()
+        .map(|p| {
+            let dtype = if p.kv_dtype == KvDtype::Bf16 {
+                "bf16"
+            } else {
+                "fp8"
+            };
+            let paged = if p.paged() {
+                format!(" paged{}", p.page_size)
+            } else {
+                String::new()
+            };
+            (
+                format!("mfa B={} L={} {dtype}{paged}", p.batch, p.context),
+                serde_json::to_value(p).expect("problems serialise"),
+            )
+        })
+        .collect();
+    Preset {
+        name: "step3-mfa",
+        family: "mfa_decode",
+        about: "Step-3 MFA decode attention: B in {1, 8, 32, 128} x L in {1K, 4K, 8K, 32K, 64K} BF16, and at B=128 L=4K FP8, paged FP8 and paged BF16 (16-token pages), and B=1 L=4K FP8",
+        problems,
+    }
+}
+
 pub fn all() -> Vec<Preset> {
     vec![
         step3_bf16(),
         step3_fp8_decode(),
         step3_fp8_ffn(),
         step3_fp8(),
+        step3_mfa(),
     ]
 }
 
@@ -166,9 +214,50 @@ mod tests {
             "step3-fp8-decode",
             "step3-fp8-ffn",
             "step3-fp8",
+            "step3-mfa",
         ] {
             assert_eq!(find(name).unwrap().name, name);
         }
         assert!(find("step3-fp9").is_none());
+    }
+
+    #[test]
+    fn step3_mfa_covers_the_grid_and_every_problem_has_a_legal_default() {
+        use kiln_codegen::families::mfa_decode::MfaDecode;
+        use kiln_codegen::{DeviceLimits, Family};
+        let p = step3_mfa();
+        assert_eq!((p.family, p.problems.len()), ("mfa_decode", 24));
+        let problems: Vec<MfaDecodeProblem> = p
+            .problems
+            .iter()
+            .map(|(_, v)| serde_json::from_value(v.clone()).unwrap())
+            .collect();
+        for b in MFA_BATCHES {
+            for l in MFA_CONTEXTS {
+                assert!(problems.contains(&MfaDecodeProblem::step3(b, l, KvDtype::Bf16, 0)));
+            }
+        }
+        for (b, dtype, page) in [
+            (128, KvDtype::Fp8e4m3, 0),
+            (128, KvDtype::Fp8e4m3, 16),
+            (128, KvDtype::Bf16, 16),
+            (1, KvDtype::Fp8e4m3, 0),
+        ] {
+            assert!(problems.contains(&MfaDecodeProblem::step3(b, 4096, dtype, page)));
+        }
+        let limits = DeviceLimits::HOPPER;
+        for (name, q) in p.problems.iter().map(|(n, _)| n).zip(&problems) {
+            assert_eq!(p.problems.iter().filter(|(n, _)| n == name).count(), 1);
+            MfaDecode::supports(q).unwrap();
+            let c = MfaDecode::default_config(q);
+            MfaDecode::check_config(&c, &limits).unwrap();
+            MfaDecode::check_problem(q, &c).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            assert!(!MfaDecode::candidates(q, &limits).is_empty(), "{name}");
+        }
+        assert_eq!(
+            p.problems[0].1,
+            serde_json::json!({"batch": 1, "context": 1024, "heads": 64, "head_dim": 256,
+                               "kv_dtype": "bf16", "page_size": 0})
+        );
     }
 }

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Tune the step3-mfa preset (MFA decode attention: B in {1, 8, 32, 128} x L in {1K..64K} BF16,
+# FP8 / paged at B=128 L=4K, FP8 at B=1 L=4K) from scratch into its own folder; the artifact comes
+# back as $OUT/mfa_decode.json. No baseline is timed in-process (the SDPA peer is the sdpa step,
+# benches/peers/mfa_sdpa.py). The 5-minute budget keeps the whole GPU call within its limit:
+# problems not started by then are reported out_of_budget.
+set -uo pipefail
+T=/tmp/kiln-tuned-mfa
+rm -rf $T && mkdir -p $T
+start=$(date +%s.%N)
+./kiln tune --family mfa_decode --preset step3-mfa --tuned-dir $T --budget 5m --json "$KILN_GPU_REPORT/tune_mfa.json"
+rc=$?
+end=$(date +%s.%N)
+python3 -c "import json; json.dump({'wall_s': $end - $start, 'exit': $rc}, open('$KILN_GPU_REPORT/tune_mfa_wall.json','w'))"
+cp $T/*/mfa_decode.json "$OUT/mfa_decode.json" 2>/dev/null
+exit $rc
