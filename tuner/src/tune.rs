@@ -336,10 +336,18 @@ pub(crate) fn search_family<F: Family, E: Evaluator<F::Config>>(
     evaluator: &mut E,
     opts: &TuneOptions,
 ) -> Result<SearchResult<F::Config>> {
+    // The family's default config (what dispatch serves untuned) always joins the shortlist: it
+    // ranks first, so a wrong analytical estimate can never leave a tuned entry slower than
+    // the default (run 21: mfa_decode's latency model ranked the measured B=128 defaults out).
+    let default_key = serde_json::to_string(&F::default_config(problem)).ok();
     let candidates: Vec<_> = F::candidates(problem, limits)
         .into_iter()
         .map(|c| {
-            let est = F::estimate_us(problem, &c, limits);
+            let est = if serde_json::to_string(&c).ok() == default_key {
+                f64::NEG_INFINITY
+            } else {
+                F::estimate_us(problem, &c, limits)
+            };
             (c, est)
         })
         .collect();
