@@ -49,3 +49,23 @@ pub fn assert_no_failures(failures: &[serde_json::Value]) {
         failures[0]
     );
 }
+
+/// Tuning options for the end-to-end tune tests: a small shortlist and short rounds into
+/// `root`, resumable (no `--force`), no budget.
+pub fn quick_tune_options(root: &std::path::Path) -> kiln_tuner::tune::TuneOptions {
+    kiln_tuner::tune::TuneOptions {
+        force: false,
+        budget: None,
+        tuned_root: root.to_path_buf(),
+        search: kiln_tuner::search::SearchOptions {
+            shortlist: 8,
+            exhaustive_max: 8,
+            per_class_min: 2,
+            round_reps: vec![3, 5],
+            ..Default::default()
+        },
+        baseline_reps: 10,
+        seed: seed(),
+        progress: false,
+    }
+}

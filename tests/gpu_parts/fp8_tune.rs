@@ -15,7 +15,7 @@
 // `!(err <= tol)` on purpose: a NaN error must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use crate::common::{assert_no_failures, open, report, seed};
+use crate::common::{assert_no_failures, open, quick_tune_options, report, seed};
 
 use half::bf16;
 use kiln_codegen::families::gemm_fp8::{fp8, GemmFp8Problem};
@@ -26,7 +26,7 @@ use kiln_tuner::baseline::{
     CublasLtFp8, CUBLASLT_FP8_BLOCK, CUBLASLT_FP8_ROWWISE, CUBLASLT_FP8_ROWWISE_FALLBACK,
 };
 use kiln_tuner::gemm_fp8::{Fp8Inputs, GemmFp8Bench, TimedBaseline, TOLERANCE};
-use kiln_tuner::tune::{tune_gemm_fp8, TuneOptions};
+use kiln_tuner::tune::tune_gemm_fp8;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde_json::{json, Value};
@@ -272,21 +272,7 @@ fn gemm_fp8_tune_end_to_end() {
             k: 7168,
         },
     ];
-    let opts = TuneOptions {
-        force: false,
-        budget: None,
-        tuned_root: dir.path().to_path_buf(),
-        search: kiln_tuner::search::SearchOptions {
-            shortlist: 8,
-            exhaustive_max: 8,
-            per_class_min: 2,
-            round_reps: vec![3, 5],
-            ..Default::default()
-        },
-        baseline_reps: 10,
-        seed: seed(),
-        progress: false,
-    };
+    let opts = quick_tune_options(dir.path());
     let rep = tune_gemm_fp8(&dev, &compiler, &problems, &opts).unwrap_or_else(|e| panic!("{e}"));
     let again = tune_gemm_fp8(&dev, &compiler, &problems, &opts).unwrap_or_else(|e| panic!("{e}"));
     let mut failures = Vec::new();

@@ -22,8 +22,7 @@ use std::collections::HashMap;
 
 use half::bf16;
 use kiln_codegen::families::mfa_decode::{
-    self as fam, KvDtype, KvLayout, KvPool, MfaDecode, MfaDecodeConfig, MfaDecodeProblem, HEADS,
-    HEAD_DIM,
+    self as fam, KvDtype, KvLayout, MfaDecode, MfaDecodeConfig, MfaDecodeProblem, HEADS, HEAD_DIM,
 };
 use kiln_codegen::{CompileOptions, Compiler, Family};
 use kiln_runtime::launch::mfa_decode::{
@@ -149,24 +148,8 @@ impl Case {
 
     fn compute_reference(&self) -> Vec<Vec<f64>> {
         let qf: Vec<f32> = self.q.iter().map(|x| x.to_f32()).collect();
-        let (kf, vf);
-        let (k, v) = match &self.pools {
-            HostPools::Bf16 { k, v } => {
-                kf = k.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
-                vf = v.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
-                (KvPool::Bf16(&kf), KvPool::Bf16(&vf))
-            }
-            HostPools::Fp8 { k, v, ks, vs } => (
-                KvPool::Fp8 {
-                    codes: k,
-                    scales: ks,
-                },
-                KvPool::Fp8 {
-                    codes: v,
-                    scales: vs,
-                },
-            ),
-        };
+        let wide = self.pools.widen();
+        let (k, v) = self.pools.reference_pools(&wide);
         let layout = match &self.layout {
             HostLayout::Contiguous { max_len } => KvLayout::Contiguous { max_len: *max_len },
             HostLayout::Paged { table, max_pages } => KvLayout::Paged {

@@ -8,12 +8,12 @@
 // `!(err <= tol)` on purpose: a NaN error must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use crate::common::{assert_no_failures, open, report, seed};
+use crate::common::{assert_no_failures, open, quick_tune_options, report};
 
 use kiln_codegen::families::mfa_decode::{KvDtype, MfaDecodeProblem};
 use kiln_runtime::artifact::Artifact;
 use kiln_tuner::mfa_decode::{PEER_NOTE, TOLERANCE};
-use kiln_tuner::tune::{tune_mfa_decode, TuneOptions};
+use kiln_tuner::tune::tune_mfa_decode;
 use serde_json::json;
 
 #[test]
@@ -25,21 +25,7 @@ fn mfa_decode_tune_end_to_end() {
         MfaDecodeProblem::step3(3, 1000, KvDtype::Bf16, 0),
         MfaDecodeProblem::step3(2, 700, KvDtype::Fp8e4m3, 16),
     ];
-    let opts = TuneOptions {
-        force: false,
-        budget: None,
-        tuned_root: dir.path().to_path_buf(),
-        search: kiln_tuner::search::SearchOptions {
-            shortlist: 8,
-            exhaustive_max: 8,
-            per_class_min: 2,
-            round_reps: vec![3, 5],
-            ..Default::default()
-        },
-        baseline_reps: 10,
-        seed: seed(),
-        progress: false,
-    };
+    let opts = quick_tune_options(dir.path());
     let rep = tune_mfa_decode(&dev, &compiler, &problems, &opts).unwrap_or_else(|e| panic!("{e}"));
     let again =
         tune_mfa_decode(&dev, &compiler, &problems, &opts).unwrap_or_else(|e| panic!("{e}"));

@@ -14,7 +14,7 @@ use kiln_runtime::{Device, Result};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-use crate::search::{Evaluator, Failure, Prepared};
+use crate::search::{prepared_mut, time_candidate, Evaluator, Failure, Prepared};
 
 /// Relative (norm-wise) error a BF16-output GEMM may show against the reference.
 pub const TOLERANCE: f64 = 1e-2;
@@ -269,22 +269,9 @@ impl Evaluator<GemmBf16Config> for GemmBf16Bench<'_> {
         config: &GemmBf16Config,
         reps: usize,
     ) -> std::result::Result<Measurement, Failure> {
-        let (kernel, ws) = self.kernels.get_mut(&key(config)).ok_or_else(|| Failure {
-            outcome: "launch_failed",
-            reason: "not prepared".into(),
-        })?;
-        let opts = MeasureOptions {
-            warmup: 2,
-            reps,
-            flush_l2: true,
-        };
+        let (kernel, ws) = prepared_mut(&mut self.kernels, config)?;
         let stream = self.device.stream.clone();
         let (p, a, b, c) = (&self.problem, &self.a, &self.b, &mut self.c);
-        self.bench
-            .measure(&opts, || kernel.launch(&stream, p, a, b, c, ws))
-            .map_err(|e| Failure {
-                outcome: "launch_failed",
-                reason: e.to_string(),
-            })
+        time_candidate(self.bench, reps, || kernel.launch(&stream, p, a, b, c, ws))
     }
 }

@@ -23,7 +23,7 @@ use crate::baseline::{
     CublasLtFp8, Fp8Scaling, LtFailure, CUBLASLT_FP8_BLOCK, CUBLASLT_FP8_ROWWISE,
     CUBLASLT_FP8_ROWWISE_BLOCK_FAILED, CUBLASLT_FP8_ROWWISE_FALLBACK,
 };
-use crate::search::{Evaluator, Failure, Prepared};
+use crate::search::{prepared_mut, time_candidate, Evaluator, Failure, Prepared};
 
 mod inputs;
 pub use inputs::{
@@ -498,15 +498,7 @@ impl Evaluator<GemmFp8Config> for GemmFp8Bench<'_> {
         config: &GemmFp8Config,
         reps: usize,
     ) -> std::result::Result<Measurement, Failure> {
-        let (kernel, ws) = self.kernels.get_mut(&key(config)).ok_or_else(|| Failure {
-            outcome: "launch_failed",
-            reason: "not prepared".into(),
-        })?;
-        let opts = MeasureOptions {
-            warmup: 2,
-            reps,
-            flush_l2: true,
-        };
+        let (kernel, ws) = prepared_mut(&mut self.kernels, config)?;
         let stream = self.device.stream.clone();
         let p = &self.problem;
         let ops = Fp8Operands {
@@ -516,12 +508,7 @@ impl Evaluator<GemmFp8Config> for GemmFp8Bench<'_> {
             sw: &self.sw,
         };
         let y = &mut self.y;
-        self.bench
-            .measure(&opts, || kernel.launch(&stream, p, &ops, y, ws))
-            .map_err(|e| Failure {
-                outcome: "launch_failed",
-                reason: e.to_string(),
-            })
+        time_candidate(self.bench, reps, || kernel.launch(&stream, p, &ops, y, ws))
     }
 }
 

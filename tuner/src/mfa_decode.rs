@@ -23,13 +23,13 @@ use kiln_codegen::{CompileOptions, Compiler, Family};
 use kiln_runtime::artifact::Entry;
 use kiln_runtime::error::DriverContext;
 use kiln_runtime::launch::mfa_decode::{MfaDecodeKernel, MfaKvCache, MfaKvLayout, MfaWorkspace};
-use kiln_runtime::measure::{Bench, MeasureOptions, Measurement};
+use kiln_runtime::measure::{Bench, Measurement};
 use kiln_runtime::{Device, LoadedKernel, Result, RuntimeError};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use crate::roofline;
-use crate::search::{Evaluator, Failure, Prepared};
+use crate::search::{prepared_mut, time_candidate, Evaluator, Failure, Prepared};
 use crate::tune::{entry_of, search_family, ProblemTuner, TuneOptions, Tuned};
 
 /// Norm-wise relative error allowed per checked sequence (fp32 accumulation, P rounded to
@@ -57,6 +57,45 @@ pub enum HostPools {
         ks: Vec<f32>,
         vs: Vec<f32>,
     },
+}
+
+/// BF16 pools widened to f32 for the f64 reference (empty for FP8, which it reads as codes);
+/// hand them to [`HostPools::reference_pools`].
+pub struct Widened(Vec<f32>, Vec<f32>);
+
+impl HostPools {
+    pub fn widen(&self) -> Widened {
+        let widen = |x: &Vec<bf16>| x.par_iter().map(|v| v.to_f32()).collect::<Vec<f32>>();
+        match self {
+            HostPools::Bf16 { k, v } => Widened(widen(k), widen(v)),
+            HostPools::Fp8 { .. } => Widened(Vec::new(), Vec::new()),
+        }
+    }
+
+    /// The reference's view of the K and V pools (`wide` from [`HostPools::widen`]).
+    pub fn reference_pools<'a>(&'a self, wide: &'a Widened) -> (KvPool<'a>, KvPool<'a>) {
+        match self {
+            HostPools::Bf16 { .. } => (KvPool::Bf16(&wide.0), KvPool::Bf16(&wide.1)),
+            HostPools::Fp8 { k, v, ks, vs } => (
+                KvPool::Fp8 {
+                    codes: k,
+                    scales: ks,
+                },
+                KvPool::Fp8 {
+                    codes: v,
+                    scales: vs,
+                },
+            ),
+        }
+    }
+
+    /// Rows (tokens) the pools hold.
+    pub fn rows(&self) -> usize {
+        match self {
+            HostPools::Bf16 { k, .. } => k.len() / D,
+            HostPools::Fp8 { ks, .. } => ks.len(),
+        }
+    }
 }
 
 /// `rows` rows of `HEAD_DIM` values, filled in parallel with one RNG per row (deterministic per
@@ -223,25 +262,9 @@ pub fn replicated_reference(
 ) -> Vec<Vec<f64>> {
     let context = p.context as usize;
     let qf: Vec<f32> = q.iter().map(|x| x.to_f32()).collect();
-    let widen = |x: &Vec<bf16>| x.par_iter().map(|v| v.to_f32()).collect::<Vec<f32>>();
-    let (kf, vf) = match pattern {
-        HostPools::Bf16 { k, v } => (widen(k), widen(v)),
-        HostPools::Fp8 { .. } => (Vec::new(), Vec::new()),
-    };
-    let (k, v, pattern_rows) = match pattern {
-        HostPools::Bf16 { k, .. } => (KvPool::Bf16(&kf), KvPool::Bf16(&vf), k.len() / D),
-        HostPools::Fp8 { k, v, ks, vs } => (
-            KvPool::Fp8 {
-                codes: k,
-                scales: ks,
-            },
-            KvPool::Fp8 {
-                codes: v,
-                scales: vs,
-            },
-            ks.len(),
-        ),
-    };
+    let wide = pattern.widen();
+    let (k, v) = pattern.reference_pools(&wide);
+    let pattern_rows = pattern.rows();
     let layout = match table {
         Some((max_pages, block_table)) => KvLayout::Paged {
             page_size: p.page_size as usize,
@@ -501,27 +524,14 @@ impl Evaluator<MfaDecodeConfig> for MfaDecodeBench<'_> {
         config: &MfaDecodeConfig,
         reps: usize,
     ) -> std::result::Result<Measurement, Failure> {
-        let (kernel, ws) = self.kernels.get_mut(&key(config)).ok_or_else(|| Failure {
-            outcome: "launch_failed",
-            reason: "not prepared".into(),
-        })?;
-        let opts = MeasureOptions {
-            warmup: 2,
-            reps,
-            flush_l2: true,
-        };
+        let (kernel, ws) = prepared_mut(&mut self.kernels, config)?;
         let stream = self.device.stream.clone();
         let layout = layout_of(&self.table, self.problem.context);
         let cache = self.pools.cache();
         let (p, q, lens, out) = (&self.problem, &self.q, &self.seq_lens, &mut self.out);
-        self.bench
-            .measure(&opts, || {
-                kernel.launch(&stream, p, q, &cache, &layout, lens, out, ws)
-            })
-            .map_err(|e| Failure {
-                outcome: "launch_failed",
-                reason: e.to_string(),
-            })
+        time_candidate(self.bench, reps, || {
+            kernel.launch(&stream, p, q, &cache, &layout, lens, out, ws)
+        })
     }
 }
 

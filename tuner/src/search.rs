@@ -38,6 +38,37 @@ pub trait Evaluator<C> {
     fn time(&mut self, config: &C, reps: usize) -> Result<Measurement, Failure>;
 }
 
+/// The prepared state of `config` in a family bench's map (keyed by the config's canonical
+/// JSON), or the failure `time` reports for a config that was never prepared.
+pub fn prepared_mut<'m, C: Serialize, K>(
+    map: &'m mut std::collections::HashMap<String, K>,
+    config: &C,
+) -> Result<&'m mut K, Failure> {
+    let key = serde_json::to_string(config).expect("configs serialise");
+    map.get_mut(&key).ok_or_else(|| Failure {
+        outcome: "launch_failed",
+        reason: "not prepared".into(),
+    })
+}
+
+/// How the family benches time a candidate: two warm-up runs, then `reps` timed runs with L2
+/// flushed before each; a launch error is the candidate's `launch_failed`.
+pub fn time_candidate(
+    bench: &mut kiln_runtime::measure::Bench,
+    reps: usize,
+    launch: impl FnMut() -> kiln_runtime::Result<()>,
+) -> Result<Measurement, Failure> {
+    let opts = kiln_runtime::measure::MeasureOptions {
+        warmup: 2,
+        reps,
+        flush_l2: true,
+    };
+    bench.measure(&opts, launch).map_err(|e| Failure {
+        outcome: "launch_failed",
+        reason: e.to_string(),
+    })
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct SearchOptions {
     /// Spaces up to this size are measured exhaustively.
