@@ -196,30 +196,29 @@ pub fn tune(
     })
 }
 
-fn bf16_table(report: &TuneReport) -> Table {
-    let mut t = Table::new(&[
-        "problem",
-        "status",
-        "kiln us",
-        "cuBLAS us",
-        "speedup",
-        "% roofline",
-        "max rel err",
-        "tried",
-        "s",
-    ]);
+/// The tune report's table: problem, status, kiln's time, the family's own columns (`extra`
+/// names them and fills them from an entry), then % roofline, error, candidates and seconds.
+fn report_table(
+    report: &TuneReport,
+    extra: &[&str],
+    cells: impl Fn(&kiln_runtime::artifact::Entry) -> Vec<String>,
+) -> Table {
+    let mut header = vec!["problem", "status", "kiln us"];
+    header.extend_from_slice(extra);
+    header.extend_from_slice(&["% roofline", "max rel err", "tried", "s"]);
+    let mut t = Table::new(&header);
     for p in &report.problems {
         let e = p.entry.as_ref();
-        t.row(vec![
+        let mut row = vec![
             compact(&p.problem),
             p.status.clone(),
             e.map(|e| format!("{:.2}", e.median_us)).unwrap_or_default(),
-            e.and_then(|e| e.baseline.as_ref())
-                .map(|b| format!("{:.2}", b.median_us))
-                .unwrap_or_default(),
-            e.and_then(|e| e.speedup)
-                .map(|s| format!("{s:.2}"))
-                .unwrap_or_default(),
+        ];
+        row.extend(
+            e.map(&cells)
+                .unwrap_or_else(|| vec![String::new(); extra.len()]),
+        );
+        row.extend([
             e.map(|e| format!("{:.1}", e.pct_of_roofline))
                 .unwrap_or_default(),
             e.map(|e| format!("{:.1e}", e.max_rel_err))
@@ -228,92 +227,52 @@ fn bf16_table(report: &TuneReport) -> Table {
                 .unwrap_or_default(),
             format!("{:.1}", p.seconds),
         ]);
+        t.row(row);
     }
     t
+}
+
+fn us(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.2}")).unwrap_or_default()
+}
+
+fn bf16_table(report: &TuneReport) -> Table {
+    report_table(report, &["cuBLAS us", "speedup"], |e| {
+        vec![us(e.baseline.as_ref().map(|b| b.median_us)), us(e.speedup)]
+    })
 }
 
 /// As for BF16, with the baseline's name (block-scaled, or row-wise where block is not
 /// supported) and the row-wise time beside it.
 fn fp8_table(report: &TuneReport) -> Table {
-    let mut t = Table::new(&[
-        "problem",
-        "status",
-        "kiln us",
-        "cuBLASLt us",
-        "baseline",
-        "rowwise us",
-        "speedup",
-        "% roofline",
-        "max rel err",
-        "tried",
-        "s",
-    ]);
-    for p in &report.problems {
-        let e = p.entry.as_ref();
-        let base = e.and_then(|e| e.baseline.as_ref());
-        t.row(vec![
-            compact(&p.problem),
-            p.status.clone(),
-            e.map(|e| format!("{:.2}", e.median_us)).unwrap_or_default(),
-            base.map(|b| format!("{:.2}", b.median_us))
-                .unwrap_or_default(),
-            base.map(|b| b.name.clone()).unwrap_or_default(),
-            e.and_then(|e| {
-                e.extra_baselines
-                    .iter()
-                    .find(|b| b.name == CUBLASLT_FP8_ROWWISE)
-            })
-            .map(|b| format!("{:.2}", b.median_us))
-            .unwrap_or_default(),
-            e.and_then(|e| e.speedup)
-                .map(|s| format!("{s:.2}"))
-                .unwrap_or_default(),
-            e.map(|e| format!("{:.1}", e.pct_of_roofline))
-                .unwrap_or_default(),
-            e.map(|e| format!("{:.1e}", e.max_rel_err))
-                .unwrap_or_default(),
-            e.map(|e| e.candidates_tried.to_string())
-                .unwrap_or_default(),
-            format!("{:.1}", p.seconds),
-        ]);
-    }
-    t
+    report_table(
+        report,
+        &["cuBLASLt us", "baseline", "rowwise us", "speedup"],
+        |e| {
+            let base = e.baseline.as_ref();
+            let rowwise = e
+                .extra_baselines
+                .iter()
+                .find(|b| b.name == CUBLASLT_FP8_ROWWISE);
+            vec![
+                us(base.map(|b| b.median_us)),
+                base.map(|b| b.name.clone()).unwrap_or_default(),
+                us(rowwise.map(|b| b.median_us)),
+                us(e.speedup),
+            ]
+        },
+    )
 }
 
 /// No baseline column (the SDPA peer is timed by `benches/peers/mfa_sdpa.py`): the KV bytes'
 /// effective bandwidth instead.
 fn mfa_table(report: &TuneReport) -> Table {
-    let mut t = Table::new(&[
-        "problem",
-        "status",
-        "kiln us",
-        "KV TB/s",
-        "% roofline",
-        "max rel err",
-        "tried",
-        "s",
-    ]);
-    for p in &report.problems {
-        let e = p.entry.as_ref();
-        let tb_s = e.and_then(|e| {
-            let q: MfaDecodeProblem = serde_json::from_value(e.problem.clone()).ok()?;
-            Some(q.kv_bytes() / (e.median_us * 1e-6) / 1e12)
-        });
-        t.row(vec![
-            compact(&p.problem),
-            p.status.clone(),
-            e.map(|e| format!("{:.2}", e.median_us)).unwrap_or_default(),
-            tb_s.map(|x| format!("{x:.2}")).unwrap_or_default(),
-            e.map(|e| format!("{:.1}", e.pct_of_roofline))
-                .unwrap_or_default(),
-            e.map(|e| format!("{:.1e}", e.max_rel_err))
-                .unwrap_or_default(),
-            e.map(|e| e.candidates_tried.to_string())
-                .unwrap_or_default(),
-            format!("{:.1}", p.seconds),
-        ]);
-    }
-    t
+    report_table(report, &["KV TB/s"], |e| {
+        let tb_s = serde_json::from_value::<MfaDecodeProblem>(e.problem.clone())
+            .ok()
+            .map(|q| q.kv_bytes() / (e.median_us * 1e-6) / 1e12);
+        vec![us(tb_s)]
+    })
 }
 
 #[cfg(test)]
