@@ -4,13 +4,5 @@
 # back as $OUT/mfa_decode.json. No baseline is timed in-process (the SDPA peer is the sdpa step,
 # benches/peers/mfa_sdpa.py). The 5-minute budget keeps the whole GPU call within its limit:
 # problems not started by then are reported out_of_budget.
-set -uo pipefail
-T=/tmp/kiln-tuned-mfa
-rm -rf $T && mkdir -p $T
-start=$(date +%s.%N)
-./kiln tune --family mfa_decode --preset step3-mfa --tuned-dir $T --budget 5m --json "$KILN_GPU_REPORT/tune_mfa.json"
-rc=$?
-end=$(date +%s.%N)
-python3 -c "import json; json.dump({'wall_s': $end - $start, 'exit': $rc}, open('$KILN_GPU_REPORT/tune_mfa_wall.json','w'))"
-cp $T/*/mfa_decode.json "$OUT/mfa_decode.json" 2>/dev/null
-exit $rc
+exec "$(dirname "$0")/_tune_preset.sh" /tmp/kiln-tuned-mfa mfa_decode tune_mfa tune_mfa_wall \
+  --family mfa_decode --preset step3-mfa --budget 5m
