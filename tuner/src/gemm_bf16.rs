@@ -97,10 +97,6 @@ impl<'a> GemmBf16Bench<'a> {
         kernel: &GemmBf16Kernel,
         ws: &mut GemmWorkspace,
     ) -> std::result::Result<f64, Failure> {
-        let launch_failed = |e: kiln_runtime::RuntimeError| Failure {
-            outcome: "launch_failed",
-            reason: e.to_string(),
-        };
         let mut worst = 0.0f64;
         // Twice: the second run shows that split-K counters were left clean.
         for _ in 0..2 {
@@ -120,8 +116,11 @@ impl<'a> GemmBf16Bench<'a> {
                     &mut self.c,
                     ws,
                 )
-                .map_err(launch_failed)?;
-            let out = self.device.download(&self.c).map_err(launch_failed)?;
+                .map_err(Failure::launch_failed)?;
+            let out = self
+                .device
+                .download(&self.c)
+                .map_err(Failure::launch_failed)?;
             let (err, bad) = rel_err(&out, &self.reference);
             if bad || err.is_nan() || err > TOLERANCE {
                 return Err(Failure {
@@ -242,16 +241,10 @@ impl Evaluator<GemmBf16Config> for GemmBf16Bench<'_> {
         for (c, compiled) in configs.iter().zip(compiled) {
             let res = compiled.and_then(|k| {
                 let kernel = GemmBf16Kernel::from_cubin(self.device, &k.cubin, &problem, c)
-                    .map_err(|e| Failure {
-                        outcome: "launch_failed",
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(Failure::launch_failed)?;
                 let mut ws = kernel
                     .workspace(self.device, &problem)
-                    .map_err(|e| Failure {
-                        outcome: "launch_failed",
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(Failure::launch_failed)?;
                 let err = self.validate(&kernel, &mut ws)?;
                 self.kernels.insert(key(c), (kernel, ws));
                 Ok(Prepared {

@@ -254,16 +254,12 @@ impl<'a> GemmFp8Bench<'a> {
         kernel: &GemmFp8Kernel,
         ws: &mut GemmFp8Workspace,
     ) -> std::result::Result<f64, Failure> {
-        let launch_failed = |e: RuntimeError| Failure {
-            outcome: "launch_failed",
-            reason: e.to_string(),
-        };
         let stream = &self.device.stream;
         let mut worst = 0.0f64;
         for _ in 0..2 {
             self.reference
                 .poison(stream, &mut self.y)
-                .map_err(launch_failed)?;
+                .map_err(Failure::launch_failed)?;
             let ops = Fp8Operands {
                 x: &self.x,
                 sx: &self.sx,
@@ -272,11 +268,11 @@ impl<'a> GemmFp8Bench<'a> {
             };
             kernel
                 .launch(stream, &self.problem, &ops, &mut self.y, ws)
-                .map_err(launch_failed)?;
+                .map_err(Failure::launch_failed)?;
             let e = self
                 .reference
                 .rel_err(stream, &self.y, &self.expected)
-                .map_err(launch_failed)?;
+                .map_err(Failure::launch_failed)?;
             if !e.passes(TOLERANCE) {
                 return Err(Failure {
                     outcome: "invalid",
@@ -471,16 +467,12 @@ impl Evaluator<GemmFp8Config> for GemmFp8Bench<'_> {
             .collect();
         let mut out = Vec::with_capacity(configs.len());
         for (c, compiled) in configs.iter().zip(compiled) {
-            let launch_failed = |e: RuntimeError| Failure {
-                outcome: "launch_failed",
-                reason: e.to_string(),
-            };
             let res = compiled.and_then(|k| {
                 let kernel = GemmFp8Kernel::from_cubin(self.device, &k.cubin, &problem, c)
-                    .map_err(launch_failed)?;
+                    .map_err(Failure::launch_failed)?;
                 let mut ws = kernel
                     .workspace(self.device, &problem)
-                    .map_err(launch_failed)?;
+                    .map_err(Failure::launch_failed)?;
                 let err = self.validate(&kernel, &mut ws)?;
                 self.kernels.insert(key(c), (kernel, ws));
                 Ok(Prepared {

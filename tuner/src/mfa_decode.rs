@@ -399,17 +399,13 @@ impl<'a> MfaDecodeBench<'a> {
         kernel: &MfaDecodeKernel,
         ws: &mut MfaWorkspace,
     ) -> std::result::Result<f64, Failure> {
-        let launch_failed = |e: RuntimeError| Failure {
-            outcome: "launch_failed",
-            reason: e.to_string(),
-        };
         let mut worst = 0.0f64;
         for rep in 0..2 {
             self.device
                 .stream
                 .memcpy_htod(&self.poison, &mut self.out)
                 .during("poisoning the output")
-                .map_err(launch_failed)?;
+                .map_err(Failure::launch_failed)?;
             let cache = self.pools.cache();
             let layout = layout_of(&self.table, self.problem.context);
             kernel
@@ -423,8 +419,11 @@ impl<'a> MfaDecodeBench<'a> {
                     &mut self.out,
                     ws,
                 )
-                .map_err(launch_failed)?;
-            let host = self.device.download(&self.out).map_err(launch_failed)?;
+                .map_err(Failure::launch_failed)?;
+            let host = self
+                .device
+                .download(&self.out)
+                .map_err(Failure::launch_failed)?;
             for (b, want) in self.checked.iter().zip(&self.reference) {
                 let (err, bad) = seq_rel_err(&host[b * PER_SEQ..(b + 1) * PER_SEQ], want);
                 // `!(err <= tol)` on purpose: a NaN error fails.
@@ -476,10 +475,6 @@ impl Evaluator<MfaDecodeConfig> for MfaDecodeBench<'_> {
             .collect();
         let mut out = Vec::with_capacity(configs.len());
         for c in configs {
-            let launch_failed = |e: RuntimeError| Failure {
-                outcome: "launch_failed",
-                reason: e.to_string(),
-            };
             let entry = MfaDecode::entry(&p, c);
             let res = (|| {
                 let kernel = match (self.loaded.get(&entry), compiled.get(&entry)) {
@@ -491,7 +486,7 @@ impl Evaluator<MfaDecodeConfig> for MfaDecodeBench<'_> {
                     },
                     (None, Some(Ok(k))) => {
                         let kernel = MfaDecodeKernel::from_cubin(self.device, &k.cubin, &p, c)
-                            .map_err(launch_failed)?;
+                            .map_err(Failure::launch_failed)?;
                         self.loaded.insert(
                             entry.clone(),
                             (kernel.kernel.clone(), k.resources.registers),
@@ -506,7 +501,9 @@ impl Evaluator<MfaDecodeConfig> for MfaDecodeBench<'_> {
                         })
                     }
                 };
-                let mut ws = kernel.workspace(self.device, &p).map_err(launch_failed)?;
+                let mut ws = kernel
+                    .workspace(self.device, &p)
+                    .map_err(Failure::launch_failed)?;
                 let err = self.validate(&kernel, &mut ws)?;
                 self.kernels.insert(key(c), (kernel, ws));
                 Ok(Prepared {

@@ -24,6 +24,16 @@ pub struct Failure {
     pub reason: String,
 }
 
+impl Failure {
+    /// A candidate that could not be loaded, given scratch or launched.
+    pub fn launch_failed(e: impl std::fmt::Display) -> Failure {
+        Failure {
+            outcome: "launch_failed",
+            reason: e.to_string(),
+        }
+    }
+}
+
 /// What a candidate looked like after preparation.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Prepared {
@@ -45,10 +55,8 @@ pub fn prepared_mut<'m, C: Serialize, K>(
     config: &C,
 ) -> Result<&'m mut K, Failure> {
     let key = serde_json::to_string(config).expect("configs serialise");
-    map.get_mut(&key).ok_or_else(|| Failure {
-        outcome: "launch_failed",
-        reason: "not prepared".into(),
-    })
+    map.get_mut(&key)
+        .ok_or_else(|| Failure::launch_failed("not prepared"))
 }
 
 /// How the family benches time a candidate: two warm-up runs, then `reps` timed runs with L2
@@ -63,10 +71,7 @@ pub fn time_candidate(
         reps,
         flush_l2: true,
     };
-    bench.measure(&opts, launch).map_err(|e| Failure {
-        outcome: "launch_failed",
-        reason: e.to_string(),
-    })
+    bench.measure(&opts, launch).map_err(Failure::launch_failed)
 }
 
 #[derive(Clone, Debug, Serialize)]
