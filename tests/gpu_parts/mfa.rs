@@ -552,13 +552,21 @@ fn mfa_decode_large_ragged() {
     let configs_for = |p: &MfaDecodeProblem| -> Vec<MfaDecodeConfig> {
         let d = MfaDecode::default_config(p);
         let mut v = vec![d.clone()];
-        for (tile_kv, stages, warps) in [(16, 4, 4), (32, 4, 4), (64, 2, 4), (128, 2, 8)] {
+        for (tile_kv, stages, warps, wgmma) in [
+            (16, 4, 4, false),
+            (32, 4, 4, false),
+            (64, 2, 4, false),
+            (128, 2, 8, false),
+            (32, 2, 4, true),
+            (64, 3, 8, true),
+        ] {
             for split_tokens in [d.split_tokens, (d.split_tokens * 4).min(1 << 24)] {
                 let c = MfaDecodeConfig {
                     tile_kv,
                     stages,
                     warps,
                     split_tokens,
+                    wgmma,
                 };
                 if MfaDecode::check_config(&c, &limits).is_ok()
                     && MfaDecode::check_problem(p, &c).is_ok()
@@ -690,12 +698,15 @@ fn mfa_decode_bench() {
             (128, 3, 8),
         ] {
             let split_tokens = d.split_tokens.max(tile_kv);
-            push(MfaDecodeConfig {
-                tile_kv,
-                stages,
-                warps,
-                split_tokens,
-            });
+            for wgmma in [false, true] {
+                push(MfaDecodeConfig {
+                    tile_kv,
+                    stages,
+                    warps,
+                    split_tokens,
+                    wgmma,
+                });
+            }
         }
         // Short splits: the 16-token kernel at half the default split too, and two small
         // CTAs per SM (32-token tiles, 2 stages: 96 KB) at half the default split.
@@ -704,13 +715,17 @@ fn mfa_decode_bench() {
             stages: 4,
             warps: 4,
             split_tokens: (d.split_tokens / 2).max(16),
+            wgmma: false,
         });
-        push(MfaDecodeConfig {
-            tile_kv: 32,
-            stages: 2,
-            warps: 4,
-            split_tokens: (d.split_tokens / 2).max(32),
-        });
+        for wgmma in [false, true] {
+            push(MfaDecodeConfig {
+                tile_kv: 32,
+                stages: 2,
+                warps: 4,
+                split_tokens: (d.split_tokens / 2).max(32),
+                wgmma,
+            });
+        }
         v
     };
     let mut kernels = Kernels::new(&dev, &compiler);
@@ -978,7 +993,7 @@ fn mfa_decode_trace() {
 
 /// One shape, one config, a few launches: the target of an `ncu` profile (the GPU script runs
 /// it under Nsight Compute). KILN_MFA_SHAPE = "batch,context,bf16|fp8[,page]" (default
-/// "128,4096,bf16"); KILN_MFA_CONFIG = "tile,stages,warps,split_tokens" (default: the
+/// "128,4096,bf16"); KILN_MFA_CONFIG = "tile,stages,warps,split_tokens[,wgmma 0/1]" (default: the
 /// family's default config).
 #[test]
 #[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
@@ -1002,6 +1017,7 @@ fn mfa_decode_one_shape() {
                 stages: n[1],
                 warps: n[2],
                 split_tokens: n[3],
+                wgmma: n.get(4).is_some_and(|&w| w != 0),
             }
         }
         Err(_) => MfaDecode::default_config(&p),

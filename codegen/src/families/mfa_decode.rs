@@ -83,6 +83,12 @@ pub struct MfaDecodeConfig {
     pub warps: u32,
     /// Most KV positions one CTA handles; `splits = ceil(context / split_tokens)`.
     pub split_tokens: u32,
+    /// Tensor cores through wgmma (sm_90a) instead of mma.sync: a warp group's QK^T and PV are
+    /// m64nNk16 wgmma's reading K and V from shared memory once per warp group (mma.sync
+    /// reads them once per warp, 4x), P from registers. An FP8 cache's tiles are widened to
+    /// f16 once per CTA into shared-memory tiles the wgmma's read.
+    #[serde(default)]
+    pub wgmma: bool,
 }
 
 /// Query heads the kernel is written for.
@@ -198,10 +204,23 @@ impl MfaDecodeConfig {
         let scales = if dtype.is_fp8() { self.tile_kv * 4 } else { 0 };
         2 * (self.tile_kv * dtype.row_bytes() + scales)
     }
-    /// Dynamic shared memory: Q fragments + the pipeline, or the group-merge, output-staging
-    /// or combine buffers (which reuse it) when those are larger.
+    /// Bytes of the f16 K and V tiles an FP8 wgmma config widens into (0 otherwise).
+    pub fn wide_bytes(&self, dtype: KvDtype) -> u32 {
+        if self.wgmma && dtype.is_fp8() {
+            2 * self.tile_kv * KvDtype::Bf16.row_bytes()
+        } else {
+            0
+        }
+    }
+    /// Dynamic shared memory: Q + the pipeline (+ the widened tiles, 1024-byte aligned), or
+    /// the group-merge, output-staging or combine buffers (which reuse it) when those are larger.
     pub fn smem_bytes(&self, dtype: KvDtype) -> u32 {
-        let pipeline = Q_BYTES + self.stages * self.stage_bytes(dtype);
+        let stages = Q_BYTES + self.stages * self.stage_bytes(dtype);
+        let pipeline = if self.wide_bytes(dtype) > 0 {
+            stages.next_multiple_of(1024) + self.wide_bytes(dtype)
+        } else {
+            stages
+        };
         let merge = if self.groups() == 2 { MERGE_BYTES } else { 0 };
         pipeline.max(merge).max(O_TILE_BYTES).max(COMBINE_MIN_BYTES)
     }
@@ -285,6 +304,7 @@ fn two_ctas_per_sm(p: &MfaDecodeProblem, c: MfaDecodeConfig) -> MfaDecodeConfig 
         stages: 2,
         warps: 4,
         split_tokens: (c.split_tokens / 2).max(32),
+        wgmma: false,
     };
     let ctas = p.batch as u64 * splits(p, &alt) as u64;
     let fits = ctas <= 2 * DeviceLimits::HOPPER.sms as u64
@@ -293,6 +313,30 @@ fn two_ctas_per_sm(p: &MfaDecodeProblem, c: MfaDecodeConfig) -> MfaDecodeConfig 
         && MfaDecode::check_config(&alt, &DeviceLimits::HOPPER).is_ok()
         && MfaDecode::check_problem(p, &alt).is_ok();
     if fits {
+        alt
+    } else {
+        c
+    }
+}
+
+/// The same kernel on wgmma where that is legal (32- and 64-token tiles): always for BF16, for
+/// FP8 only when the launch is one wave of CTAs. Run 27 on the H200 measured the wgmma build of
+/// every BF16 default faster than its mma.sync build, 5-25%: B=1 L=4K 14.8 vs 17.8 us, B=8
+/// L=64K 130 vs 147, B=32 L=4K 43.6 vs 54.0, B=128 L=4K 134 vs 151, B=128 L=64K 1875 vs 2141
+/// (4.6 TB/s), paged B=128 L=4K 145 vs 170. FP8 must first widen each tile into f16 shared-
+/// memory tiles for wgmma: that paid at B=1 L=4K (15.9 vs 17.9 us, latency-bound) and lost at
+/// B=128 L=4K, where the 64-token kernels measured 173-181 us on wgmma against 157-166 on
+/// mma.sync (and the 128-token mma.sync default 142-144 stays).
+fn with_wgmma(p: &MfaDecodeProblem, c: MfaDecodeConfig) -> MfaDecodeConfig {
+    let alt = MfaDecodeConfig {
+        wgmma: true,
+        ..c.clone()
+    };
+    let one_wave = p.batch as u64 * splits(p, &c) as u64 <= DeviceLimits::HOPPER.sms as u64;
+    if (!p.kv_dtype.is_fp8() || one_wave)
+        && MfaDecode::check_config(&alt, &DeviceLimits::HOPPER).is_ok()
+        && MfaDecode::check_problem(p, &alt).is_ok()
+    {
         alt
     } else {
         c
@@ -311,6 +355,7 @@ fn default_kernels(dtype: KvDtype) -> Vec<MfaDecodeConfig> {
         stages,
         warps,
         split_tokens: MAX_CONTEXT,
+        wgmma: false,
     };
     match dtype {
         KvDtype::Bf16 => vec![k(64, 2, 4), k(64, 3, 8), k(32, 3, 8)],
@@ -331,12 +376,15 @@ impl Family for MfaDecode {
             for stages in [2, 3, 4] {
                 for warps in [4, 8] {
                     for split_tokens in SPLIT_CHOICES {
-                        out.push(MfaDecodeConfig {
-                            tile_kv,
-                            stages,
-                            warps,
-                            split_tokens,
-                        });
+                        for wgmma in [false, true] {
+                            out.push(MfaDecodeConfig {
+                                tile_kv,
+                                stages,
+                                warps,
+                                split_tokens,
+                                wgmma,
+                            });
+                        }
                     }
                 }
             }
@@ -372,6 +420,12 @@ impl Family for MfaDecode {
             c.tile_kv % c.warps != 0 || rows % 2 != 0 || rows > 32,
             || format!("{} rows over {} warps", c.tile_kv, c.warps),
         )?;
+        // wgmma: a warp group's slice of a tile is the n of its QK^T wgmma (32 or 64 tokens
+        // here: 16 would issue twice the wgmma's per byte; an FP8 cache's 128-token tiles
+        // have no room for their 128 KB of f16 tiles).
+        illegal(c.wgmma && c.tile_kv != 32 && c.tile_kv != 64, || {
+            format!("wgmma needs 32- or 64-token tiles, not {}", c.tile_kv)
+        })?;
         // Splits hold whole tiles (the kernel rounds its chunk up to a tile).
         illegal(c.split_tokens % c.tile_kv != 0, || {
             format!(
@@ -456,9 +510,24 @@ impl Family for MfaDecode {
         let dtype = p.kv_dtype;
         let row_bytes = dtype.row_bytes();
         let scale_log2 = std::f64::consts::LOG2_E / (HEAD_DIM as f64).sqrt();
+        // wgmma operand lists: S [64 x group tokens] and O [64 x 256] accumulators per thread.
+        let qk_n = c.group_tokens() / 2;
+        let pv_n = HEAD_DIM / 2;
+        let (qk_list, qk_bind) = super::wgmma_accumulator_operands(qk_n);
+        let (pv_list, pv_bind) = super::wgmma_accumulator_operands(pv_n);
         let vars = json!({
             "entry": Self::entry(p, c),
             "fp8": dtype.is_fp8(),
+            "wgmma": c.wgmma,
+            "wide_bytes": c.wide_bytes(dtype),
+            "ab_type": if dtype.is_fp8() { "f16" } else { "bf16" },
+            "qk_d_operands": qk_list,
+            "qk_d_constraints": qk_bind,
+            "qk_desc_operands": format!("%{}, %{}", qk_n, qk_n + 1),
+            "pv_d_operands": pv_list,
+            "pv_d_constraints": pv_bind,
+            "pv_a_operands": format!("%{}, %{}, %{}, %{}", pv_n, pv_n + 1, pv_n + 2, pv_n + 3),
+            "pv_desc_operand": format!("%{}", pv_n + 4),
             "paged": p.paged(),
             "heads": HEADS,
             "head_dim": HEAD_DIM,
@@ -496,11 +565,12 @@ impl Family for MfaDecode {
     /// (tile, stages, warps) shares one cubin.
     fn entry(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> String {
         format!(
-            "kiln_mfa_decode_t{}_s{}_w{}_{}_{}",
+            "kiln_mfa_decode_t{}_s{}_w{}_{}{}_{}",
             c.tile_kv,
             c.stages,
             c.warps,
             p.kv_dtype.tag(),
+            if c.wgmma { "_wgmma" } else { "" },
             if p.paged() { "paged" } else { "contig" }
         )
     }
@@ -616,7 +686,7 @@ impl Family for MfaDecode {
             split_tokens: MAX_CONTEXT,
             ..default_kernels(p.kv_dtype)[0].clone()
         });
-        two_ctas_per_sm(p, chosen)
+        with_wgmma(p, two_ctas_per_sm(p, chosen))
     }
 
     /// A latency model of one call: launch, then per wave of CTAs the chain of one CTA
@@ -658,11 +728,16 @@ impl Family for MfaDecode {
             .min(SM_BPS / sharing);
         let mem = chunk * bpt / rate;
         // Tensor work at the SM's share; fp8 widens every K and V element in registers (run 3:
-        // FP8 B=128 L=4K ran at ~235 TFLOP/s, compute-bound, so ~1.8x), 4 warps issue less
-        // densely than 8.
+        // FP8 B=128 L=4K ran at ~235 TFLOP/s, compute-bound, so ~1.8x), or with wgmma once per
+        // CTA into shared memory (~1.2x assumed until measured); 4 warps of mma.sync issue
+        // less densely than 8 (a wgmma warp group is issued as one).
         let flops_token = 4.0 * HEADS as f64 * HEAD_DIM as f64;
-        let widen = if p.kv_dtype.is_fp8() { 1.8 } else { 1.0 };
-        let density = if c.warps == 8 { 1.0 } else { 0.85 };
+        let widen = match (p.kv_dtype.is_fp8(), c.wgmma) {
+            (false, _) => 1.0,
+            (true, false) => 1.8,
+            (true, true) => 1.2,
+        };
+        let density = if c.warps == 8 || c.wgmma { 1.0 } else { 0.85 };
         let cta_flops = MMA_FLOPS / sms * density / sharing;
         let compute = chunk * flops_token * widen / cta_flops;
         // Load and compute overlap across tiles; the first load and the last compute do not.

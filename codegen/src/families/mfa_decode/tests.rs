@@ -49,7 +49,13 @@ fn legal_space_is_large_enough_and_small_enough() {
         .iter()
         .filter(|c| c.split_tokens == 16)
         .all(|c| c.tile_kv == 16));
-    assert!(legal.len() <= 300, "{} legal configs", legal.len());
+    // wgmma: 32- and 64-token tiles only.
+    assert!(legal.iter().any(|c| c.wgmma && c.tile_kv == 32));
+    assert!(legal.iter().any(|c| c.wgmma && c.tile_kv == 64));
+    assert!(!legal
+        .iter()
+        .any(|c| c.wgmma && !(c.tile_kv == 32 || c.tile_kv == 64)));
+    assert!(legal.len() <= 400, "{} legal configs", legal.len());
 }
 
 #[test]
@@ -69,7 +75,7 @@ fn variants_cover_every_kernel_once_per_branch() {
     assert_eq!(per_branch("_fp8_contig"), per_branch("_fp8_paged"));
     assert!(per_branch("_fp8_contig") > per_branch("_bf16_contig"));
     assert!(
-        variants.len() <= 64,
+        variants.len() <= 112,
         "{} variants to compile",
         variants.len()
     );
@@ -252,6 +258,7 @@ fn smem_per_dtype() {
         stages,
         warps,
         split_tokens: 4096,
+        wgmma: false,
     };
     // 64-token BF16 tiles: 3 stages fit (32 KB of Q + 3 x 64 KB), 4 do not.
     assert_eq!(c(64, 3, 8).smem_bytes(KvDtype::Bf16), 32768 + 3 * 65536);
@@ -264,6 +271,23 @@ fn smem_per_dtype() {
         c(32, 2, 8).stage_bytes(KvDtype::Fp8e4m3),
         2 * (32 * 256 + 32 * 4)
     );
+    // wgmma on an FP8 cache adds f16 K and V tiles (1024-byte aligned) after the stages; a
+    // BF16 cache's tiles are read where they land.
+    let w = |tile_kv, stages, warps| MfaDecodeConfig {
+        wgmma: true,
+        ..c(tile_kv, stages, warps)
+    };
+    assert_eq!(w(32, 2, 4).wide_bytes(KvDtype::Fp8e4m3), 2 * 32 * 512);
+    assert_eq!(
+        w(32, 2, 4).smem_bytes(KvDtype::Fp8e4m3),
+        (32768u32 + 2 * (2 * (32 * 256 + 32 * 4))).next_multiple_of(1024) + 2 * 32 * 512
+    );
+    assert_eq!(w(32, 2, 4).wide_bytes(KvDtype::Bf16), 0);
+    assert_eq!(
+        w(64, 2, 4).smem_bytes(KvDtype::Bf16),
+        c(64, 2, 4).smem_bytes(KvDtype::Bf16)
+    );
+    assert!(MfaDecode::check_problem(&prob(1, 64, KvDtype::Fp8e4m3, 0), &w(64, 3, 8)).is_ok());
 }
 
 #[test]
@@ -273,6 +297,7 @@ fn workspace_and_counters() {
         stages: 3,
         warps: 8,
         split_tokens: 64,
+        wgmma: false,
     };
     let p = prob(2, 4096, KvDtype::Bf16, 0);
     assert_eq!(splits(&p, &c), 64);
@@ -671,4 +696,21 @@ fn large_bf16_batches_default_to_two_ctas_per_sm() {
     assert_ne!((c.tile_kv, c.stages), (32, 2), "B=128 L=1K: {c:?}");
     let fp8 = MfaDecode::default_config(&prob(128, 4096, KvDtype::Fp8e4m3, 0));
     assert_eq!(fp8.tile_kv, 128);
+}
+
+#[test]
+fn defaults_use_wgmma_for_bf16_and_for_one_wave_fp8_launches() {
+    // BF16: every default with a 32- or 64-token tile runs on wgmma.
+    for (b, l) in [(1, 4096), (8, 65536), (32, 4096), (128, 4096), (128, 65536)] {
+        let c = MfaDecode::default_config(&prob(b, l, KvDtype::Bf16, 0));
+        assert!(
+            c.wgmma && (c.tile_kv == 32 || c.tile_kv == 64),
+            "B={b} L={l}: {c:?}"
+        );
+    }
+    // FP8: a single-sequence launch (one wave) does; B=128 L=4K keeps 128-token mma.sync tiles.
+    let one = MfaDecode::default_config(&prob(1, 4096, KvDtype::Fp8e4m3, 0));
+    assert!(one.wgmma, "{one:?}");
+    let big = MfaDecode::default_config(&prob(128, 4096, KvDtype::Fp8e4m3, 0));
+    assert!(!big.wgmma && big.tile_kv == 128, "{big:?}");
 }
