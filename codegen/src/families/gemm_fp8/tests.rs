@@ -158,7 +158,7 @@ fn wgmma_space_is_modest_and_fits_registers_and_smem() {
         assert!(!c.double_tmp && c.bm == 128 && c.split_k == 1);
     }
     // The registers setmaxnreg hands out fit the register file.
-    assert!(128 * wgmma::PRODUCER_REGISTERS + 256 * wgmma::CONSUMER_REGISTERS <= 65536);
+    const { assert!(128 * wgmma::PRODUCER_REGISTERS + 256 * wgmma::CONSUMER_REGISTERS <= 65536) };
     assert!(l.iter().any(|c| c.bm == 64 && c.split_k == 8));
     for c in &l {
         let budget = if c.producer {
