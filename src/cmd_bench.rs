@@ -1,28 +1,85 @@
-//! `kiln bench`: re-measure the tuned kernels of a family side by side with their baselines,
-//! and gate on regressions against an earlier run.
+//! `kiln bench`: re-measure the kernels of a family side by side with their baselines, and
+//! gate on regressions against an earlier run.
+//!
+//! One driver per family: `gemm_bf16` and `gemm_fp8` time their tuned artifact against cuBLAS /
+//! cuBLASLt in the same process; `mfa_decode` times its tuned artifact, `mlp_jet` and
+//! `mlp_jet_backward` their default config on the PINN target nets, and these three take their
+//! baselines from a Python peer's JSON (`--peers`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use kiln_codegen::families::gemm_bf16::{GemmBf16, GemmBf16Config};
-use kiln_codegen::families::gemm_fp8::{GemmFp8, GemmFp8Config};
+use kiln_codegen::families::gemm_bf16::GemmBf16;
+use kiln_codegen::families::gemm_fp8::GemmFp8;
+use kiln_codegen::families::mfa_decode::MfaDecode;
+use kiln_codegen::families::mlp_jet::{self, MlpJet};
+use kiln_codegen::families::mlp_jet_backward::{self, MlpJetBackward};
 use kiln_codegen::{Compiler, Family};
 use kiln_runtime::artifact::{Artifact, Baseline};
-use kiln_runtime::dispatch::Dispatch;
-use kiln_runtime::launch::gemm_bf16::GemmBf16Reference;
-use kiln_runtime::launch::gemm_fp8_ref::GemmFp8Reference;
-use kiln_runtime::measure::{Bench, MeasureOptions};
+use kiln_runtime::dispatch::{Dispatch, Source};
+use kiln_runtime::measure::{Bench, Measurement};
 use kiln_runtime::Device;
-use kiln_tuner::baseline::{CublasBf16, CublasLtFp8, Fp8Scaling, CUBLASLT_FP8_BLOCK, CUBLAS_BF16};
-use kiln_tuner::gemm_bf16::GemmBf16Bench;
-use kiln_tuner::gemm_fp8::{choose_baselines, GemmFp8Bench};
-use kiln_tuner::roofline;
-use kiln_tuner::search::Evaluator;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::table::{compact, Table};
+use crate::table::compact;
 use crate::CliResult;
+
+mod gemm;
+mod mfa;
+mod peers;
+mod pinn;
+mod report;
+
+use peers::{PeerSource, Peers};
+
+/// The families `kiln bench` has a driver for.
+pub const DRIVERS: &str = "gemm_bf16, gemm_fp8, mfa_decode, mlp_jet, mlp_jet_backward";
+/// What `--compare` and `--from` files are written as (2: `baseline_us`, `speedup`,
+/// `pct_of_roofline` and `max_rel_err` may be null; `weight_tb_s` and `kv_tb_s` optional).
+pub const SCHEMA: u32 = 2;
+/// A row's `baseline` when it has none.
+pub const NO_BASELINE: &str = "none";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(
+        "family {family} has no `kiln bench` driver (its GPU tests benchmark it: \
+         tests/gpu_parts); drivers: {DRIVERS}"
+    )]
+    NoDriver { family: String },
+    #[error("{option} is for {applies}, not {family}")]
+    OptionNotFor {
+        option: &'static str,
+        family: String,
+        applies: &'static str,
+    },
+    #[error("{}: {reason}", path.display())]
+    BenchFile { path: PathBuf, reason: String },
+    #[error(
+        "{}: holds no {family} problem this kiln can read; re-run `{tune_command}`",
+        path.display()
+    )]
+    EmptyArtifact {
+        path: PathBuf,
+        family: &'static str,
+        tune_command: String,
+    },
+    #[error("{family} {problem} with {config}: {outcome}: {reason}")]
+    Kernel {
+        family: &'static str,
+        problem: String,
+        config: String,
+        outcome: &'static str,
+        reason: String,
+    },
+    #[error(
+        "--compare {}: no row for any (family, problem) benched here ({families}): nothing to \
+         gate on",
+        path.display()
+    )]
+    NothingCompared { path: PathBuf, families: String },
+}
 
 /// `5%`, `0.05` or `5` (percent when > 1).
 pub fn parse_threshold(s: &str) -> Result<f64, String> {
@@ -37,32 +94,100 @@ pub fn parse_threshold(s: &str) -> Result<f64, String> {
     })
 }
 
+/// The fastest of the configs timed beside the default (`--candidates`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BestCandidate {
+    pub config: Value,
+    pub median_us: f64,
+    pub p20_us: f64,
+    pub p80_us: f64,
+    /// Configs timed (the default among them).
+    pub of: usize,
+}
+
 /// One row of `kiln bench`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BenchRow {
     pub family: String,
     pub problem: Value,
     pub config: Value,
+    /// Where `config` came from: the tuned artifact (exact problem or nearest bucket) or the
+    /// family's default, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_source: Option<String>,
     pub kiln_us: f64,
     pub kiln_p20_us: f64,
     pub kiln_p80_us: f64,
+    /// The baseline's name; [`NO_BASELINE`] when the row has none (a family whose peer is a
+    /// Python script benched without `--peers`, or a problem the peer did not time).
     pub baseline: String,
-    pub baseline_us: f64,
-    pub speedup: f64,
-    pub pct_of_roofline: f64,
-    /// Weight (B operand) bandwidth, TB/s.
-    pub weight_tb_s: f64,
+    #[serde(default)]
+    pub baseline_us: Option<f64>,
+    /// `baseline_us / kiln_us`.
+    #[serde(default)]
+    pub speedup: Option<f64>,
+    /// None where kiln has no measured ceiling for the work (mlp_jet's fp32 FMA and 3xTF32).
+    #[serde(default)]
+    pub pct_of_roofline: Option<f64>,
+    /// Weight (B operand) bandwidth, TB/s (GEMM families).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_tb_s: Option<f64>,
+    /// mfa_decode: `MfaDecode::min_bytes` (K and V with FP8 scales, Q, O) / time, TB/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_tb_s: Option<f64>,
     pub tflops: f64,
-    pub max_rel_err: f64,
+    /// The kernel's error against the family's reference in this run; None where the bench
+    /// does not validate (mlp_jet, mlp_jet_backward: their GPU tests do).
+    #[serde(default)]
+    pub max_rel_err: Option<f64>,
     /// Steady state (`--steady`): per-launch time of back-to-back launches
     /// over inputs rotated past 2x L2, kiln and baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kiln_steady_us: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_steady_us: Option<f64>,
-    /// Other peers timed beside the baseline (gemm_fp8: cuBLASLt with row-wise scales).
+    /// Other peers timed beside the baseline (gemm_fp8: cuBLASLt with row-wise scales; the
+    /// Python peers' slower variants).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub other_baselines: Vec<Baseline>,
+    /// `--candidates`: the fastest legal config, timed beside the default in the same run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_candidate: Option<BestCandidate>,
+}
+
+impl BenchRow {
+    /// A row of `family` timed at `m`, with no baseline and none of the optional figures.
+    pub fn measured(family: &str, problem: Value, config: Value, m: &Measurement) -> BenchRow {
+        BenchRow {
+            family: family.to_string(),
+            problem,
+            config,
+            config_source: None,
+            kiln_us: m.median_us,
+            kiln_p20_us: m.p20_us,
+            kiln_p80_us: m.p80_us,
+            baseline: NO_BASELINE.into(),
+            baseline_us: None,
+            speedup: None,
+            pct_of_roofline: None,
+            weight_tb_s: None,
+            kv_tb_s: None,
+            tflops: 0.0,
+            max_rel_err: None,
+            kiln_steady_us: None,
+            baseline_steady_us: None,
+            other_baselines: Vec::new(),
+            best_candidate: None,
+        }
+    }
+
+    /// Name `name`, timed at `us`, as the baseline (the speedup only for a positive time of
+    /// kiln's, so no NaN or infinity reaches the file).
+    pub fn set_baseline(&mut self, name: &str, us: f64) {
+        self.baseline = name.to_string();
+        self.baseline_us = Some(us);
+        self.speedup = (self.kiln_us.is_finite() && self.kiln_us > 0.0).then(|| us / self.kiln_us);
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -73,53 +198,120 @@ pub struct BenchFile {
     /// An empty kernel timed the same way: the floor every row includes.
     #[serde(default)]
     pub empty_kernel_us: Option<f64>,
+    /// Where the rows' baselines came from when a Python peer timed them (`--peers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<PeerSource>,
     pub rows: Vec<BenchRow>,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn bench(
-    family: Option<String>,
-    tuned_dir: PathBuf,
-    json: Option<PathBuf>,
-    compare: Option<PathBuf>,
-    threshold: String,
-    from: Option<PathBuf>,
-    reps: usize,
-    steady: bool,
-) -> CliResult {
-    let threshold = parse_threshold(&threshold)?;
-    if let Some(f) = &family {
-        kiln_codegen::find_family(f)?;
-        if f != GemmBf16::NAME && f != GemmFp8::NAME && from.is_none() {
-            return Err(format!(
-                "family {f} has no `kiln bench` driver yet (its GPU tests benchmark it: tests/gpu_parts); gemm_bf16 and gemm_fp8 have"
-            )
-            .into());
+/// What `kiln bench` was asked for.
+pub struct BenchArgs {
+    pub family: Option<String>,
+    pub tuned_dir: PathBuf,
+    pub json: Option<PathBuf>,
+    pub compare: Option<PathBuf>,
+    pub threshold: String,
+    pub from: Option<PathBuf>,
+    pub reps: usize,
+    pub steady: bool,
+    pub peers: Option<PathBuf>,
+    pub candidates: bool,
+}
+
+/// The family drivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Driver {
+    GemmBf16,
+    GemmFp8,
+    MfaDecode,
+    MlpJet,
+    MlpJetBackward,
+}
+
+impl Driver {
+    fn of(family: &str) -> Option<Driver> {
+        Some(match family {
+            GemmBf16::NAME => Driver::GemmBf16,
+            GemmFp8::NAME => Driver::GemmFp8,
+            MfaDecode::NAME => Driver::MfaDecode,
+            MlpJet::NAME => Driver::MlpJet,
+            MlpJetBackward::NAME => Driver::MlpJetBackward,
+            _ => return None,
+        })
+    }
+
+    fn is_gemm(self) -> bool {
+        matches!(self, Driver::GemmBf16 | Driver::GemmFp8)
+    }
+
+    fn is_pinn(self) -> bool {
+        matches!(self, Driver::MlpJet | Driver::MlpJetBackward)
+    }
+}
+
+fn read_bench_file(path: &Path) -> Result<BenchFile, BenchError> {
+    let bytes = std::fs::read(path).map_err(|e| BenchError::BenchFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| BenchError::BenchFile {
+        path: path.to_path_buf(),
+        reason: format!("not a kiln bench file ({e})"),
+    })
+}
+
+pub fn bench(a: BenchArgs) -> CliResult {
+    let threshold = parse_threshold(&a.threshold)?;
+    let family = a.family.as_deref().unwrap_or(GemmBf16::NAME);
+    kiln_codegen::find_family(family)?;
+    let file = match &a.from {
+        Some(path) => {
+            let mut file = read_bench_file(path)?;
+            if let Some(peers_path) = &a.peers {
+                // The family the peer serves: --family, else the first row's.
+                let fam = a
+                    .family
+                    .clone()
+                    .or_else(|| file.rows.first().map(|r| r.family.clone()))
+                    .unwrap_or_else(|| family.to_string());
+                let peers = Peers::read(peers_path, &fam)?;
+                if let Some(name) = file.device.get("name").and_then(Value::as_str) {
+                    peers.check_device(name)?;
+                }
+                let problems: Vec<Value> = file
+                    .rows
+                    .iter()
+                    .filter(|r| r.family == fam)
+                    .map(|r| r.problem.clone())
+                    .collect();
+                peers.require_match(&problems)?;
+                peers.attach(&mut file);
+            }
+            file
         }
-    }
-    let file = match &from {
-        Some(path) => serde_json::from_slice::<BenchFile>(
-            &std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
-        )
-        .map_err(|e| format!("{}: not a kiln bench file ({e})", path.display()))?,
-        None if family.as_deref() == Some(GemmFp8::NAME) => measure_fp8(&tuned_dir, reps, steady)?,
-        None => measure_bf16(&tuned_dir, reps, steady)?,
+        None => measure(family, &a)?,
     };
-    print_bench(&file);
-    if let Some(path) = json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&file)?)?;
+    report::print_bench(&file);
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&file)?)?;
     }
-    let Some(old_path) = compare else {
+    let Some(old_path) = a.compare else {
         return Ok(ExitCode::SUCCESS);
     };
-    let old: BenchFile = serde_json::from_slice(
-        &std::fs::read(&old_path).map_err(|e| format!("{}: {e}", old_path.display()))?,
-    )
-    .map_err(|e| format!("{}: not a kiln bench file ({e})", old_path.display()))?;
-    let regressions = compare_bench(&old, &file, threshold);
+    let old = read_bench_file(&old_path)?;
+    let (regressions, compared) = compare_bench(&old, &file, threshold);
+    if compared == 0 {
+        let mut families: Vec<&str> = file.rows.iter().map(|r| r.family.as_str()).collect();
+        families.dedup();
+        return Err(BenchError::NothingCompared {
+            path: old_path,
+            families: families.join(", "),
+        }
+        .into());
+    }
     if regressions.is_empty() {
         println!(
-            "no regression past {:.1}% against {}",
+            "no regression past {:.1}% against {} ({compared} rows compared)",
             threshold * 100.0,
             old_path.display()
         );
@@ -138,9 +330,60 @@ pub fn bench(
     }
 }
 
-/// Rows of `new` slower than the same problem in `old` by more than `threshold`.
-pub fn compare_bench(old: &BenchFile, new: &BenchFile, threshold: f64) -> Vec<String> {
+/// Check the options against `family`'s driver, read the peers file (before any GPU work, so
+/// a bad one costs nothing), and measure.
+fn measure(family: &str, a: &BenchArgs) -> Result<BenchFile, Box<dyn std::error::Error>> {
+    let driver = Driver::of(family).ok_or_else(|| BenchError::NoDriver {
+        family: family.to_string(),
+    })?;
+    let not_for = |option, applies| BenchError::OptionNotFor {
+        option,
+        family: family.to_string(),
+        applies,
+    };
+    if a.steady && !driver.is_gemm() {
+        return Err(not_for("--steady", "gemm_bf16 and gemm_fp8").into());
+    }
+    if a.candidates && !driver.is_pinn() {
+        return Err(not_for(
+            "--candidates",
+            "families without a tuned artifact (mlp_jet, mlp_jet_backward); a tuned family's \
+             candidates are measured by `kiln tune`",
+        )
+        .into());
+    }
+    let peers = match &a.peers {
+        Some(path) => Some(Peers::read(path, family)?),
+        None => None,
+    };
+    let peers = peers.as_ref();
+    let (dir, reps) = (a.tuned_dir.as_path(), a.reps);
+    Ok(match driver {
+        Driver::GemmBf16 => gemm::measure_bf16(dir, reps, a.steady)?,
+        Driver::GemmFp8 => gemm::measure_fp8(dir, reps, a.steady)?,
+        Driver::MfaDecode => mfa::measure(dir, reps, peers)?,
+        Driver::MlpJet => pinn::measure::<MlpJet>(
+            &mlp_jet::pinn_targets(),
+            kiln_tuner::pinn::jet::time_configs,
+            reps,
+            a.candidates,
+            peers,
+        )?,
+        Driver::MlpJetBackward => pinn::measure::<MlpJetBackward>(
+            &mlp_jet_backward::pinn_targets(),
+            kiln_tuner::pinn::backward::time_configs,
+            reps,
+            a.candidates,
+            peers,
+        )?,
+    })
+}
+
+/// Rows of `new` slower than the same (family, problem) in `old` by more than `threshold`, and
+/// how many rows of `new` had a counterpart in `old`.
+pub fn compare_bench(old: &BenchFile, new: &BenchFile, threshold: f64) -> (Vec<String>, usize) {
     let mut out = Vec::new();
+    let mut compared = 0;
     for n in &new.rows {
         let Some(o) = old
             .rows
@@ -149,6 +392,7 @@ pub fn compare_bench(old: &BenchFile, new: &BenchFile, threshold: f64) -> Vec<St
         else {
             continue;
         };
+        compared += 1;
         let ratio = n.kiln_us / o.kiln_us;
         if ratio > 1.0 + threshold {
             out.push(format!(
@@ -161,7 +405,50 @@ pub fn compare_bench(old: &BenchFile, new: &BenchFile, threshold: f64) -> Vec<St
             ));
         }
     }
-    out
+    (out, compared)
+}
+
+/// Device 0, the compiler, the timing harness and the empty-kernel floor: what every driver
+/// opens first.
+struct Gpu {
+    device: Device,
+    compiler: Compiler,
+    bench: Bench,
+    empty_kernel_us: f64,
+}
+
+impl Gpu {
+    fn open(reps: usize) -> Result<Gpu, Box<dyn std::error::Error>> {
+        let device = Device::open(0)?;
+        let compiler = Compiler::new()?;
+        let mut bench = Bench::new(&device)?;
+        let empty_kernel_us = bench.empty_kernel_us(&compiler, reps)?;
+        Ok(Gpu {
+            device,
+            compiler,
+            bench,
+            empty_kernel_us,
+        })
+    }
+
+    fn device_json(&self) -> Result<Value, serde_json::Error> {
+        serde_json::to_value(&self.device.info)
+    }
+}
+
+/// How a row names where its config came from.
+fn source_label(s: &Source) -> String {
+    match s {
+        Source::Exact => "tuned for this problem".into(),
+        Source::Bucket {
+            tuned_for,
+            distance,
+        } => format!(
+            "tuned for {} (nearest bucket, distance {distance})",
+            compact(tuned_for)
+        ),
+        Source::Default { why } => format!("family default ({why})"),
+    }
 }
 
 /// A family's dispatch table and the problems of its artifact.
@@ -169,7 +456,7 @@ type TunedProblems<F> = (Dispatch<F>, Vec<<F as Family>::Problem>);
 
 /// The dispatch table of family `F` loaded from `tuned_dir` for this device (its notes printed)
 /// and the problems its artifact holds; an error naming `tune_command` when there is no usable
-/// artifact.
+/// artifact or it holds no readable problem.
 fn tuned_problems<F: Family>(
     tuned_dir: &Path,
     device: &Device,
@@ -191,404 +478,21 @@ fn tuned_problems<F: Family>(
             path.display()
         )
     })?;
-    let problems = art
+    let problems: Vec<F::Problem> = art
         .entries
         .iter()
         .filter_map(|e| serde_json::from_value(e.problem.clone()).ok())
         .collect();
+    if problems.is_empty() {
+        return Err(BenchError::EmptyArtifact {
+            path,
+            family: F::NAME,
+            tune_command: tune_command.to_string(),
+        }
+        .into());
+    }
     Ok((dispatch, problems))
 }
 
-fn measure_bf16(
-    tuned_dir: &Path,
-    reps: usize,
-    steady: bool,
-) -> Result<BenchFile, Box<dyn std::error::Error>> {
-    let device = Device::open(0)?;
-    let compiler = Compiler::new()?;
-    let (dispatch, problems) =
-        tuned_problems::<GemmBf16>(tuned_dir, &device, &compiler, "kiln tune")?;
-    let reference = GemmBf16Reference::compile(&device, &compiler)?;
-    let blas = CublasBf16::new(&device)?;
-    let mut bench = Bench::new(&device)?;
-    let empty_kernel_us = Some(bench.empty_kernel_us(&compiler, reps)?);
-    let mut rows = Vec::new();
-    for (i, p) in problems.iter().enumerate() {
-        let sel = dispatch.select(p);
-        let config: GemmBf16Config = sel.config;
-        let mut b = GemmBf16Bench::new(
-            &device,
-            &compiler,
-            &mut bench,
-            &reference,
-            *p,
-            0x5eed + i as u64,
-        )?;
-        let prepared = b
-            .prepare(std::slice::from_ref(&config))
-            .pop()
-            .expect("one result");
-        let prepared =
-            prepared.map_err(|f| format!("{p:?} {config:?}: {}: {}", f.outcome, f.reason))?;
-        let m = b
-            .time(&config, reps)
-            .map_err(|f| format!("{p:?}: {}", f.reason))?;
-        let (base, _) = b.time_cublas(
-            &blas,
-            &MeasureOptions {
-                warmup: 3,
-                reps,
-                flush_l2: true,
-            },
-        )?;
-        let (kiln_steady_us, baseline_steady_us) = if steady {
-            let k = b.time_steady(&config, 15)?.median_us;
-            (Some(k), Some(b.time_steady_cublas(&blas, 15)?.median_us))
-        } else {
-            (None, None)
-        };
-        let flops = GemmBf16::flops(p);
-        let bytes = GemmBf16::min_bytes(p);
-        rows.push(BenchRow {
-            family: GemmBf16::NAME.into(),
-            problem: serde_json::to_value(p)?,
-            config: serde_json::to_value(&config)?,
-            kiln_us: m.median_us,
-            kiln_p20_us: m.p20_us,
-            kiln_p80_us: m.p80_us,
-            baseline: CUBLAS_BF16.into(),
-            baseline_us: base.median_us,
-            speedup: base.median_us / m.median_us,
-            pct_of_roofline: roofline::pct_of_roofline(
-                flops,
-                bytes,
-                roofline::BF16_FLOPS,
-                m.median_us,
-            ),
-            weight_tb_s: (p.n as f64 * p.k as f64 * 2.0) / (m.median_us * 1e-6) / 1e12,
-            tflops: flops / (m.median_us * 1e-6) / 1e12,
-            max_rel_err: prepared.max_rel_err,
-            kiln_steady_us,
-            baseline_steady_us,
-            other_baselines: Vec::new(),
-        });
-    }
-    Ok(BenchFile {
-        schema: 1,
-        device: serde_json::to_value(&device.info)?,
-        empty_kernel_us,
-        method: format!("median of {reps} CUDA-event-timed runs, L2 flushed (a read of a 2x-L2 buffer) before each; baseline in the same process on the same buffers"),
-        rows,
-    })
-}
-
-fn measure_fp8(
-    tuned_dir: &Path,
-    reps: usize,
-    steady: bool,
-) -> Result<BenchFile, Box<dyn std::error::Error>> {
-    let device = Device::open(0)?;
-    let compiler = Compiler::new()?;
-    let (dispatch, problems) =
-        tuned_problems::<GemmFp8>(tuned_dir, &device, &compiler, "kiln tune --family gemm_fp8")?;
-    let reference = GemmFp8Reference::compile(&device, &compiler)?;
-    let lt = CublasLtFp8::new(&device)?;
-    let mut bench = Bench::new(&device)?;
-    let empty_kernel_us = Some(bench.empty_kernel_us(&compiler, reps)?);
-    let mut rows = Vec::new();
-    for (i, p) in problems.iter().enumerate() {
-        let config: GemmFp8Config = dispatch.select(p).config;
-        let mut b = GemmFp8Bench::new(
-            &device,
-            &compiler,
-            &mut bench,
-            &reference,
-            *p,
-            0x5eed + i as u64,
-        )?;
-        let prepared = b
-            .prepare(std::slice::from_ref(&config))
-            .pop()
-            .expect("one result");
-        let prepared =
-            prepared.map_err(|f| format!("{p:?} {config:?}: {}: {}", f.outcome, f.reason))?;
-        let m = b
-            .time(&config, reps)
-            .map_err(|f| format!("{p:?}: {}", f.reason))?;
-        let choice = choose_baselines(&b.run_baselines(
-            &lt,
-            &MeasureOptions {
-                warmup: 3,
-                reps,
-                flush_l2: true,
-            },
-        ));
-        for n in &choice.notes {
-            eprintln!("note {}: {n}", compact(&serde_json::to_value(p)?));
-        }
-        let base = choice.primary.ok_or_else(|| {
-            format!(
-                "{p:?}: no cuBLASLt baseline could be measured: {}",
-                choice.notes.join("; ")
-            )
-        })?;
-        let (kiln_steady_us, baseline_steady_us) = if steady {
-            let scaling = if base.name == CUBLASLT_FP8_BLOCK {
-                Fp8Scaling::Block128
-            } else {
-                Fp8Scaling::RowWise
-            };
-            let k = b.time_steady(&config, 15)?.median_us;
-            (
-                Some(k),
-                Some(b.time_steady_baseline(&lt, scaling, 15)?.median_us),
-            )
-        } else {
-            (None, None)
-        };
-        let flops = GemmFp8::flops(p);
-        let bytes = GemmFp8::min_bytes(p);
-        rows.push(BenchRow {
-            family: GemmFp8::NAME.into(),
-            problem: serde_json::to_value(p)?,
-            config: serde_json::to_value(&config)?,
-            kiln_us: m.median_us,
-            kiln_p20_us: m.p20_us,
-            kiln_p80_us: m.p80_us,
-            baseline: base.name.clone(),
-            baseline_us: base.median_us,
-            speedup: base.median_us / m.median_us,
-            pct_of_roofline: roofline::pct_of_roofline(
-                flops,
-                bytes,
-                roofline::FP8_FLOPS,
-                m.median_us,
-            ),
-            // e4m3: one byte per weight.
-            weight_tb_s: (p.n as f64 * p.k as f64) / (m.median_us * 1e-6) / 1e12,
-            tflops: flops / (m.median_us * 1e-6) / 1e12,
-            max_rel_err: prepared.max_rel_err,
-            kiln_steady_us,
-            baseline_steady_us,
-            other_baselines: choice.extra,
-        });
-    }
-    Ok(BenchFile {
-        schema: 1,
-        device: serde_json::to_value(&device.info)?,
-        empty_kernel_us,
-        method: format!("median of {reps} CUDA-event-timed runs, L2 flushed (a read of a 2x-L2 buffer) before each; baselines (cuBLASLt FP8, block-scaled and row-wise, each validated against the GPU reference first) in the same process on the same buffers"),
-        rows,
-    })
-}
-
-/// The distinct baseline names of `rows`, in order of first appearance.
-fn baseline_names(rows: &[BenchRow]) -> Vec<&str> {
-    let mut names: Vec<&str> = Vec::new();
-    for r in rows {
-        if !names.contains(&r.baseline.as_str()) {
-            names.push(&r.baseline);
-        }
-    }
-    names
-}
-
-fn print_bench(f: &BenchFile) {
-    let names = baseline_names(&f.rows);
-    // One baseline for every row (gemm_bf16): its name is in the summary line; several (gemm_fp8
-    // where block-scaled cuBLASLt is not supported for a shape): each row names its own.
-    let named = names.len() > 1;
-    let mut header = vec![
-        "family",
-        "problem",
-        "kiln us",
-        "baseline us",
-        "speedup",
-        "% roofline",
-        "W TB/s",
-        "TFLOP/s",
-        "rel err",
-    ];
-    if named {
-        header.push("baseline");
-    }
-    let mut t = Table::new(&header);
-    for r in &f.rows {
-        let mut row = vec![
-            r.family.clone(),
-            compact(&r.problem),
-            format!("{:.2}", r.kiln_us),
-            format!("{:.2}", r.baseline_us),
-            format!("{:.2}", r.speedup),
-            format!("{:.1}", r.pct_of_roofline),
-            format!("{:.2}", r.weight_tb_s),
-            format!("{:.1}", r.tflops),
-            format!("{:.1e}", r.max_rel_err),
-        ];
-        if named {
-            row.push(r.baseline.clone());
-        }
-        t.row(row);
-    }
-    println!("{}", t.render());
-    if f.rows.iter().any(|r| !r.other_baselines.is_empty()) {
-        let mut t = Table::new(&["family", "problem", "other baseline", "us", "kiln speedup"]);
-        for r in &f.rows {
-            for o in &r.other_baselines {
-                t.row(vec![
-                    r.family.clone(),
-                    compact(&r.problem),
-                    o.name.clone(),
-                    format!("{:.2}", o.median_us),
-                    format!("{:.2}", o.median_us / r.kiln_us),
-                ]);
-            }
-        }
-        println!(
-            "other baselines timed in the same run (not used for the speedup above):\n{}",
-            t.render()
-        );
-    }
-    let geo = |rows: Vec<&BenchRow>| -> f64 {
-        if rows.is_empty() {
-            return f64::NAN;
-        }
-        (rows.iter().map(|r| r.speedup.ln()).sum::<f64>() / rows.len() as f64).exp()
-    };
-    let small: Vec<&BenchRow> = f
-        .rows
-        .iter()
-        .filter(|r| r.problem["m"].as_u64().is_some_and(|m| m <= 32))
-        .collect();
-    if f.rows.iter().any(|r| r.kiln_steady_us.is_some()) {
-        let mut t = Table::new(&[
-            "family",
-            "problem",
-            "steady kiln us",
-            "steady baseline us",
-            "speedup",
-            "W TB/s",
-        ]);
-        for r in f.rows.iter().filter(|r| r.kiln_steady_us.is_some()) {
-            let (k, b) = (
-                r.kiln_steady_us.unwrap_or(f64::NAN),
-                r.baseline_steady_us.unwrap_or(f64::NAN),
-            );
-            let wb = r.weight_tb_s * r.kiln_us / k;
-            t.row(vec![
-                r.family.clone(),
-                compact(&r.problem),
-                format!("{k:.2}"),
-                format!("{b:.2}"),
-                format!("{:.2}", b / k),
-                format!("{wb:.2}"),
-            ]);
-        }
-        println!(
-            "steady state (back-to-back launches over inputs rotated past 3x L2):\n{}",
-            t.render()
-        );
-    }
-    if let Some(e) = f.empty_kernel_us {
-        println!(
-            "an empty kernel measures {e:.2} us this way (launch + event overhead in every row)"
-        );
-    }
-    println!(
-        "geometric-mean speedup over {}: {:.3} (all {} rows), {:.3} (M <= 32, {} rows). {}",
-        if names.is_empty() {
-            "baseline".to_string()
-        } else {
-            names.join(" / ")
-        },
-        geo(f.rows.iter().collect()),
-        f.rows.len(),
-        geo(small.clone()),
-        small.len(),
-        f.method
-    );
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(m: u32, us: f64) -> BenchRow {
-        BenchRow {
-            family: "gemm_bf16".into(),
-            problem: serde_json::json!({"m": m, "n": 48, "k": 7168}),
-            config: Value::Null,
-            kiln_us: us,
-            kiln_p20_us: us,
-            kiln_p80_us: us,
-            baseline: "b".into(),
-            baseline_us: 2.0 * us,
-            speedup: 2.0,
-            pct_of_roofline: 50.0,
-            weight_tb_s: 1.0,
-            tflops: 1.0,
-            max_rel_err: 1e-3,
-            kiln_steady_us: None,
-            baseline_steady_us: None,
-            other_baselines: Vec::new(),
-        }
-    }
-
-    fn file(rows: Vec<BenchRow>) -> BenchFile {
-        BenchFile {
-            schema: 1,
-            device: Value::Null,
-            method: String::new(),
-            empty_kernel_us: None,
-            rows,
-        }
-    }
-
-    #[test]
-    fn a_planted_ten_percent_slowdown_fails_and_the_same_file_passes() {
-        let old = file(vec![row(1, 10.0), row(32, 20.0)]);
-        assert!(compare_bench(&old, &old, 0.05).is_empty());
-        let slow = file(vec![row(1, 11.0), row(32, 20.0)]);
-        let r = compare_bench(&old, &slow, 0.05);
-        assert_eq!(r.len(), 1, "{r:?}");
-        assert!(r[0].contains("+10.0%"));
-        assert!(compare_bench(&old, &slow, 0.15).is_empty());
-    }
-
-    #[test]
-    fn fp8_rows_with_other_baselines_read_back_and_old_files_still_parse() {
-        let mut r = row(1, 10.0);
-        r.family = "gemm_fp8".into();
-        r.baseline = "cublaslt-fp8-rowwise (block NOT_SUPPORTED)".into();
-        let mut s = row(32, 10.0);
-        s.family = "gemm_fp8".into();
-        s.baseline = "cublaslt-fp8-block128".into();
-        s.other_baselines = vec![Baseline::timed("cublaslt-fp8-rowwise", 30.0)];
-        let f = file(vec![r, s]);
-        let text = serde_json::to_string(&f).unwrap();
-        let back: BenchFile = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.rows[1].other_baselines[0].name, "cublaslt-fp8-rowwise");
-        assert_eq!(
-            baseline_names(&back.rows),
-            vec![
-                "cublaslt-fp8-rowwise (block NOT_SUPPORTED)",
-                "cublaslt-fp8-block128"
-            ]
-        );
-        print_bench(&back);
-        // A gemm_bf16 row serialises as before (no empty list), and a file without the field
-        // reads back.
-        let old = serde_json::to_value(file(vec![row(1, 10.0)])).unwrap();
-        assert!(old["rows"][0].get("other_baselines").is_none());
-        let back: BenchFile = serde_json::from_value(old).unwrap();
-        assert!(back.rows[0].other_baselines.is_empty());
-    }
-
-    #[test]
-    fn thresholds_parse() {
-        assert_eq!(parse_threshold("5%").unwrap(), 0.05);
-        assert_eq!(parse_threshold("0.05").unwrap(), 0.05);
-        assert_eq!(parse_threshold("5").unwrap(), 0.05);
-        assert!(parse_threshold("x").is_err());
-    }
-}
+mod tests;

@@ -87,10 +87,16 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Time every tuned kernel against its baseline, side by side; optionally
-    /// compare with an earlier run and fail on a regression.
+    /// Time a family's kernels against their baselines, side by side; optionally compare with
+    /// an earlier run and fail on a regression.
+    ///
+    /// gemm_bf16 / gemm_fp8: every problem of the tuned artifact against cuBLAS / cuBLASLt in
+    /// the same process. mfa_decode: every problem of its tuned artifact, KV TB/s and % of the
+    /// copy ceiling. mlp_jet / mlp_jet_backward: the PINN target nets with the family's
+    /// default config (no tuned artifact). The last three take their baselines from a Python
+    /// peer's JSON (--peers); without it their rows have baseline "none".
     Bench {
-        /// gemm_bf16 (the default) or gemm_fp8.
+        /// gemm_bf16 (the default), gemm_fp8, mfa_decode, mlp_jet or mlp_jet_backward.
         #[arg(long)]
         family: Option<String>,
         #[arg(long, default_value = "tuned")]
@@ -110,9 +116,19 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         reps: usize,
         /// Also time back-to-back launches over inputs rotated past 3x L2
-        /// (steady state of a decode step), kiln and baseline.
+        /// (steady state of a decode step), kiln and baseline (gemm_bf16, gemm_fp8).
         #[arg(long)]
         steady: bool,
+        /// Baselines from a Python peer's JSON, written earlier in the same GPU call:
+        /// benches/peers/pinn_torch.py (mlp_jet, mlp_jet_backward) or benches/peers/mfa_sdpa.py
+        /// (mfa_decode). Its fastest variant per problem is the baseline, the others are kept.
+        /// With --from, fills the recorded rows' baselines.
+        #[arg(long)]
+        peers: Option<PathBuf>,
+        /// mlp_jet, mlp_jet_backward: also time every legal config and report the fastest
+        /// beside the default.
+        #[arg(long, conflicts_with = "from")]
+        candidates: bool,
     },
     /// Write cubins + manifest.json for every tuned kernel (NVRTC needed, no GPU).
     Export {
@@ -165,9 +181,20 @@ fn main() -> ExitCode {
             from,
             reps,
             steady,
-        } => cmd_bench::bench(
-            family, tuned_dir, json, compare, threshold, from, reps, steady,
-        ),
+            peers,
+            candidates,
+        } => cmd_bench::bench(cmd_bench::BenchArgs {
+            family,
+            tuned_dir,
+            json,
+            compare,
+            threshold,
+            from,
+            reps,
+            steady,
+            peers,
+            candidates,
+        }),
         Command::Export {
             dir,
             tuned_dir,

@@ -109,6 +109,9 @@ fn tuning_gemm_fp8_without_a_gpu_is_a_typed_error() {
         &["tune", "--preset", "step3-fp8"][..],
         &["tune", "--family", "mfa_decode", "--preset", "step3-mfa"][..],
         &["bench", "--family", "gemm_fp8"][..],
+        &["bench", "--family", "mfa_decode"][..],
+        &["bench", "--family", "mlp_jet", "--candidates"][..],
+        &["bench", "--family", "mlp_jet_backward"][..],
     ] {
         let out = kiln().args(args).output().unwrap();
         assert!(!out.status.success(), "{args:?}");
@@ -210,4 +213,155 @@ fn bench_gates_gemm_fp8_rows_without_a_gpu() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("REGRESSION gemm_fp8"));
+}
+
+/// A `kiln bench` of mlp_jet rows as `--json` writes them, without baselines.
+fn mlp_jet_rows(slow: f64) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = [(1, 64, 1u32 << 20, 2368.7), (2, 128, 1 << 18, 2624.6)]
+        .iter()
+        .map(|&(d, width, points, us)| {
+            let us = us * slow;
+            serde_json::json!({
+                "family": "mlp_jet",
+                "problem": {"d": d, "width": width, "depth": 4, "p": 1, "points": points,
+                            "streams": "value_grad_laplacian"},
+                "config": null, "kiln_us": us, "kiln_p20_us": us, "kiln_p80_us": us,
+                "baseline": "none", "baseline_us": null, "speedup": null,
+                "pct_of_roofline": null, "tflops": 33.0, "max_rel_err": null,
+            })
+        })
+        .collect();
+    serde_json::json!({"schema": 2, "device": {"name": "NVIDIA H200"}, "method": "test",
+                       "rows": rows})
+}
+
+/// `--peers` on recorded rows: the committed PyTorch autograd run fills each row's baseline
+/// with its faster variant (TF32 on for these two nets) and keeps the other; the regression
+/// gate works on mlp_jet rows as on the GEMM rows.
+#[test]
+fn bench_fills_mlp_jet_baselines_from_the_pinn_peer_and_gates_without_a_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rows, slow, out) = (
+        dir.path().join("rows.json"),
+        dir.path().join("slow.json"),
+        dir.path().join("out.json"),
+    );
+    std::fs::write(&rows, serde_json::to_vec(&mlp_jet_rows(1.0)).unwrap()).unwrap();
+    std::fs::write(&slow, serde_json::to_vec(&mlp_jet_rows(1.1)).unwrap()).unwrap();
+    let peers = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/benches/results/2026-11-29-pinn_torch.json"
+    );
+    let o = kiln()
+        .args(["bench", "--from"])
+        .arg(&rows)
+        .args(["--peers", peers, "--json"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("torch-autograd-tf32"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let r = &v["rows"][0];
+    assert_eq!(r["baseline"], "torch-autograd-tf32");
+    // pinn_torch.json's d=1 net: TF32 on 8180.77 us, off 9602.69 us.
+    let base = r["baseline_us"].as_f64().unwrap();
+    assert!((base - 8180.768).abs() < 0.01, "{r}");
+    assert!(
+        (r["speedup"].as_f64().unwrap() - base / 2368.7).abs() < 1e-9,
+        "{r}"
+    );
+    assert_eq!(r["other_baselines"][0]["name"], "torch-autograd-fp32");
+    assert_eq!(v["peers"]["script"], "benches/peers/pinn_torch.py");
+    // Gate: the filled file against itself passes, a 10% slower one fails.
+    let gate = |new: &std::path::Path| {
+        kiln()
+            .args(["bench", "--from"])
+            .arg(new)
+            .arg("--compare")
+            .arg(&out)
+            .args(["--threshold", "5%"])
+            .output()
+            .unwrap()
+    };
+    assert!(gate(&out).status.success());
+    let o = gate(&slow);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("REGRESSION mlp_jet"));
+}
+
+/// Bad `--peers` files and families without a driver fail with a message, before any GPU
+/// work (so also on this machine), and never with a panic.
+#[test]
+fn bench_refuses_bad_peers_and_families_without_a_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let sdpa = dir.path().join("sdpa.json");
+    std::fs::write(
+        &sdpa,
+        r#"{"rows": [{"batch": 1, "context": 1024, "heads": 64, "head_dim": 256,
+                      "kv_dtype": "bf16", "backend": "flash", "us": NaN}]}"#,
+    )
+    .unwrap();
+    let pinn = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/benches/results/2026-11-29-pinn_torch.json"
+    );
+    let missing = dir.path().join("missing.json");
+    let cases: [(Vec<&std::ffi::OsStr>, &str); 5] = [
+        (
+            vec![
+                "--family".as_ref(),
+                "mlp_jet".as_ref(),
+                "--peers".as_ref(),
+                sdpa.as_os_str(),
+            ],
+            "not the output of benches/peers/pinn_torch.py",
+        ),
+        (
+            vec![
+                "--family".as_ref(),
+                "mlp_jet".as_ref(),
+                "--peers".as_ref(),
+                missing.as_os_str(),
+            ],
+            "missing.json",
+        ),
+        // That file predates the training-step rows.
+        (
+            vec![
+                "--family".as_ref(),
+                "mlp_jet_backward".as_ref(),
+                "--peers".as_ref(),
+                pinn.as_ref(),
+            ],
+            "no timed row for any of the 3 mlp_jet_backward problem",
+        ),
+        (
+            vec![
+                "--family".as_ref(),
+                "gemm_fp8".as_ref(),
+                "--peers".as_ref(),
+                pinn.as_ref(),
+            ],
+            "gemm_fp8 has no Python peer",
+        ),
+        (
+            vec!["--family".as_ref(), "small_mlp".as_ref()],
+            "small_mlp has no `kiln bench` driver",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = kiln().arg("bench").args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(
+            err.contains(want) && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
 }

@@ -18,7 +18,8 @@
 //!   the family's estimate, 600 sampled points (first and last included) checked, every output
 //!   checked for NaN.
 //! * `mlp_jet_bench`: the target nets, every legal config, median of 20 launches with L2
-//!   flushed, TFLOP/s (products only, as `MlpJet::flops` counts them).
+//!   flushed, TFLOP/s (products only, as `MlpJet::flops` counts them). Inputs and timing are
+//!   `kiln_tuner::pinn::jet`, which `kiln bench --family mlp_jet` times with too.
 
 // `!(err <= tol)` on purpose: a NaN error must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
@@ -26,15 +27,16 @@
 use crate::common::{assert_no_failures, open, report, seed};
 
 use kiln_codegen::families::mlp_jet::{
-    self as fam, init_params, reference_points, reference_points_f32, Jets, MlpJet, MlpJetConfig,
-    MlpJetProblem, Streams,
+    self as fam, reference_points, reference_points_f32, Jets, MlpJet, MlpJetConfig, MlpJetProblem,
+    Streams,
 };
-use kiln_codegen::{CompileOptions, Compiler, Family};
-use kiln_runtime::launch::mlp_jet::{CudaSlice, MlpJetKernel, MlpJetOutputs};
+use kiln_codegen::{Compiler, Family};
+use kiln_runtime::launch::mlp_jet::MlpJetKernel;
 use kiln_runtime::measure::{Bench, MeasureOptions};
 use kiln_runtime::Device;
+use kiln_tuner::pinn::jet::{time_configs, JetBuffers, JetInputs};
+use kiln_tuner::pinn::{fastest, precompile};
 use rand::{Rng, SeedableRng};
-use rayon::prelude::*;
 use serde_json::{json, Value};
 
 /// Value and gradient: fp32 products accumulated in k order, tanhf.
@@ -45,11 +47,9 @@ const TOL_SECOND: f64 = 1e-4;
 /// tanh, tf32x3's 2^-21 per product) on nets where the fp32 floor exceeds the tolerance.
 const FLOOR_FACTOR: f64 = 8.0;
 
-/// Host inputs of one case.
+/// Host inputs of one case and the reference at its checked points.
 struct Case {
-    p: MlpJetProblem,
-    x: Vec<f32>,
-    params: Vec<f32>,
+    inputs: JetInputs,
     /// Points checked against the reference, and the reference there.
     checked: Vec<usize>,
     want: Jets,
@@ -61,11 +61,8 @@ struct Case {
 
 impl Case {
     fn new(rng: &mut impl Rng, p: MlpJetProblem, sample: Option<usize>) -> Case {
-        let mut uniform = || rng.random_range(-1.0f64..1.0);
-        let params = init_params(&p, 1.0, &mut uniform);
-        let x: Vec<f32> = (0..p.points as usize * p.d as usize)
-            .map(|_| uniform() as f32)
-            .collect();
+        let inputs = JetInputs::random(rng, p);
+        let (x, params) = (&inputs.x, &inputs.params);
         let n = p.points as usize;
         let checked: Vec<usize> = match sample {
             Some(m) if m < n => {
@@ -75,8 +72,8 @@ impl Case {
             }
             _ => (0..n).collect(),
         };
-        let want = reference_points(&p, &x, &params, &checked);
-        let f32_jets = reference_points_f32(&p, &x, &params, &checked);
+        let want = reference_points(&p, x, params, &checked);
+        let f32_jets = reference_points_f32(&p, x, params, &checked);
         let floor = [
             rel(&f32_jets.u, &want.u),
             rel(&f32_jets.grad, &want.grad),
@@ -85,9 +82,7 @@ impl Case {
         let tols = [TOL_FIRST, TOL_FIRST, TOL_SECOND];
         let bound = [0, 1, 2].map(|s| tols[s].max(FLOOR_FACTOR * floor[s]));
         Case {
-            p,
-            x,
-            params,
+            inputs,
             checked,
             want,
             bound,
@@ -118,7 +113,7 @@ fn rel(got: &[f64], want: &[f64]) -> f64 {
 /// Relative error of each stream (u, grad, second) at the checked points, and whether any
 /// output anywhere is not finite.
 fn compare(case: &Case, got: &[Vec<f32>; 3]) -> ([f64; 3], bool) {
-    let p = &case.p;
+    let p = &case.inputs.problem;
     let np = p.p as usize;
     let nt = p.streams.tangents(p.d) as usize;
     let ns = p.streams.seconds(p.d) as usize;
@@ -138,90 +133,21 @@ fn compare(case: &Case, got: &[Vec<f32>; 3]) -> ([f64; 3], bool) {
     (errs, bad)
 }
 
-/// Device buffers of one case.
-struct DevCase {
-    x: CudaSlice<f32>,
-    params: CudaSlice<f32>,
-    outs: Vec<CudaSlice<f32>>,
-}
-
-impl DevCase {
-    fn new(dev: &Device, c: &Case) -> DevCase {
-        let lens = c.p.output_lens();
-        DevCase {
-            x: dev.upload(&c.x, "x").unwrap(),
-            params: dev.upload(&c.params, "params").unwrap(),
-            outs: lens
-                .iter()
-                .map(|&l| dev.upload(&vec![f32::NAN; l.max(1)], "output").unwrap())
-                .collect(),
-        }
-    }
-
-    fn poison(&mut self, dev: &Device) {
-        for o in &mut self.outs {
-            let nan = vec![f32::NAN; o.len()];
-            dev.stream.memcpy_htod(&nan, o).unwrap();
-        }
-    }
-
-    fn launch(&mut self, dev: &Device, k: &MlpJetKernel, p: &MlpJetProblem) {
-        let [_, g, s] = p.output_lens();
-        let [u, grad, second] = &mut self.outs[..] else {
-            unreachable!("three outputs")
-        };
-        let mut out = MlpJetOutputs {
-            u,
-            grad: (g > 0).then_some(grad),
-            second: (s > 0).then_some(second),
-        };
-        k.launch(&dev.stream, p, &self.x, &self.params, &mut out)
-            .unwrap_or_else(|e| panic!("{:?} on {p:?}: {e}", k.config));
-    }
-
-    fn download(&self, dev: &Device, p: &MlpJetProblem) -> [Vec<f32>; 3] {
-        let lens = p.output_lens();
-        let mut out: [Vec<f32>; 3] = Default::default();
-        for i in 0..3 {
-            let mut v = dev
-                .download(&self.outs[i])
-                .unwrap_or_else(|e| panic!("{p:?}: {e}"));
-            v.truncate(lens[i]);
-            out[i] = v;
-        }
-        out
-    }
-}
-
-/// Compile every (problem, config) pair in parallel; later loads hit the compile cache.
-fn precompile(compiler: &Compiler, work: &[(MlpJetProblem, MlpJetConfig)]) {
-    let errors: Vec<String> = work
-        .par_iter()
-        .filter_map(|(p, c)| {
-            let src = kiln_codegen::render::render::<MlpJet>(p, c).unwrap();
-            compiler
-                .compile(&src, &CompileOptions::default())
-                .err()
-                .map(|e| format!("{}: {e}", MlpJet::entry(p, c)))
-        })
-        .collect();
-    assert!(errors.is_empty(), "{}", errors.join("\n"));
-}
-
 /// Launch `c` on `case` with outputs poisoned, compare; failures are pushed as JSON.
 fn validate(
     dev: &Device,
     compiler: &Compiler,
     case: &Case,
-    dc: &mut DevCase,
+    dc: &mut JetBuffers,
     c: &MlpJetConfig,
     failures: &mut Vec<Value>,
 ) -> [f64; 3] {
-    let p = &case.p;
+    let p = &case.inputs.problem;
     let k = MlpJetKernel::compile(dev, compiler, p, c).unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    dc.poison(dev);
-    dc.launch(dev, &k, p);
-    let got = dc.download(dev, p);
+    dc.poison(dev).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+    dc.launch(dev, &k, p)
+        .unwrap_or_else(|e| panic!("{c:?} on {p:?}: {e}"));
+    let got = dc.download(dev, p).unwrap_or_else(|e| panic!("{p:?}: {e}"));
     let (errs, bad) = compare(case, &got);
     if bad || (0..3).any(|s| !(errs[s] <= case.bound[s])) {
         failures.push(
@@ -284,21 +210,23 @@ fn mlp_jet_every_config_small() {
     let work: Vec<_> = cases
         .iter()
         .flat_map(|c| {
-            MlpJet::candidates(&c.p, &limits)
+            let p = c.inputs.problem;
+            MlpJet::candidates(&p, &limits)
                 .into_iter()
-                .map(move |cfg| (c.p, cfg))
+                .map(move |cfg| (p, cfg))
         })
         .collect();
-    precompile(&compiler, &work);
+    precompile::<MlpJet>(&compiler, &work).unwrap_or_else(|e| panic!("{e}"));
     let mut failures = Vec::new();
     let mut rows = Vec::new();
     let mut configs_seen = std::collections::HashSet::new();
     let mut all_worst = [0.0f64; 3];
     for case in &cases {
-        let mut dc = DevCase::new(&dev, case);
+        let p = case.inputs.problem;
+        let mut dc = JetBuffers::new(&dev, &case.inputs).unwrap_or_else(|e| panic!("{e}"));
         let mut w = [0.0f64; 3];
-        let candidates = MlpJet::candidates(&case.p, &limits);
-        assert!(!candidates.is_empty(), "{:?}", case.p);
+        let candidates = MlpJet::candidates(&p, &limits);
+        assert!(!candidates.is_empty(), "{p:?}");
         for c in &candidates {
             worst(
                 &mut w,
@@ -308,15 +236,14 @@ fn mlp_jet_every_config_small() {
         }
         worst(&mut all_worst, w);
         eprintln!(
-            "  {:?}: {} configs, worst rel err u {:.2e} grad {:.2e} second {:.2e}",
-            case.p,
+            "  {p:?}: {} configs, worst rel err u {:.2e} grad {:.2e} second {:.2e}",
             candidates.len(),
             w[0],
             w[1],
             w[2]
         );
         rows.push(
-            json!({"problem": case.p, "configs": candidates.len(), "worst_rel_err": w,
+            json!({"problem": p, "configs": candidates.len(), "worst_rel_err": w,
                          "fp32_floor": case.floor, "bound": case.bound}),
         );
     }
@@ -365,8 +292,8 @@ fn mlp_jet_targets() {
         let case = Case::new(&mut rng, p, Some(600));
         let configs = target_configs(&p, &dev, 4);
         let work: Vec<_> = configs.iter().map(|c| (p, *c)).collect();
-        precompile(&compiler, &work);
-        let mut dc = DevCase::new(&dev, &case);
+        precompile::<MlpJet>(&compiler, &work).unwrap_or_else(|e| panic!("{e}"));
+        let mut dc = JetBuffers::new(&dev, &case.inputs).unwrap_or_else(|e| panic!("{e}"));
         for c in &configs {
             let e = validate(&dev, &compiler, &case, &mut dc, c, &mut failures);
             eprintln!(
@@ -393,7 +320,6 @@ fn mlp_jet_bench() {
     let (dev, compiler) = open();
     let limits = dev.info.limits();
     let t0 = std::time::Instant::now();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let targets = fam::pinn_targets();
     let work: Vec<_> = targets
         .iter()
@@ -403,7 +329,7 @@ fn mlp_jet_bench() {
                 .map(move |c| (*p, c))
         })
         .collect();
-    precompile(&compiler, &work);
+    precompile::<MlpJet>(&compiler, &work).unwrap_or_else(|e| panic!("{e}"));
     let mut bench = Bench::new(&dev).unwrap();
     let opts = MeasureOptions {
         warmup: 3,
@@ -411,44 +337,26 @@ fn mlp_jet_bench() {
         flush_l2: true,
     };
     let mut rows = Vec::new();
-    for p in &targets {
+    for (i, p) in targets.iter().enumerate() {
         // Inputs only (no reference): the validation tests check these kernels.
-        let mut uniform = || rng.random_range(-1.0f64..1.0);
-        let params = init_params(p, 1.0, &mut uniform);
-        let x: Vec<f32> = (0..p.points as usize * p.d as usize)
-            .map(|_| uniform() as f32)
-            .collect();
-        let case = Case {
-            p: *p,
-            x,
-            params,
-            checked: Vec::new(),
-            want: Jets::default(),
-            bound: [0.0; 3],
-            floor: [0.0; 3],
-        };
-        let mut dc = DevCase::new(&dev, &case);
         let default = MlpJet::default_config(p);
-        let mut results = Vec::new();
-        for c in MlpJet::candidates(p, &limits) {
-            let k = MlpJetKernel::compile(&dev, &compiler, p, &c)
-                .unwrap_or_else(|e| panic!("{c:?}: {e}"));
-            let m = bench
-                .measure(&opts, || {
-                    dc.launch(&dev, &k, p);
-                    Ok(())
-                })
-                .unwrap_or_else(|e| panic!("{c:?} on {p:?}: {e}"));
-            results.push((c, m, MlpJet::estimate_us(p, &c, &limits)));
-        }
-        let (best_c, best_m, _) = results
+        let candidates = MlpJet::candidates(p, &limits);
+        let timed = time_configs(
+            &dev,
+            &compiler,
+            &mut bench,
+            p,
+            &candidates,
+            &opts,
+            7 + i as u64,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let best = fastest(&timed).expect("every target net has candidates");
+        let (best_c, best_m) = (&best.config, &best.measurement);
+        let default_us = timed
             .iter()
-            .min_by(|a, b| a.1.median_us.total_cmp(&b.1.median_us))
-            .unwrap();
-        let default_us = results
-            .iter()
-            .find(|r| r.0 == default)
-            .map(|r| r.1.median_us);
+            .find(|t| t.config == default)
+            .map(|t| t.measurement.median_us);
         let tflops = |us: f64| MlpJet::flops(p) / (us * 1e-6) / 1e12;
         eprintln!(
             "  d={} width={} depth={} p={} N={}: best {:.1} us ({:.1} TFLOP/s) {best_c:?}, default {:?} us",
@@ -465,8 +373,12 @@ fn mlp_jet_bench() {
             "problem": p,
             "best": {"config": best_c, "measurement": best_m, "tflops": tflops(best_m.median_us)},
             "default": {"config": default, "median_us": default_us},
-            "candidates": results.iter().map(|(c, m, est)| json!({"config": c, "median_us": m.median_us,
-                "p20_us": m.p20_us, "p80_us": m.p80_us, "estimate_us": est, "tflops": tflops(m.median_us)})).collect::<Vec<_>>(),
+            "candidates": timed.iter().map(|t| {
+                let m = &t.measurement;
+                json!({"config": t.config, "median_us": m.median_us, "p20_us": m.p20_us,
+                       "p80_us": m.p80_us, "estimate_us": MlpJet::estimate_us(p, &t.config, &limits),
+                       "tflops": tflops(m.median_us)})
+            }).collect::<Vec<_>>(),
         }));
     }
     report(

@@ -16,24 +16,25 @@
 //!   launches bitwise equal (the reduction is ordered).
 //! * `mlp_jet_backward_bench`: one training step's gradient (forward jets, residual loss,
 //!   backward, reduction: both launches) on the target nets, every candidate config, median
-//!   of 20 with L2 flushed; compare with `pinn_torch.py`'s train rows.
+//!   of 20 with L2 flushed; compare with `pinn_torch.py`'s train rows. Inputs and timing are
+//!   `kiln_tuner::pinn::backward`, which `kiln bench --family mlp_jet_backward` times with too.
 
 // `!(err <= tol)` on purpose: a NaN error must fail.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 use crate::common::{assert_no_failures, open, report, seed};
 
-use kiln_codegen::families::mlp_jet::{init_params, layer_offsets};
-use kiln_codegen::families::mlp_jet_backward::reference::{loss_and_grads, Head, LossGrads};
+use kiln_codegen::families::mlp_jet::layer_offsets;
+use kiln_codegen::families::mlp_jet_backward::reference::{loss_and_grads, LossGrads};
 use kiln_codegen::families::mlp_jet_backward::{
     self as fam, Loss, MlpJetBackward, MlpJetBackwardConfig, MlpJetBackwardProblem,
 };
-use kiln_codegen::{CompileOptions, Compiler, Family};
-use kiln_runtime::launch::mlp_jet_backward::{
-    CudaSlice, HeadInputs, MlpJetBackwardKernel, MlpJetBackwardOutputs,
-};
+use kiln_codegen::{Compiler, Family};
+use kiln_runtime::launch::mlp_jet_backward::MlpJetBackwardKernel;
 use kiln_runtime::measure::{Bench, MeasureOptions};
 use kiln_runtime::Device;
+use kiln_tuner::pinn::backward::{time_configs, TrainBuffers, TrainInputs};
+use kiln_tuner::pinn::{fastest, precompile};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde_json::{json, Value};
@@ -41,17 +42,9 @@ use serde_json::{json, Value};
 /// Gradients and loss (built on the Laplacian).
 const TOL: f64 = 1e-4;
 
-/// Host inputs of one case. `a, b, c`: `f, target, weight` (residual) or `cot_u, cot_grad,
-/// cot_lap` (cotangents).
+/// Host inputs of one case and, when checked, the reference's loss and gradient.
 struct Case {
-    p: MlpJetBackwardProblem,
-    /// Residual: the data term is present. Cotangents: the gradient cotangent is (else None).
-    full: bool,
-    x: Vec<f32>,
-    params: Vec<f32>,
-    a: Vec<f32>,
-    b: Vec<f32>,
-    c: Vec<f32>,
+    inputs: TrainInputs,
     want: LossGrads,
 }
 
@@ -63,52 +56,19 @@ impl Case {
         gain: f64,
         check: bool,
     ) -> Case {
-        let mut uniform = || rng.random_range(-1.0f64..1.0);
-        let params = init_params(&p.jet_problem(), gain, &mut uniform);
-        let (n, d, np) = (p.points as usize, p.d as usize, p.p as usize);
-        let mut draw = |len: usize| -> Vec<f32> { (0..len).map(|_| uniform() as f32).collect() };
-        let x = draw(n * d);
-        let (a, b, c) = match p.loss {
-            Loss::LaplacianResidual => {
-                let (f, g) = (draw(n), draw(n));
-                (f, g, draw(n).iter().map(|w| w.abs()).collect())
-            }
-            Loss::Cotangents => (draw(n * np), draw(n * d * np), draw(n * np)),
+        let inputs = TrainInputs::random(rng, p, full, gain);
+        let want = if check {
+            reference(&inputs)
+        } else {
+            LossGrads::default()
         };
-        let mut case = Case {
-            p,
-            full,
-            x,
-            params,
-            a,
-            b,
-            c,
-            want: LossGrads::default(),
-        };
-        if check {
-            case.want = reference(&case);
-        }
-        case
-    }
-
-    fn head(&self) -> Head<'_> {
-        match self.p.loss {
-            Loss::LaplacianResidual => Head::Residual {
-                f: &self.a,
-                data: self.full.then_some((&self.b[..], &self.c[..])),
-            },
-            Loss::Cotangents => Head::Cotangents {
-                u: &self.a,
-                grad: if self.full { &self.b } else { &[] },
-                lap: &self.c,
-            },
-        }
+        Case { inputs, want }
     }
 }
 
 /// The f64 reference over every point, chunks in parallel, summed in chunk order.
-fn reference(case: &Case) -> LossGrads {
-    let n = case.p.points as usize;
+fn reference(case: &TrainInputs) -> LossGrads {
+    let n = case.problem.points as usize;
     let chunks: Vec<Vec<usize>> = (0..n)
         .collect::<Vec<_>>()
         .chunks(16)
@@ -117,7 +77,7 @@ fn reference(case: &Case) -> LossGrads {
     let head = case.head();
     let parts: Vec<LossGrads> = chunks
         .par_iter()
-        .map(|w| loss_and_grads(&case.p, &case.x, &case.params, &head, w))
+        .map(|w| loss_and_grads(&case.problem, &case.x, &case.params, &head, w))
         .collect();
     let mut out = LossGrads {
         loss: 0.0,
@@ -149,7 +109,7 @@ fn rel(got: &[f32], want: &[f64]) -> f64 {
 
 /// Relative error of each tensor (W_0, b_0, W_1, ...) and of the loss (residual head).
 fn compare(case: &Case, grads: &[f32], loss: f32) -> (Vec<f64>, f64) {
-    let p = &case.p;
+    let p = &case.inputs.problem;
     let offsets = layer_offsets(p.d, p.width, p.depth, p.p);
     let mut errs = Vec::new();
     for (l, &(w_at, b_at)) in offsets.iter().enumerate() {
@@ -165,117 +125,31 @@ fn compare(case: &Case, grads: &[f32], loss: f32) -> (Vec<f64>, f64) {
     (errs, loss_err)
 }
 
-/// Device buffers of one case.
-struct DevCase {
-    x: CudaSlice<f32>,
-    params: CudaSlice<f32>,
-    a: CudaSlice<f32>,
-    b: CudaSlice<f32>,
-    c: CudaSlice<f32>,
-    grads: CudaSlice<f32>,
-    loss: CudaSlice<f32>,
-}
-
-impl DevCase {
-    fn new(dev: &Device, c: &Case) -> DevCase {
-        let up = |v: &[f32], what| dev.upload(v, what).unwrap();
-        DevCase {
-            x: up(&c.x, "x"),
-            params: up(&c.params, "params"),
-            a: up(&c.a, "head a"),
-            b: up(&c.b, "head b"),
-            c: up(&c.c, "head c"),
-            grads: up(&vec![f32::NAN; c.params.len()], "grads"),
-            loss: up(&[f32::NAN], "loss"),
-        }
-    }
-
-    fn poison(&mut self, dev: &Device, partial: &mut CudaSlice<f32>) {
-        for buf in [&mut self.grads, &mut self.loss, &mut *partial] {
-            let nan = vec![f32::NAN; buf.len()];
-            dev.stream.memcpy_htod(&nan, buf).unwrap();
-        }
-    }
-
-    fn launch(
-        &mut self,
-        dev: &Device,
-        k: &MlpJetBackwardKernel,
-        case: &Case,
-        partial: &mut CudaSlice<f32>,
-    ) {
-        let head = match case.p.loss {
-            Loss::LaplacianResidual => HeadInputs::Residual {
-                f: &self.a,
-                data: case.full.then_some((&self.b, &self.c)),
-            },
-            Loss::Cotangents => HeadInputs::Cotangents {
-                u: Some(&self.a),
-                grad: case.full.then_some(&self.b),
-                lap: Some(&self.c),
-            },
-        };
-        let mut out = MlpJetBackwardOutputs {
-            grads: &mut self.grads,
-            loss: (case.p.loss == Loss::LaplacianResidual).then_some(&mut self.loss),
-        };
-        k.launch(
-            &dev.stream,
-            &case.p,
-            &self.x,
-            &self.params,
-            &head,
-            partial,
-            &mut out,
-        )
-        .unwrap_or_else(|e| panic!("{:?} on {:?}: {e}", k.config, case.p));
-    }
-
-    fn download(&self, dev: &Device) -> (Vec<f32>, f32) {
-        let g = dev.download(&self.grads).unwrap();
-        let l = dev.download(&self.loss).unwrap()[0];
-        (g, l)
-    }
-}
-
-/// Compile every (problem, config) pair in parallel; later loads hit the compile cache.
-fn precompile(compiler: &Compiler, work: &[(MlpJetBackwardProblem, MlpJetBackwardConfig)]) {
-    let errors: Vec<String> = work
-        .par_iter()
-        .filter_map(|(p, c)| {
-            let src = kiln_codegen::render::render::<MlpJetBackward>(p, c).unwrap();
-            compiler
-                .compile(&src, &CompileOptions::default())
-                .err()
-                .map(|e| format!("{}: {e}", MlpJetBackward::entry(p, c)))
-        })
-        .collect();
-    assert!(errors.is_empty(), "{}", errors.join("\n"));
-}
-
 /// Launch `c` on `case` with every output poisoned, compare; a failure is pushed as JSON.
 /// Returns the worst tensor error and the loss error.
 fn validate(
     dev: &Device,
     compiler: &Compiler,
     case: &Case,
-    dc: &mut DevCase,
+    dc: &mut TrainBuffers,
     c: &MlpJetBackwardConfig,
     failures: &mut Vec<Value>,
 ) -> (f64, f64) {
-    let k = MlpJetBackwardKernel::compile(dev, compiler, &case.p, c)
-        .unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    let mut partial = k.workspace(dev, &case.p).unwrap();
-    dc.poison(dev, &mut partial);
-    dc.launch(dev, &k, case, &mut partial);
-    let (grads, loss) = dc.download(dev);
+    let p = &case.inputs.problem;
+    let k =
+        MlpJetBackwardKernel::compile(dev, compiler, p, c).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    let mut partial = k.workspace(dev, p).unwrap();
+    dc.poison(dev, &mut partial).unwrap();
+    dc.launch(dev, &k, &case.inputs, &mut partial)
+        .unwrap_or_else(|e| panic!("{c:?} on {p:?}: {e}"));
+    let (grads, loss) = dc.download(dev).unwrap();
     let (errs, loss_err) = compare(case, &grads, loss);
     let worst = errs.iter().fold(
         0f64,
         |m, &e| if e.is_nan() { f64::INFINITY } else { m.max(e) },
     );
     if !(worst <= TOL) || !(loss_err <= TOL) {
-        failures.push(json!({"problem": case.p, "full_head": case.full, "config": c,
+        failures.push(json!({"problem": p, "full_head": case.inputs.full, "config": c,
             "tensor_rel_err": errs, "loss_rel_err": loss_err, "loss": loss, "want_loss": case.want.loss}));
     }
     (worst, loss_err)
@@ -328,19 +202,21 @@ fn mlp_jet_backward_every_config_small() {
     let work: Vec<_> = cases
         .iter()
         .flat_map(|c| {
-            MlpJetBackward::candidates(&c.p, &limits)
+            let p = c.inputs.problem;
+            MlpJetBackward::candidates(&p, &limits)
                 .into_iter()
-                .map(move |cfg| (c.p, cfg))
+                .map(move |cfg| (p, cfg))
         })
         .collect();
-    precompile(&compiler, &work);
+    precompile::<MlpJetBackward>(&compiler, &work).unwrap_or_else(|e| panic!("{e}"));
     let (mut failures, mut rows) = (Vec::new(), Vec::new());
     let mut seen = std::collections::HashSet::new();
     let mut all_worst = (0f64, 0f64);
     for case in &cases {
-        let mut dc = DevCase::new(&dev, case);
-        let candidates = MlpJetBackward::candidates(&case.p, &limits);
-        assert!(!candidates.is_empty(), "{:?}", case.p);
+        let (p, full) = (case.inputs.problem, case.inputs.full);
+        let mut dc = TrainBuffers::new(&dev, &case.inputs).unwrap_or_else(|e| panic!("{e}"));
+        let candidates = MlpJetBackward::candidates(&p, &limits);
+        assert!(!candidates.is_empty(), "{p:?}");
         let mut w = (0f64, 0f64);
         for c in &candidates {
             let (g, l) = validate(&dev, &compiler, case, &mut dc, c, &mut failures);
@@ -349,15 +225,13 @@ fn mlp_jet_backward_every_config_small() {
         }
         all_worst = (all_worst.0.max(w.0), all_worst.1.max(w.1));
         eprintln!(
-            "  {:?} full head {}: {} configs, worst rel err grads {:.2e} loss {:.2e}",
-            case.p,
-            case.full,
+            "  {p:?} full head {full}: {} configs, worst rel err grads {:.2e} loss {:.2e}",
             candidates.len(),
             w.0,
             w.1
         );
         rows.push(
-            json!({"problem": case.p, "full_head": case.full, "configs": candidates.len(),
+            json!({"problem": p, "full_head": full, "configs": candidates.len(),
             "worst_grad_rel_err": w.0, "worst_loss_rel_err": w.1}),
         );
     }
@@ -392,11 +266,12 @@ fn mlp_jet_backward_targets() {
         let p = MlpJetBackwardProblem { points, ..full_p };
         let case = Case::new(&mut rng, p, t != 1, 1.0, true);
         let configs = MlpJetBackward::candidates(&p, &limits);
-        precompile(
+        precompile::<MlpJetBackward>(
             &compiler,
             &configs.iter().map(|c| (p, *c)).collect::<Vec<_>>(),
-        );
-        let mut dc = DevCase::new(&dev, &case);
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut dc = TrainBuffers::new(&dev, &case.inputs).unwrap_or_else(|e| panic!("{e}"));
         for c in &configs {
             let (g, l) = validate(&dev, &compiler, &case, &mut dc, c, &mut failures);
             eprintln!("  {p:?} {c:?}: rel err grads {g:.2e} loss {l:.2e}");
@@ -410,13 +285,14 @@ fn mlp_jet_backward_targets() {
         let case = Case::new(&mut rng, p, true, 1.0, false);
         let c = MlpJetBackward::default_config(&p);
         let k = MlpJetBackwardKernel::compile(&dev, &compiler, &p, &c).unwrap();
-        let mut dc = DevCase::new(&dev, &case);
+        let mut dc = TrainBuffers::new(&dev, &case.inputs).unwrap_or_else(|e| panic!("{e}"));
         let mut partial = k.workspace(&dev, &p).unwrap();
         let mut runs = Vec::new();
         for _ in 0..2 {
-            dc.poison(&dev, &mut partial);
-            dc.launch(&dev, &k, &case, &mut partial);
-            runs.push(dc.download(&dev));
+            dc.poison(&dev, &mut partial).unwrap();
+            dc.launch(&dev, &k, &case.inputs, &mut partial)
+                .unwrap_or_else(|e| panic!("{c:?} on {p:?}: {e}"));
+            runs.push(dc.download(&dev).unwrap());
         }
         let finite = runs[0].0.iter().all(|v| v.is_finite()) && runs[0].1.is_finite();
         let same = runs[0]
@@ -448,7 +324,6 @@ fn mlp_jet_backward_bench() {
     let (dev, compiler) = open();
     let limits = dev.info.limits();
     let t0 = std::time::Instant::now();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let targets = fam::pinn_targets();
     let work: Vec<_> = targets
         .iter()
@@ -458,7 +333,7 @@ fn mlp_jet_backward_bench() {
                 .map(move |c| (*p, c))
         })
         .collect();
-    precompile(&compiler, &work);
+    precompile::<MlpJetBackward>(&compiler, &work).unwrap_or_else(|e| panic!("{e}"));
     let mut bench = Bench::new(&dev).unwrap();
     let opts = MeasureOptions {
         warmup: 3,
@@ -466,32 +341,26 @@ fn mlp_jet_backward_bench() {
         flush_l2: true,
     };
     let mut rows = Vec::new();
-    for p in &targets {
+    for (i, p) in targets.iter().enumerate() {
         // Inputs only (no reference): the validation tests check these kernels.
-        let case = Case::new(&mut rng, *p, false, 1.0, false);
-        let mut dc = DevCase::new(&dev, &case);
         let default = MlpJetBackward::default_config(p);
-        let mut results = Vec::new();
-        for c in MlpJetBackward::candidates(p, &limits) {
-            let k = MlpJetBackwardKernel::compile(&dev, &compiler, p, &c)
-                .unwrap_or_else(|e| panic!("{c:?}: {e}"));
-            let mut partial = k.workspace(&dev, p).unwrap();
-            let m = bench
-                .measure(&opts, || {
-                    dc.launch(&dev, &k, &case, &mut partial);
-                    Ok(())
-                })
-                .unwrap_or_else(|e| panic!("{c:?} on {p:?}: {e}"));
-            results.push((c, m, MlpJetBackward::estimate_us(p, &c, &limits)));
-        }
-        let (best_c, best_m, _) = results
+        let candidates = MlpJetBackward::candidates(p, &limits);
+        let timed = time_configs(
+            &dev,
+            &compiler,
+            &mut bench,
+            p,
+            &candidates,
+            &opts,
+            7 + i as u64,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let best = fastest(&timed).expect("every target net has candidates");
+        let (best_c, best_m) = (&best.config, &best.measurement);
+        let default_us = timed
             .iter()
-            .min_by(|a, b| a.1.median_us.total_cmp(&b.1.median_us))
-            .unwrap();
-        let default_us = results
-            .iter()
-            .find(|r| r.0 == default)
-            .map(|r| r.1.median_us);
+            .find(|t| t.config == default)
+            .map(|t| t.measurement.median_us);
         let tflops = |us: f64| MlpJetBackward::flops(p) / (us * 1e-6) / 1e12;
         eprintln!(
             "  d={} width={} depth={} N={}: best {:.1} us ({:.1} TFLOP/s) {best_c:?}, default {:?} us",
@@ -507,8 +376,12 @@ fn mlp_jet_backward_bench() {
             "problem": p,
             "best": {"config": best_c, "measurement": best_m, "tflops": tflops(best_m.median_us)},
             "default": {"config": default, "median_us": default_us},
-            "candidates": results.iter().map(|(c, m, est)| json!({"config": c, "median_us": m.median_us,
-                "p20_us": m.p20_us, "p80_us": m.p80_us, "estimate_us": est, "tflops": tflops(m.median_us)})).collect::<Vec<_>>(),
+            "candidates": timed.iter().map(|t| {
+                let m = &t.measurement;
+                json!({"config": t.config, "median_us": m.median_us, "p20_us": m.p20_us,
+                       "p80_us": m.p80_us, "estimate_us": MlpJetBackward::estimate_us(p, &t.config, &limits),
+                       "tflops": tflops(m.median_us)})
+            }).collect::<Vec<_>>(),
         }));
     }
     report(
