@@ -10,8 +10,9 @@ Two scalings per shape:
   falls back to row-wise scales and says so ("fallback": "rowwise", with the error).
 * "rowwise": scale_a [M, 1] and scale_b [1, N] fp32, for reference on every shape.
 
-Each (shape, scaling): median of 50 CUDA-event-timed calls after 5 warm-up calls, with a 2x-L2
-memset before each call so the weight comes from HBM. Weight bandwidth = N * K bytes / time.
+Each (shape, scaling): median of 50 CUDA-event-timed calls after 5 warm-up calls, with the L2
+flushed (timing.py: a read of a 2x-L2 buffer) before each call so the weight comes from HBM.
+Weight bandwidth = N * K bytes / time.
 
 The FFN shapes (M in 512, 2048, 4096) report TFLOP/s = 2 M N K / time as well.
 
@@ -113,7 +114,7 @@ def main():
     result = {
         "what": "torch._scaled_mm baseline for gemm_fp8 (e4m3 a [M,K], b [N,K], bf16 out): "
                 "block scales (1x128 activations, 128x128 weights) and row-wise scales",
-        "how": "median of 50 CUDA-event-timed calls, 5 warm-up, 2x L2 memset before each call; "
+        "how": "median of 50 CUDA-event-timed calls, 5 warm-up, L2 flushed by a read of a 2x-L2 buffer and a ~50 us spin kernel before each call (timing.py); "
                "weight_tb_s = N*K bytes / time",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

@@ -5,7 +5,8 @@ it: q as [B, 1 head, 64 rows, 256], k and v [B, 1, L, 256], BF16, non-causal.
 
 Backends: FlashAttention-2 (SDPBackend.FLASH_ATTENTION), cuDNN (SDPBackend.CUDNN_ATTENTION)
 and, for reference, the memory-efficient kernel. Each (shape, backend): median of 20
-CUDA-event-timed calls after 3 warm-up calls, with a 2x-L2 memset before each call so K and V
+CUDA-event-timed calls after 3 warm-up calls, with the L2 flushed before each call
+(timing.py: a read of a 2x-L2 buffer) so K and V
 come from HBM. Effective bandwidth = K + V bytes / time.
 
 Usage: mfa_sdpa.py OUT.json [--quick]   (--quick: only B=1 L=4K and B=128 L=4K)
@@ -64,7 +65,7 @@ def main():
         torch.cuda.empty_cache()
     result = {
         "what": "torch SDPA baseline for mfa_decode (q [B,1,64,256], k/v [B,1,L,256] bf16, scale 1/16)",
-        "how": "median of 20 CUDA-event-timed calls, 3 warm-up, 2x L2 memset before each call",
+        "how": "median of 20 CUDA-event-timed calls, 3 warm-up, L2 flushed by a read of a 2x-L2 buffer and a ~50 us spin kernel before each call (timing.py)",
         "torch": torch.__version__,
         "cudnn": torch.backends.cudnn.version(),
         "device": torch.cuda.get_device_name(),

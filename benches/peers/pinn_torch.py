@@ -9,7 +9,8 @@ physics-informed loss computes them:
 fp32 weights and inputs (Xavier-uniform weights, biases U(-0.1, 0.1), x U(-1, 1): the same
 initialisation as kiln's GPU tests), run twice: TF32 off (fp32 matmuls, what kiln's fma path
 matches) and TF32 on (torch.backends.cuda.matmul.allow_tf32). Each: median of 20
-CUDA-event-timed calls after 3 warm-up calls, a 2x-L2 memset before each call. Accuracy of
+CUDA-event-timed calls after 3 warm-up calls, the L2 flushed before each call (timing.py: a
+read of a 2x-L2 buffer). Accuracy of
 each mode against the same computation in float64 on the first 1024 points is reported as
 max |err| / max |ref| per stream.
 
@@ -145,7 +146,7 @@ def main():
         "what": "PyTorch autograd baseline for mlp_jet: u, grad u (autograd.grad, create_graph), "
                 "Laplacian (one more autograd pass per input dim), fp32, TF32 off and on; train rows "
                 "(mlp_jet_backward): the same jets with create_graph, mean (-Lap u - f)^2, loss.backward()",
-        "how": "median of 20 CUDA-event-timed calls, 3 warm-up, 2x L2 memset before each call; "
+        "how": "median of 20 CUDA-event-timed calls, 3 warm-up, L2 flushed by a read of a 2x-L2 buffer and a ~50 us spin kernel before each call (timing.py); "
                "rel_err_vs_f64 = max |err| / max |ref| on the first 1024 points vs the same autograd in float64 "
                "(train rows: the loss, and the worst parameter tensor's gradient)",
         "torch": torch.__version__,
