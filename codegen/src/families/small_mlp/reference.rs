@@ -217,6 +217,27 @@ pub fn forward<T: Copy + Into<f64>>(net: &Net, x: &[T]) -> (Vec<f64>, Vec<f64>) 
     (y, stash)
 }
 
+/// Per output of the forward pass, the size of the terms summed into it:
+/// `sum_j |W_depth[o, j] a_{depth-1}[j]| + |b_depth[o]|`, `[B, d_out]`. The rounding error of
+/// an fp32 evaluation is proportional to this, not to the output itself, which cancellation can
+/// make arbitrarily small (one output of one row has nothing else to set the scale).
+pub fn output_term_sizes<T: Copy + Into<f64>>(net: &Net, x: &[T]) -> Vec<f64> {
+    let l = net.depth;
+    let (fi, fo) = net.dims(l);
+    let (w, b) = net.offsets()[l];
+    let mut out = Vec::new();
+    for xr in rows_of(x, net.d_in) {
+        let t = net.trace(&xr);
+        let a = &t.inputs[l];
+        for o in 0..fo {
+            let row = &net.params[w + o * fi..w + (o + 1) * fi];
+            let terms: f64 = row.iter().zip(a).map(|(p, v)| (p * v).abs()).sum();
+            out.push(terms + net.params[b + o].abs());
+        }
+    }
+    out
+}
+
 /// The hidden pre-activations `z_l`, `l < depth`, `[depth, B, width]` (to keep test inputs
 /// off the kinks of a (leaky) ReLU).
 pub fn hidden_preactivations<T: Copy + Into<f64>>(net: &Net, x: &[T]) -> Vec<f64> {

@@ -320,3 +320,34 @@ fn forward_stash_and_penalty_are_consistent() {
         / 3.0;
     assert!((p - want).abs() < 1e-15);
 }
+
+#[test]
+fn output_term_sizes_bound_the_output_and_count_every_term() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    for act in ACTS {
+        let (net, _) = random_net(&mut rng, [3, 5, 2, 2], act);
+        let x = random(&mut rng, 4 * 3);
+        let (y, _) = reference::forward(&net, &x);
+        let sizes = reference::output_term_sizes(&net, &x);
+        assert_eq!(sizes.len(), y.len());
+        for (s, v) in sizes.iter().zip(&y) {
+            assert!(*s >= v.abs() - 1e-12, "{s} < |{v}|");
+        }
+    }
+    // With the last layer's weights negated every output flips sign; the sizes do not change.
+    let (mut net, _) = random_net(&mut rng, [3, 5, 1, 1], Activation::Tanh);
+    let x = random(&mut rng, 2 * 3);
+    let before = reference::output_term_sizes(&net, &x);
+    let (y0, _) = reference::forward(&net, &x);
+    let last = net.params.len() - (5 + 1);
+    for p in &mut net.params[last..] {
+        *p = -*p;
+    }
+    let (y1, _) = reference::forward(&net, &x);
+    let after = reference::output_term_sizes(&net, &x);
+    for i in 0..y0.len() {
+        assert!((y0[i] + y1[i]).abs() < 1e-12);
+        assert!((before[i] - after[i]).abs() < 1e-12);
+        assert!(before[i] > 0.0);
+    }
+}
