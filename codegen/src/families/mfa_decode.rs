@@ -729,13 +729,14 @@ impl Family for MfaDecode {
         let mem = chunk * bpt / rate;
         // Tensor work at the SM's share; fp8 widens every K and V element in registers (run 3:
         // FP8 B=128 L=4K ran at ~235 TFLOP/s, compute-bound, so ~1.8x), or with wgmma once per
-        // CTA into shared memory (~1.2x assumed until measured); 4 warps of mma.sync issue
-        // less densely than 8 (a wgmma warp group is issued as one).
+        // CTA into shared memory behind one more barrier per tile (run 27: the 64-token FP8
+        // wgmma kernels ran ~10% slower than the mma.sync ones at B=128 L=4K, so ~2x); 4 warps
+        // of mma.sync issue less densely than 8 (a wgmma warp group is issued as one).
         let flops_token = 4.0 * HEADS as f64 * HEAD_DIM as f64;
         let widen = match (p.kv_dtype.is_fp8(), c.wgmma) {
             (false, _) => 1.0,
             (true, false) => 1.8,
-            (true, true) => 1.2,
+            (true, true) => 2.0,
         };
         let density = if c.warps == 8 || c.wgmma { 1.0 } else { 0.85 };
         let cta_flops = MMA_FLOPS / sms * density / sharing;
