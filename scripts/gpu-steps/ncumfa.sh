@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Nsight Compute profiles of mfa_decode at B=128 L=4K (BF16 and FP8 defaults, and BF16 with
-# 64-token tiles over 3 stages): the third launch of mfa_decode_one_shape, counters read with
-# the clocks left alone. Text reports land in $OUT/ncu_*.txt.
+# Nsight Compute profiles of mfa_decode at B=128 L=4K (BF16 and FP8 defaults, BF16 64-token
+# tiles over 3 stages on mma.sync, FP8 64-token tiles on wgmma): the third launch of
+# mfa_decode_one_shape, counters read with the clocks left alone. Text reports land in
+# $OUT/ncu_*.txt.
 set -uo pipefail
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
 [ -n "$NCU" ] || { echo "ncu not found"; exit 1; }
@@ -10,9 +11,10 @@ prof() {
   env "$@" "$NCU" --clock-control none --set full -k regex:kiln_mfa --launch-skip 2 --launch-count 1 \
     ./gpu-tests --ignored --exact mfa::mfa_decode_one_shape >"$OUT/ncu_$name.txt" 2>&1
   echo "ncu $name: exit $?"
-  grep -E "Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible" "$OUT/ncu_$name.txt" | head -20
+  grep -E "Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|Shared Memory|ALU|Tensor|Stall|Barrier" "$OUT/ncu_$name.txt" | head -20
 }
 prof bf16_default KILN_MFA_SHAPE=128,4096,bf16
 prof bf16_t64s3w4 KILN_MFA_SHAPE=128,4096,bf16 KILN_MFA_CONFIG=64,3,4,4096
 prof fp8_default KILN_MFA_SHAPE=128,4096,fp8
+prof fp8_wgmma_t64s2w8 KILN_MFA_SHAPE=128,4096,fp8 KILN_MFA_CONFIG=64,2,8,4096,1
 exit 0
