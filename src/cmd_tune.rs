@@ -97,6 +97,7 @@ pub fn tune(
     tuned_dir: PathBuf,
     json: Option<PathBuf>,
     seed: Option<u64>,
+    shortlist: Option<usize>,
 ) -> CliResult {
     let (fam, list) = load_problems(
         family.as_deref().unwrap_or("gemm_bf16"),
@@ -139,7 +140,14 @@ pub fn tune(
         force,
         budget,
         tuned_root: tuned_dir,
-        search: Default::default(),
+        search: {
+            let mut search = kiln_tuner::search::SearchOptions::default();
+            if let Some(n) = shortlist {
+                search.shortlist = n;
+                search.exhaustive_max = search.exhaustive_max.max(n);
+            }
+            search
+        },
         baseline_reps: 40,
         seed: seed.unwrap_or_else(|| {
             std::time::SystemTime::now()

@@ -86,6 +86,11 @@ enum Command {
         /// Seed for the random validation inputs (default: time-based).
         #[arg(long)]
         seed: Option<u64>,
+        /// Candidates kept from the analytical ranking for timing (default 32); a number at
+        /// least the size of the legal space times every legal config (slower, and immune to a
+        /// wrong estimate).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        shortlist: Option<u64>,
     },
     /// Time a family's kernels against their baselines, side by side; optionally compare with
     /// an earlier run and fail on a regression.
@@ -169,8 +174,17 @@ fn main() -> ExitCode {
             tuned_dir,
             json,
             seed,
+            shortlist,
         } => cmd_tune::tune(
-            family, problems, preset, budget, force, tuned_dir, json, seed,
+            family,
+            problems,
+            preset,
+            budget,
+            force,
+            tuned_dir,
+            json,
+            seed,
+            shortlist.map(|n| n as usize),
         ),
         Command::Bench {
             family,

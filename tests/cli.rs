@@ -162,6 +162,20 @@ fn presets_and_families_must_agree() {
     assert!(err.contains("gemm_fp8 problems are"), "{err}");
 }
 
+#[test]
+fn a_zero_shortlist_is_refused_before_anything_runs() {
+    let out = kiln()
+        .args(["tune", "--preset", "step3-mfa", "--shortlist", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--shortlist") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
 /// `kiln bench --from` on gemm_fp8 rows (a fallback baseline, a row-wise time beside a block
 /// one): the table names each row's baseline, and the regression gate works as for gemm_bf16.
 #[test]
