@@ -324,9 +324,10 @@ fn two_ctas_per_sm(p: &MfaDecodeProblem, c: MfaDecodeConfig) -> MfaDecodeConfig 
 /// every BF16 default faster than its mma.sync build, 5-25%: B=1 L=4K 14.8 vs 17.8 us, B=8
 /// L=64K 130 vs 147, B=32 L=4K 43.6 vs 54.0, B=128 L=4K 134 vs 151, B=128 L=64K 1875 vs 2141
 /// (4.6 TB/s), paged B=128 L=4K 145 vs 170. FP8 must first widen each tile into f16 shared-
-/// memory tiles for wgmma: that paid at B=1 L=4K (15.9 vs 17.9 us, latency-bound) and lost at
-/// B=128 L=4K, where the 64-token kernels measured 173-181 us on wgmma against 157-166 on
-/// mma.sync (and the 128-token mma.sync default 142-144 stays).
+/// memory tiles for wgmma: that paid at B=1 L=4K (15.9 vs 17.9 us, latency-bound), but at
+/// B=128 L=4K the 128-token mma.sync default stays ahead (run 36: 143 us against 151 for the
+/// best wgmma config, with V widened while QK^T runs; paged, wgmma won 162 vs 169, which the
+/// tuned artifact carries).
 fn with_wgmma(p: &MfaDecodeProblem, c: MfaDecodeConfig) -> MfaDecodeConfig {
     let alt = MfaDecodeConfig {
         wgmma: true,
@@ -729,14 +730,14 @@ impl Family for MfaDecode {
         let mem = chunk * bpt / rate;
         // Tensor work at the SM's share; fp8 widens every K and V element in registers (run 3:
         // FP8 B=128 L=4K ran at ~235 TFLOP/s, compute-bound, so ~1.8x), or with wgmma once per
-        // CTA into shared memory behind one more barrier per tile (run 27: the 64-token FP8
-        // wgmma kernels ran ~10% slower than the mma.sync ones at B=128 L=4K, so ~2x); 4 warps
-        // of mma.sync issue less densely than 8 (a wgmma warp group is issued as one).
+        // CTA into shared memory (run 36: the 64-token FP8 wgmma kernels ran ~5% faster than
+        // the mma.sync ones at B=128 L=4K, so ~1.7x); 4 warps of mma.sync issue less densely
+        // than 8 (a wgmma warp group is issued as one).
         let flops_token = 4.0 * HEADS as f64 * HEAD_DIM as f64;
         let widen = match (p.kv_dtype.is_fp8(), c.wgmma) {
             (false, _) => 1.0,
             (true, false) => 1.8,
-            (true, true) => 2.0,
+            (true, true) => 1.7,
         };
         let density = if c.warps == 8 || c.wgmma { 1.0 } else { 0.85 };
         let cta_flops = MMA_FLOPS / sms * density / sharing;
