@@ -19,6 +19,7 @@ use kiln_runtime::artifact::{Artifact, Baseline};
 use kiln_runtime::dispatch::{Dispatch, Source};
 use kiln_runtime::measure::{Bench, Measurement};
 use kiln_runtime::Device;
+use kiln_tuner::search::{Evaluator, Prepared};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -492,6 +493,33 @@ fn tuned_problems<F: Family>(
         .into());
     }
     Ok((dispatch, problems))
+}
+
+/// Validate `config` on `problem` through a tuner's family bench, then time it with `reps`
+/// runs: the validated state and the measurement, or the kernel's failure (either step) as a
+/// typed error naming the family, `problem` (as the family describes it) and the config.
+fn validate_and_time<F: Family, E: Evaluator<F::Config>>(
+    bench: &mut E,
+    problem: String,
+    config: &F::Config,
+    reps: usize,
+) -> Result<(Prepared, Measurement), BenchError> {
+    let kernel_error = |outcome, reason| BenchError::Kernel {
+        family: F::NAME,
+        problem: problem.clone(),
+        config: serde_json::to_string(config).unwrap_or_else(|_| format!("{config:?}")),
+        outcome,
+        reason,
+    };
+    let prepared = match bench.prepare(std::slice::from_ref(config)).pop() {
+        Some(Ok(prepared)) => prepared,
+        Some(Err(f)) => return Err(kernel_error(f.outcome, f.reason)),
+        None => return Err(kernel_error("launch_failed", "not prepared".into())),
+    };
+    let m = bench
+        .time(config, reps)
+        .map_err(|f| kernel_error(f.outcome, f.reason))?;
+    Ok((prepared, m))
 }
 
 #[cfg(test)]

@@ -13,32 +13,11 @@ use kiln_tuner::baseline::{CublasBf16, CublasLtFp8, Fp8Scaling, CUBLASLT_FP8_BLO
 use kiln_tuner::gemm_bf16::GemmBf16Bench;
 use kiln_tuner::gemm_fp8::{choose_baselines, GemmFp8Bench};
 use kiln_tuner::roofline;
-use kiln_tuner::search::{Evaluator, Failure, Prepared};
 
-use super::{source_label, tuned_problems, BenchError, BenchFile, BenchRow, Gpu, SCHEMA};
+use super::{source_label, tuned_problems, validate_and_time, BenchFile, BenchRow, Gpu, SCHEMA};
 use crate::table::compact;
 
 type Error = Box<dyn std::error::Error>;
-
-/// The one result `prepare` gives for one config, or the failure as an error.
-fn prepared<F: Family>(
-    p: &F::Problem,
-    c: &F::Config,
-    mut results: Vec<Result<Prepared, Failure>>,
-) -> Result<Prepared, BenchError> {
-    let kernel_error = |outcome, reason| BenchError::Kernel {
-        family: F::NAME,
-        problem: format!("{p:?}"),
-        config: format!("{c:?}"),
-        outcome,
-        reason,
-    };
-    match results.pop() {
-        Some(Ok(prepared)) => Ok(prepared),
-        Some(Err(f)) => Err(kernel_error(f.outcome, f.reason)),
-        None => Err(kernel_error("launch_failed", "not prepared".into())),
-    }
-}
 
 pub fn measure_bf16(tuned_dir: &Path, reps: usize, steady: bool) -> Result<BenchFile, Error> {
     let mut gpu = Gpu::open(reps)?;
@@ -59,10 +38,8 @@ pub fn measure_bf16(tuned_dir: &Path, reps: usize, steady: bool) -> Result<Bench
             *p,
             0x5eed + i as u64,
         )?;
-        let prepared = prepared::<GemmBf16>(p, &config, b.prepare(std::slice::from_ref(&config)))?;
-        let m = b
-            .time(&config, reps)
-            .map_err(|f| format!("{p:?}: {}", f.reason))?;
+        let (prepared, m) =
+            validate_and_time::<GemmBf16, _>(&mut b, format!("{p:?}"), &config, reps)?;
         let (base, _) = b.time_cublas(
             &blas,
             &MeasureOptions {
@@ -129,10 +106,8 @@ pub fn measure_fp8(tuned_dir: &Path, reps: usize, steady: bool) -> Result<BenchF
             *p,
             0x5eed + i as u64,
         )?;
-        let prepared = prepared::<GemmFp8>(p, &config, b.prepare(std::slice::from_ref(&config)))?;
-        let m = b
-            .time(&config, reps)
-            .map_err(|f| format!("{p:?}: {}", f.reason))?;
+        let (prepared, m) =
+            validate_and_time::<GemmFp8, _>(&mut b, format!("{p:?}"), &config, reps)?;
         let choice = choose_baselines(&b.run_baselines(
             &lt,
             &MeasureOptions {

@@ -11,10 +11,9 @@ use kiln_codegen::families::mfa_decode::MfaDecode;
 use kiln_codegen::Family;
 use kiln_tuner::mfa_decode::MfaDecodeBench;
 use kiln_tuner::roofline;
-use kiln_tuner::search::Evaluator;
 
 use super::peers::Peers;
-use super::{source_label, tuned_problems, BenchError, BenchFile, BenchRow, Gpu, SCHEMA};
+use super::{source_label, tuned_problems, validate_and_time, BenchFile, BenchRow, Gpu, SCHEMA};
 
 pub const TUNE_COMMAND: &str = "kiln tune --family mfa_decode --preset step3-mfa";
 
@@ -41,22 +40,13 @@ pub fn measure(
     for (i, p) in problems.iter().enumerate() {
         let sel = dispatch.select(p);
         let config = sel.config;
-        let kernel_error = |outcome, reason| BenchError::Kernel {
-            family: MfaDecode::NAME,
-            problem: kiln_tuner::mfa_decode::describe(p),
-            config: serde_json::to_string(&config).unwrap_or_default(),
-            outcome,
-            reason,
-        };
         let mut b = MfaDecodeBench::new(device, compiler, &mut gpu.bench, *p, 0x5eed + i as u64)?;
-        let prepared = match b.prepare(std::slice::from_ref(&config)).pop() {
-            Some(Ok(prepared)) => prepared,
-            Some(Err(f)) => return Err(kernel_error(f.outcome, f.reason).into()),
-            None => return Err(kernel_error("launch_failed", "not prepared".into()).into()),
-        };
-        let m = b
-            .time(&config, reps)
-            .map_err(|f| kernel_error(f.outcome, f.reason))?;
+        let (prepared, m) = validate_and_time::<MfaDecode, _>(
+            &mut b,
+            kiln_tuner::mfa_decode::describe(p),
+            &config,
+            reps,
+        )?;
         let (bytes, us) = (MfaDecode::min_bytes(p), m.median_us);
         let mut row = BenchRow::measured(
             MfaDecode::NAME,
