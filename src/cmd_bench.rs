@@ -432,8 +432,26 @@ impl Gpu {
         })
     }
 
-    fn device_json(&self) -> Result<Value, serde_json::Error> {
-        serde_json::to_value(&self.device.info)
+    /// The bench file of `rows` measured on this GPU the way `method` says, with the peer
+    /// baselines of `peers` filled in.
+    fn file(
+        &self,
+        method: String,
+        rows: Vec<BenchRow>,
+        peers: Option<&Peers>,
+    ) -> Result<BenchFile, serde_json::Error> {
+        let mut file = BenchFile {
+            schema: SCHEMA,
+            device: serde_json::to_value(&self.device.info)?,
+            empty_kernel_us: Some(self.empty_kernel_us),
+            method,
+            peers: None,
+            rows,
+        };
+        if let Some(peers) = peers {
+            peers.attach(&mut file);
+        }
+        Ok(file)
     }
 }
 

@@ -14,7 +14,7 @@ use kiln_tuner::gemm_bf16::GemmBf16Bench;
 use kiln_tuner::gemm_fp8::{choose_baselines, GemmFp8Bench};
 use kiln_tuner::roofline;
 
-use super::{source_label, tuned_problems, validate_and_time, BenchFile, BenchRow, Gpu, SCHEMA};
+use super::{source_label, tuned_problems, validate_and_time, BenchFile, BenchRow, Gpu};
 use crate::table::compact;
 
 type Error = Box<dyn std::error::Error>;
@@ -77,14 +77,11 @@ pub fn measure_bf16(tuned_dir: &Path, reps: usize, steady: bool) -> Result<Bench
         row.baseline_steady_us = baseline_steady_us;
         rows.push(row);
     }
-    Ok(BenchFile {
-        schema: SCHEMA,
-        device: gpu.device_json()?,
-        empty_kernel_us: Some(gpu.empty_kernel_us),
-        method: format!("median of {reps} CUDA-event-timed runs, L2 flushed (a read of a 2x-L2 buffer) before each; baseline in the same process on the same buffers"),
-        peers: None,
+    Ok(gpu.file(
+        format!("median of {reps} CUDA-event-timed runs, L2 flushed (a read of a 2x-L2 buffer) before each; baseline in the same process on the same buffers"),
         rows,
-    })
+        None,
+    )?)
 }
 
 pub fn measure_fp8(tuned_dir: &Path, reps: usize, steady: bool) -> Result<BenchFile, Error> {
@@ -164,12 +161,9 @@ pub fn measure_fp8(tuned_dir: &Path, reps: usize, steady: bool) -> Result<BenchF
         row.other_baselines = choice.extra;
         rows.push(row);
     }
-    Ok(BenchFile {
-        schema: SCHEMA,
-        device: gpu.device_json()?,
-        empty_kernel_us: Some(gpu.empty_kernel_us),
-        method: format!("median of {reps} CUDA-event-timed runs, L2 flushed (a read of a 2x-L2 buffer) before each; baselines (cuBLASLt FP8, block-scaled and row-wise, each validated against the GPU reference first) in the same process on the same buffers"),
-        peers: None,
+    Ok(gpu.file(
+        format!("median of {reps} CUDA-event-timed runs, L2 flushed (a read of a 2x-L2 buffer) before each; baselines (cuBLASLt FP8, block-scaled and row-wise, each validated against the GPU reference first) in the same process on the same buffers"),
         rows,
-    })
+        None,
+    )?)
 }

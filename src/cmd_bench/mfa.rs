@@ -13,7 +13,7 @@ use kiln_tuner::mfa_decode::MfaDecodeBench;
 use kiln_tuner::roofline;
 
 use super::peers::Peers;
-use super::{source_label, tuned_problems, validate_and_time, BenchFile, BenchRow, Gpu, SCHEMA};
+use super::{source_label, tuned_problems, validate_and_time, BenchFile, BenchRow, Gpu};
 
 pub const TUNE_COMMAND: &str = "kiln tune --family mfa_decode --preset step3-mfa";
 
@@ -68,22 +68,15 @@ pub fn measure(
         row.max_rel_err = Some(prepared.max_rel_err);
         rows.push(row);
     }
-    let mut file = BenchFile {
-        schema: SCHEMA,
-        device: gpu.device_json()?,
-        empty_kernel_us: Some(gpu.empty_kernel_us),
-        method: format!(
+    Ok(gpu.file(
+        format!(
             "median of {reps} CUDA-event-timed launches, L2 flushed (a read of a 2x-L2 buffer) \
              before each, after validation on the tuner's checked sequences; KV TB/s and % \
              roofline count MfaDecode::min_bytes (K, V with FP8 scales, Q, O) against the \
              {:.1} TB/s copy ceiling",
             roofline::HBM_BYTES_PER_S / 1e12
         ),
-        peers: None,
         rows,
-    };
-    if let Some(peers) = peers {
-        peers.attach(&mut file);
-    }
-    Ok(file)
+        peers,
+    )?)
 }

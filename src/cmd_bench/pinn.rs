@@ -11,7 +11,7 @@ use kiln_runtime::Device;
 use kiln_tuner::pinn::{default_first, fastest, precompile, Timed, TimingError};
 
 use super::peers::Peers;
-use super::{BenchFile, BenchRow, BestCandidate, Gpu, SCHEMA};
+use super::{BenchFile, BenchRow, BestCandidate, Gpu};
 
 /// The timing entry of a PINN family (`kiln_tuner::pinn::jet::time_configs`,
 /// `kiln_tuner::pinn::backward::time_configs`).
@@ -107,11 +107,8 @@ pub fn measure<F: Family>(
         }
         rows.push(row);
     }
-    let mut file = BenchFile {
-        schema: SCHEMA,
-        device: gpu.device_json()?,
-        empty_kernel_us: Some(gpu.empty_kernel_us),
-        method: format!(
+    Ok(gpu.file(
+        format!(
             "the family default config of every target net (no tuned artifact{}); median of \
              {reps} CUDA-event-timed calls after 3 warm-up, L2 flushed (a read of a 2x-L2 \
              buffer) before each; fp32; TFLOP/s counts products only (the flops of {}); not \
@@ -123,11 +120,7 @@ pub fn measure<F: Family>(
             },
             F::NAME
         ),
-        peers: None,
         rows,
-    };
-    if let Some(peers) = peers {
-        peers.attach(&mut file);
-    }
-    Ok(file)
+        peers,
+    )?)
 }
