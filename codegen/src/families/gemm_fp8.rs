@@ -22,7 +22,13 @@
 //!
 //! # Launch contract
 //!
-//! Arguments, in order (see [`GemmFp8::args`]): `X, SX, W, SW, Y, workspace, counters, M, N, K`.
+//! Arguments, in order (see [`GemmFp8::args`]): `X, SX, W, SW, Y, workspace, counters, M, N, K,
+//! tmap_x, tmap_w`.
+//!
+//! * `tmap_x`, `tmap_w`: `CUtensorMap`s passed by value (128 bytes, 64-byte aligned), read by
+//!   the wgmma kernel's TMA variants and ignored by the others. [`tensor_map_box`] gives the
+//!   box each variant needs: X as a 2-D u8 tensor {K, M} (row stride K bytes), W as {K, N},
+//!   box {128, rows}, SWIZZLE_128B, no interleave, zero fill (`cuTensorMapEncodeTiled`).
 //!
 //! * Grid: `[ceil(N / (16 * rows)), 1, split_k]`, block `32 * warps`, dynamic shared memory
 //!   `warps * rows * tokens8 * 4 * 32 * 4` bytes.
@@ -230,6 +236,16 @@ pub fn counters_len(p: &GemmFp8Problem, c: &GemmFp8Config) -> usize {
         GemmFp8Config::Stream(s) if s.split_k > 1 => tiles(p, s) as usize,
         GemmFp8Config::Stream(_) => 0,
         GemmFp8Config::Wgmma(w) => wgmma::counters_len(p, w),
+    }
+}
+
+/// The TMA boxes a config reads its operands through, `[X rows, W rows]` of 128 bytes each
+/// (see the launch contract); `None` for the variants that ignore the tensor maps (any bytes,
+/// e.g. zeros, serve them).
+pub fn tensor_map_box(c: &GemmFp8Config) -> Option<[u32; 2]> {
+    match c {
+        GemmFp8Config::Wgmma(w) if w.tma => Some([w.bm, w.bn]),
+        _ => None,
     }
 }
 
@@ -568,6 +584,8 @@ impl Family for GemmFp8 {
             arg("M", "int"),
             arg("N", "int"),
             arg("K", "int"),
+            arg("tmap_x", "const CUtensorMap"),
+            arg("tmap_w", "const CUtensorMap"),
         ]
     }
 

@@ -2,7 +2,8 @@
 //! activation scales [M, K/128], weight scales [ceil(N/128), K/128], fp32 scales), BF16 out;
 //! and the activation quantiser that produces X and its scales from BF16.
 
-use cudarc::driver::{CudaSlice, CudaStream, PushKernelArg};
+use cudarc::driver::sys as cu;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, PushKernelArg};
 use half::bf16;
 use kiln_codegen::families::gemm_fp8::{self as fam, GemmFp8, GemmFp8Config, GemmFp8Problem};
 use kiln_codegen::Family;
@@ -26,6 +27,63 @@ pub struct Fp8Operands<'a> {
     pub w: &'a CudaSlice<u8>,
     /// Weight scales [ceil(N/128), K/128].
     pub sw: &'a CudaSlice<f32>,
+}
+
+/// A `CUtensorMap` passed by value (the family's `tmap_x` and `tmap_w` arguments).
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub struct TensorMapArg(pub cu::CUtensorMap);
+
+// SAFETY: a plain 128-byte, 64-byte-aligned value the driver copies into the kernel's
+// parameter buffer, as the kernel declares it (`KilnTensorMap`).
+unsafe impl DeviceRepr for TensorMapArg {}
+
+impl TensorMapArg {
+    /// The bytes variants that ignore their tensor maps get.
+    pub fn unused() -> Self {
+        TensorMapArg(cu::CUtensorMap { opaque: [0; 16] })
+    }
+
+    /// The tensor map of a row-major u8 matrix of `rows` x `row_bytes` at device address `ptr`,
+    /// read in boxes of 128 bytes x `box_rows` rows, 128-byte swizzled, rows past the end
+    /// zero-filled (what the wgmma kernel's TMA variants expect; see the family's launch
+    /// contract).
+    pub fn u8_rows(ptr: u64, rows: u64, row_bytes: u64, box_rows: u32, what: &str) -> Result<Self> {
+        if !ptr.is_multiple_of(16) {
+            return Err(RuntimeError::IllegalConfig {
+                config: "a TMA gemm_fp8 variant".into(),
+                problem: format!("{what} at device address {ptr:#x}"),
+                reason: "TMA reads need a 16-byte-aligned operand; pass an allocation's start or a 16-byte-aligned offset".into(),
+            });
+        }
+        let dims = [row_bytes, rows];
+        let strides = [row_bytes];
+        let boxes = [fam::SCALE_BLOCK, box_rows];
+        let element_strides = [1u32, 1];
+        let mut map = cu::CUtensorMap { opaque: [0; 16] };
+        // SAFETY: every pointer argument points at a live array of the rank's length (2, and
+        // 1 stride); `ptr` is a device address the caller's slice owns for the launch. The
+        // encoder only writes `map`.
+        unsafe {
+            cu::cuTensorMapEncodeTiled(
+                &mut map,
+                cu::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+                2,
+                ptr as *mut std::ffi::c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxes.as_ptr(),
+                element_strides.as_ptr(),
+                cu::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                cu::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                cu::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                cu::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        }
+        .result()
+        .during(format!("encoding the tensor map of {what} ({rows} x {row_bytes} bytes, box {box_rows} rows)"))?;
+        Ok(TensorMapArg(map))
+    }
 }
 
 /// A loaded `gemm_fp8` variant (one config; its cubin serves every supported problem).
@@ -110,6 +168,17 @@ impl GemmFp8Kernel {
         let cfg = self
             .kernel
             .config(&GemmFp8::geometry(problem, &self.config))?;
+        let (tmap_x, tmap_w) = match fam::tensor_map_box(&self.config) {
+            Some([x_rows, w_rows]) => {
+                let (px, _x_read) = ops.x.device_ptr(stream);
+                let (pw, _w_read) = ops.w.device_ptr(stream);
+                (
+                    TensorMapArg::u8_rows(px, m as u64, k as u64, x_rows, "X")?,
+                    TensorMapArg::u8_rows(pw, n as u64, k as u64, w_rows, "W")?,
+                )
+            }
+            None => (TensorMapArg::unused(), TensorMapArg::unused()),
+        };
         let (mi, ni, ki) = (problem.m as i32, problem.n as i32, problem.k as i32);
         let mut launch = stream.launch_builder(&self.kernel.func);
         launch
@@ -122,9 +191,12 @@ impl GemmFp8Kernel {
             .arg(&mut ws.counters)
             .arg(&mi)
             .arg(&ni)
-            .arg(&ki);
+            .arg(&ki)
+            .arg(&tmap_x)
+            .arg(&tmap_w);
         // SAFETY: the argument list matches the template's fixed signature (X, SX, W, SW, Y,
-        // workspace, counters, M, N, K) listed by `GemmFp8::args()`; every buffer was checked
+        // workspace, counters, M, N, K, tmap_x, tmap_w) listed by `GemmFp8::args()`; the
+        // tensor maps describe X and W as checked here (or are ignored); every buffer was checked
         // above against the problem (cudaMalloc pointers are 256-byte aligned and K % 128 == 0
         // keeps the rows the kernel reads 16 bytes at a time aligned), and the geometry comes
         // from the same family code that sized the template.

@@ -131,7 +131,7 @@ fn render_vars_match_the_template() {
 fn wgmma_space_is_modest_and_fits_registers_and_smem() {
     let l = legal_wgmma();
     assert!(
-        (40..=220).contains(&l.len()),
+        (40..=400).contains(&l.len()),
         "{} legal wgmma configs",
         l.len()
     );
@@ -141,7 +141,7 @@ fn wgmma_space_is_modest_and_fits_registers_and_smem() {
         assert!(l
             .iter()
             .filter(|c| c.bn == bn)
-            .all(|c| c.bm == 64 && c.wn == bn && !c.producer));
+            .all(|c| c.bm == 64 && c.wn == bn && (!c.producer || c.tma)));
     }
     for bn in [64, 96, 128, 160] {
         assert!(l.iter().any(|c| c.bm == 128 && c.bn == bn));
@@ -153,12 +153,25 @@ fn wgmma_space_is_modest_and_fits_registers_and_smem() {
     // The producer schedule, including 256-wide tiles in two passes.
     assert!(l.iter().any(|c| c.producer && c.bn == 256 && c.wn == 128));
     assert!(l.iter().any(|c| c.producer && c.bn == 192 && c.wn == 96));
-    for c in l.iter().filter(|c| c.producer) {
+    for c in l.iter().filter(|c| c.producer && !c.tma) {
         assert_eq!(c.threads(), 384);
         assert!(!c.double_tmp && c.bm == 128 && c.split_k == 1);
     }
+    // TMA producers: beside two consumers (one or two temporaries, no split-K) or one
+    // consumer (decode batches, split-K).
+    for c in l.iter().filter(|c| c.tma) {
+        assert!(c.producer);
+        assert_eq!(c.threads(), 2 * c.bm + 128);
+        assert_eq!(c.setmaxnreg(), c.bm == 128);
+        assert!(c.bm == 64 || c.split_k == 1);
+    }
+    assert!(l.iter().any(|c| c.tma && c.bm == 128 && c.double_tmp));
+    assert!(l.iter().any(|c| c.tma && c.bm == 64 && c.split_k == 8 && c.bn == 56));
     // The registers setmaxnreg hands out fit the register file.
     const { assert!(128 * wgmma::PRODUCER_REGISTERS + 256 * wgmma::CONSUMER_REGISTERS <= 65536) };
+    const {
+        assert!(128 * wgmma::TMA_PRODUCER_REGISTERS + 256 * wgmma::TMA_CONSUMER_REGISTERS <= 65536)
+    };
     assert!(l.iter().any(|c| c.bm == 64 && c.split_k == 8));
     for c in &l {
         let budget = if c.producer {
@@ -227,6 +240,7 @@ fn wgmma_geometry_and_workspace() {
         split_k: 4,
         double_tmp: false,
         producer: false,
+        tma: false,
     };
     let p = prob(77, 2563, 1024);
     let g = wgmma::geometry(&p, &c);

@@ -40,12 +40,19 @@ pub struct WgmmaConfig {
     pub double_tmp: bool,
     /// A producer warpgroup does the copying (mbarrier pipeline, no CTA barrier per tile).
     pub producer: bool,
+    /// The producer copies the operand tiles with TMA (one thread, tensor maps) instead of
+    /// `cp.async` (every producer thread). Absent in artifacts written before it existed.
+    #[serde(default)]
+    pub tma: bool,
 }
 
 /// Registers a producer thread keeps (setmaxnreg.dec) and a consumer thread gets
-/// (setmaxnreg.inc): 128 x 56 + 256 x 224 <= 65536.
+/// (setmaxnreg.inc) with two consumer warpgroups: 128 x 56 + 256 x 224 <= 65536 with
+/// `cp.async` producers, 128 x 40 + 256 x 232 with a TMA producer (one thread issues).
 pub const PRODUCER_REGISTERS: u32 = 56;
 pub const CONSUMER_REGISTERS: u32 = 224;
+pub const TMA_PRODUCER_REGISTERS: u32 = 40;
+pub const TMA_CONSUMER_REGISTERS: u32 = 232;
 
 impl WgmmaConfig {
     pub fn threads(&self) -> u32 {
@@ -76,6 +83,11 @@ impl WgmmaConfig {
     pub fn smem_bytes(&self) -> u32 {
         let bars = if self.producer { 16 * self.stages } else { 0 };
         self.stages * self.stage_bytes() + bars + 1024
+    }
+    /// Whether the warpgroups rebalance registers (a producer beside two consumers; with one
+    /// consumer the 256 threads get 255 registers each anyway).
+    pub fn setmaxnreg(&self) -> bool {
+        self.producer && self.bm == 128
     }
     /// Tiles read by wgmma's while later ones load (the prefetch distance is `stages - this`).
     fn busy_stages(&self) -> u32 {
@@ -130,6 +142,7 @@ pub fn space() -> Vec<WgmmaConfig> {
                             split_k,
                             double_tmp,
                             producer: false,
+                            tma: false,
                         });
                     }
                 }
@@ -147,7 +160,49 @@ pub fn space() -> Vec<WgmmaConfig> {
                 split_k: 1,
                 double_tmp: false,
                 producer: true,
+                tma: false,
             });
+        }
+    }
+    // A TMA producer and two consumers: one pass (one or two temporaries) or two passes.
+    for (bn, wn, double_tmp) in [
+        (128, 128, false),
+        (128, 128, true),
+        (160, 160, false),
+        (192, 96, false),
+        (256, 128, false),
+    ] {
+        for stages in [3, 4, 5, 6] {
+            out.push(WgmmaConfig {
+                bm: 128,
+                bn,
+                wn,
+                stages,
+                split_k: 1,
+                double_tmp,
+                producer: true,
+                tma: true,
+            });
+        }
+    }
+    // A TMA producer and one consumer for decode batches (M <= 64): deep pipelines of 64-row
+    // tiles stream the weight; split-K fills the SMs.
+    for bn in [64, 128].into_iter().chain(NARROW_BNS) {
+        for double_tmp in [false, true] {
+            for stages in [4, 6, 8] {
+                for split_k in [1, 2, 4, 8] {
+                    out.push(WgmmaConfig {
+                        bm: 64,
+                        bn,
+                        wn: bn,
+                        stages,
+                        split_k,
+                        double_tmp,
+                        producer: true,
+                        tma: true,
+                    });
+                }
+            }
         }
     }
     out
@@ -177,7 +232,7 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
         },
     )?;
     illegal(
-        NARROW_BNS.contains(&c.bn) && (c.bm != 64 || c.wn != c.bn || c.producer),
+        NARROW_BNS.contains(&c.bn) && (c.bm != 64 || c.wn != c.bn || (c.producer && !c.tma)),
         || format!("a {}-column tile is a 64-row, one-pass tile", c.bn),
     )?;
     // wgmma widths: multiples of 8 up to 160 that divide the tile.
@@ -188,13 +243,17 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
     illegal(!(3..=8).contains(&c.stages), || {
         format!("{} stages is not 3..=8", c.stages)
     })?;
-    // The producer schedule has two consumer warpgroups, one temporary fragment.
-    illegal(c.producer && (c.bm != 128 || c.double_tmp), || {
-        "a producer warpgroup serves 128-row tiles with one temporary".to_string()
+    illegal(c.tma && !c.producer, || {
+        "TMA copies are issued by a producer warpgroup".to_string()
     })?;
-    // ... for many tiles: its split-K epilogue spills (NVRTC 13.0, 4 bytes).
-    illegal(c.producer && c.split_k > 1, || {
-        "a producer warpgroup does not split K".to_string()
+    // The cp.async producer schedule has two consumer warpgroups, one temporary fragment.
+    illegal(c.producer && !c.tma && (c.bm != 128 || c.double_tmp), || {
+        "a cp.async producer warpgroup serves 128-row tiles with one temporary".to_string()
+    })?;
+    // ... for many tiles: a producer beside two consumers spills in the split-K epilogue
+    // (NVRTC 13.0, 4 bytes).
+    illegal(c.producer && c.bm == 128 && c.split_k > 1, || {
+        "a producer warpgroup beside two consumers does not split K".to_string()
     })?;
     // Two temporaries alternate between K tiles, one pass each.
     illegal(c.double_tmp && c.wn != c.bn, || {
@@ -230,7 +289,11 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
     })?;
     // At least one tile loads while the busy ones are read (the producer schedule keeps
     // stages - 1 tiles in flight).
-    let min_stages = if c.producer { 3 } else { c.busy_stages() + 2 };
+    let min_stages = if c.producer && !c.double_tmp {
+        3
+    } else {
+        c.busy_stages() + 2
+    };
     illegal(c.stages < min_stages, || {
         format!("{} stages leave too little prefetch", c.stages)
     })?;
@@ -238,8 +301,10 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
     illegal(c.split_k > 1 && c.bm * c.bn > 128 * 128, || {
         format!("split_k {} of a {}x{} tile", c.split_k, c.bm, c.bn)
     })?;
-    // Eight stages only where a stage is small (at most 20 KiB: 64-row tiles of <= 96 columns).
-    illegal(c.stages == 8 && c.bm + c.bn > 160, || {
+    // Eight stages only where a stage is small (at most 20 KiB: 64-row tiles of <= 96 columns;
+    // 24 KiB, 128 columns, with a TMA producer).
+    let eight_rows = if c.tma { 192 } else { 160 };
+    illegal(c.stages == 8 && c.bm + c.bn > eight_rows, || {
         format!("8 stages of a {}x{} tile", c.bm, c.bn)
     })?;
     // With one warpgroup ptxas gives the loop more registers and a 64 x 160 tile spills
@@ -272,8 +337,15 @@ pub fn check_problem(p: &GemmFp8Problem, c: &WgmmaConfig) -> Result<(), Illegal>
 
 pub fn entry(c: &WgmmaConfig) -> String {
     format!(
-        "kiln_gemm_fp8_wgmma_m{}_n{}_w{}_s{}_sk{}_d{}_p{}",
-        c.bm, c.bn, c.wn, c.stages, c.split_k, c.double_tmp as u32, c.producer as u32
+        "kiln_gemm_fp8_wgmma_m{}_n{}_w{}_s{}_sk{}_d{}_p{}{}",
+        c.bm,
+        c.bn,
+        c.wn,
+        c.stages,
+        c.split_k,
+        c.double_tmp as u32,
+        c.producer as u32,
+        if c.tma { "_tma" } else { "" }
     )
 }
 
@@ -293,8 +365,10 @@ pub fn render_vars(c: &WgmmaConfig) -> RenderVars {
         "use_split_k": c.split_k > 1,
         "double_tmp": c.double_tmp,
         "producer": c.producer,
-        "producer_registers": PRODUCER_REGISTERS,
-        "consumer_registers": CONSUMER_REGISTERS,
+        "tma": c.tma,
+        "setmaxnreg": c.setmaxnreg(),
+        "producer_registers": if c.tma { TMA_PRODUCER_REGISTERS } else { PRODUCER_REGISTERS },
+        "consumer_registers": if c.tma { TMA_CONSUMER_REGISTERS } else { CONSUMER_REGISTERS },
         "bm": c.bm,
         "bn": c.bn,
         "wn": c.wn,
@@ -336,6 +410,7 @@ pub fn default_config(p: &GemmFp8Problem) -> WgmmaConfig {
             split_k: 1,
             double_tmp: false,
             producer: true,
+            tma: false,
         };
     }
     let bm = if p.m > 64 { 128 } else { 64 };
@@ -347,6 +422,7 @@ pub fn default_config(p: &GemmFp8Problem) -> WgmmaConfig {
         split_k: 1,
         double_tmp: false,
         producer: false,
+        tma: false,
     };
     for split in [8, 4, 2] {
         let s = WgmmaConfig {
@@ -388,6 +464,7 @@ pub fn estimate_us(p: &GemmFp8Problem, c: &WgmmaConfig, limits: &DeviceLimits) -
         _ => 1.0,
     };
     let promote_eff = match (c.producer, c.double_tmp, c.bm) {
+        (true, _, _) if c.tma => 1.25,
         (true, _, _) => 1.1,
         (false, true, _) => 1.0,
         (false, false, 128) => 0.85,
