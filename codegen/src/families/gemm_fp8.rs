@@ -240,11 +240,11 @@ pub fn counters_len(p: &GemmFp8Problem, c: &GemmFp8Config) -> usize {
 }
 
 /// The TMA boxes a config reads its operands through, `[X rows, W rows]` of 128 bytes each
-/// (see the launch contract); `None` for the variants that ignore the tensor maps (any bytes,
+/// (see the launch contract; a multicast config's CTAs load `bn / cluster_m` W rows each); `None` for the variants that ignore the tensor maps (any bytes,
 /// e.g. zeros, serve them).
 pub fn tensor_map_box(c: &GemmFp8Config) -> Option<[u32; 2]> {
     match c {
-        GemmFp8Config::Wgmma(w) if w.tma => Some([w.bm, w.bn]),
+        GemmFp8Config::Wgmma(w) if w.tma => Some([w.bm, w.bn / w.cluster_m.max(1)]),
         _ => None,
     }
 }

@@ -166,6 +166,11 @@ fn wgmma_space_is_modest_and_fits_registers_and_smem() {
         assert!(c.bm == 64 || c.split_k == 1);
     }
     assert!(l.iter().any(|c| c.tma && c.bm == 128 && c.double_tmp));
+    // Multicast clusters: TMA tiles without split-K, W halves of whole swizzle atoms.
+    for c in l.iter().filter(|c| c.cluster_m > 1) {
+        assert!(c.tma && c.split_k == 1 && (c.bn / c.cluster_m * wgmma::BK) % 1024 == 0);
+    }
+    assert!(l.iter().any(|c| c.cluster_m == 2 && c.bm == 128 && c.bn == 256));
     assert!(l.iter().any(|c| c.tma && c.bm == 64 && c.split_k == 8 && c.bn == 56));
     // The registers setmaxnreg hands out fit the register file.
     const { assert!(128 * wgmma::PRODUCER_REGISTERS + 256 * wgmma::CONSUMER_REGISTERS <= 65536) };
@@ -241,6 +246,7 @@ fn wgmma_geometry_and_workspace() {
         double_tmp: false,
         producer: false,
         tma: false,
+        cluster_m: 1,
     };
     let p = prob(77, 2563, 1024);
     let g = wgmma::geometry(&p, &c);

@@ -44,6 +44,14 @@ pub struct WgmmaConfig {
     /// `cp.async` (every producer thread). Absent in artifacts written before it existed.
     #[serde(default)]
     pub tma: bool,
+    /// CTAs of a thread-block cluster along M (1 or 2) that share each W tile: with 2, each
+    /// loads half of it and multicasts it to both (TMA only, no split-K).
+    #[serde(default = "one")]
+    pub cluster_m: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Registers a producer thread keeps (setmaxnreg.dec) and a consumer thread gets
@@ -103,6 +111,12 @@ pub fn tiles(p: &GemmFp8Problem, c: &WgmmaConfig) -> u64 {
     (p.m as u64).div_ceil(c.bm as u64) * (p.n as u64).div_ceil(c.bn as u64)
 }
 
+/// CTAs of the grid: the tiles, with the tile rows rounded up to whole clusters.
+pub fn ctas(p: &GemmFp8Problem, c: &WgmmaConfig) -> u64 {
+    let cm = c.cluster_m.max(1) as u64;
+    (p.m as u64).div_ceil(c.bm as u64).div_ceil(cm) * cm * (p.n as u64).div_ceil(c.bn as u64)
+}
+
 pub fn workspace_floats(p: &GemmFp8Problem, c: &WgmmaConfig) -> u64 {
     if c.split_k > 1 {
         c.split_k as u64 * tiles(p, c) * c.bm as u64 * c.bn as u64
@@ -143,6 +157,7 @@ pub fn space() -> Vec<WgmmaConfig> {
                             double_tmp,
                             producer: false,
                             tma: false,
+                            cluster_m: 1,
                         });
                     }
                 }
@@ -161,10 +176,12 @@ pub fn space() -> Vec<WgmmaConfig> {
                 double_tmp: false,
                 producer: true,
                 tma: false,
+                cluster_m: 1,
             });
         }
     }
-    // A TMA producer and two consumers: one pass (one or two temporaries) or two passes.
+    // A TMA producer and two consumers: one pass (one or two temporaries) or two passes; alone
+    // or in clusters of two along M that multicast W tiles.
     for (bn, wn, double_tmp) in [
         (128, 128, false),
         (128, 128, true),
@@ -173,34 +190,44 @@ pub fn space() -> Vec<WgmmaConfig> {
         (256, 128, false),
     ] {
         for stages in [3, 4, 5, 6] {
-            out.push(WgmmaConfig {
-                bm: 128,
-                bn,
-                wn,
-                stages,
-                split_k: 1,
-                double_tmp,
-                producer: true,
-                tma: true,
-            });
+            for cluster_m in [1, 2] {
+                out.push(WgmmaConfig {
+                    bm: 128,
+                    bn,
+                    wn,
+                    stages,
+                    split_k: 1,
+                    double_tmp,
+                    producer: true,
+                    tma: true,
+                    cluster_m,
+                });
+            }
         }
     }
-    // A TMA producer and one consumer for decode batches (M <= 64): deep pipelines of 64-row
-    // tiles stream the weight; split-K fills the SMs.
+    // A TMA producer and one consumer for decode batches: deep pipelines of 64-row tiles
+    // stream the weight; split-K fills the SMs; from 128 tokens, clusters of two tile rows
+    // multicast the W tiles.
     for bn in [64, 128].into_iter().chain(NARROW_BNS) {
         for double_tmp in [false, true] {
             for stages in [4, 6, 8] {
                 for split_k in [1, 2, 4, 8] {
-                    out.push(WgmmaConfig {
-                        bm: 64,
-                        bn,
-                        wn: bn,
-                        stages,
-                        split_k,
-                        double_tmp,
-                        producer: true,
-                        tma: true,
-                    });
+                    for cluster_m in [1, 2] {
+                        if cluster_m == 2 && (split_k > 1 || NARROW_BNS.contains(&bn)) {
+                            continue;
+                        }
+                        out.push(WgmmaConfig {
+                            bm: 64,
+                            bn,
+                            wn: bn,
+                            stages,
+                            split_k,
+                            double_tmp,
+                            producer: true,
+                            tma: true,
+                            cluster_m,
+                        });
+                    }
                 }
             }
         }
@@ -246,6 +273,19 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
     illegal(c.tma && !c.producer, || {
         "TMA copies are issued by a producer warpgroup".to_string()
     })?;
+    illegal(![1, 2].contains(&c.cluster_m), || {
+        format!("cluster_m {} is not 1 or 2", c.cluster_m)
+    })?;
+    // Multicast halves of the W tile: TMA copies, whole swizzle atoms, one K slice per tile.
+    illegal(
+        c.cluster_m > 1 && (!c.tma || c.split_k > 1 || !(c.bn / c.cluster_m).is_multiple_of(8)),
+        || {
+            format!(
+                "a cluster of {} multicasts W halves of a {}-column tile: TMA, no split-K",
+                c.cluster_m, c.bn
+            )
+        },
+    )?;
     // The cp.async producer schedule has two consumer warpgroups, one temporary fragment.
     illegal(c.producer && !c.tma && (c.bm != 128 || c.double_tmp), || {
         "a cp.async producer warpgroup serves 128-row tiles with one temporary".to_string()
@@ -325,8 +365,8 @@ pub fn check_problem(p: &GemmFp8Problem, c: &WgmmaConfig) -> Result<(), Illegal>
             c.split_k
         )
     })?;
-    illegal(tiles(p, c) > i32::MAX as u64, || {
-        format!("{} tiles exceed grid.x", tiles(p, c))
+    illegal(ctas(p, c) > i32::MAX as u64, || {
+        format!("{} CTAs exceed grid.x", ctas(p, c))
     })?;
     let ws = workspace_floats(p, c) * 4;
     illegal(ws > MAX_WORKSPACE_BYTES as u64, || {
@@ -346,7 +386,11 @@ pub fn entry(c: &WgmmaConfig) -> String {
         c.double_tmp as u32,
         c.producer as u32,
         if c.tma { "_tma" } else { "" }
-    )
+    ) + &if c.cluster_m > 1 {
+        format!("_c{}", c.cluster_m)
+    } else {
+        String::new()
+    }
 }
 
 pub fn render_vars(c: &WgmmaConfig) -> RenderVars {
@@ -367,6 +411,7 @@ pub fn render_vars(c: &WgmmaConfig) -> RenderVars {
         "producer": c.producer,
         "tma": c.tma,
         "setmaxnreg": c.setmaxnreg(),
+        "cluster_m": c.cluster_m,
         "producer_registers": if c.tma { TMA_PRODUCER_REGISTERS } else { PRODUCER_REGISTERS },
         "consumer_registers": if c.tma { TMA_CONSUMER_REGISTERS } else { CONSUMER_REGISTERS },
         "bm": c.bm,
@@ -385,9 +430,11 @@ pub fn render_vars(c: &WgmmaConfig) -> RenderVars {
 
 pub fn geometry(p: &GemmFp8Problem, c: &WgmmaConfig) -> LaunchGeometry {
     LaunchGeometry {
-        grid: [tiles(p, c).min(i32::MAX as u64) as u32, 1, c.split_k],
+        grid: [ctas(p, c).min(i32::MAX as u64) as u32, 1, c.split_k],
         block: [c.threads(), 1, 1],
         dynamic_smem_bytes: c.smem_bytes(),
+        // A multicast config carries its cluster shape in the cubin (`__cluster_dims__`), so it
+        // launches like any other kernel and reports no launch-time cluster.
         cluster: [1, 1, 1],
     }
 }
@@ -411,6 +458,7 @@ pub fn default_config(p: &GemmFp8Problem) -> WgmmaConfig {
             double_tmp: false,
             producer: true,
             tma: false,
+            cluster_m: 1,
         };
     }
     let bm = if p.m > 64 { 128 } else { 64 };
@@ -423,6 +471,7 @@ pub fn default_config(p: &GemmFp8Problem) -> WgmmaConfig {
         double_tmp: false,
         producer: false,
         tma: false,
+        cluster_m: 1,
     };
     for split in [8, 4, 2] {
         let s = WgmmaConfig {
@@ -480,8 +529,12 @@ pub fn estimate_us(p: &GemmFp8Problem, c: &WgmmaConfig, limits: &DeviceLimits) -
     // Slots left idle in the waves draw no bandwidth (10% slack for SMs that run ahead).
     let bw_share = (1.1 * ctas / (waves * slots)).min(1.0);
     let memory_s = (a_bytes + b_bytes + y_bytes + ws_bytes) / (3.8e12 * bw_share);
+    // Operand tiles from L2 into shared memory: ~5.2 TB/s over all SMs (where the TMA kernels
+    // levelled off in run 39, whatever the tile shape); a cluster's CTAs share each W tile.
+    let tile_bytes = (c.bm as f64 + c.bn as f64 / c.cluster_m.max(1) as f64) * BK as f64;
+    let l2_s = ctas * kt * tile_bytes / (5.2e12 * bw_share);
     let ahead = (c.stages - c.busy_stages()) as f64;
     let latency_s = waves * kt * 0.8e-6 / ahead;
     let launch_s = 3e-6 + if c.split_k > 1 { 1e-6 } else { 0.0 };
-    (compute_s.max(memory_s).max(latency_s) + launch_s) * 1e6
+    (compute_s.max(memory_s).max(l2_s).max(latency_s) + launch_s) * 1e6
 }
