@@ -30,7 +30,7 @@ if [ -n "$cudart" ]; then cp "$cudart" .gpu/c/; fi
 strip .gpu/c/libkiln_runtime.so 2>/dev/null || true
 if [ -d benches/peers ]; then cp -r benches/peers .gpu/peers; fi
 if [ -d tuned ]; then cp -r tuned .gpu/tuned; fi
-if [ -d benches/results ]; then cp -r benches/results .gpu/results; fi
+# benches/results travels with the working tree (steps read it as ../benches/results).
 du -sh .gpu
 size=$(du -sm .gpu | cut -f1)
 [ "$size" -lt 60 ] || { echo "gpu-bundle: .gpu is ${size} MiB, over the 64 MiB carry limit" >&2; exit 1; }

@@ -119,6 +119,17 @@ kiln_status kiln_launch(const kiln_kernel* kernel, void* stream, void** args);
 kiln_status kiln_gemm_bf16(const kiln_kernel* kernel, void* stream, const void* A, const void* B, void* C,
                            void* workspace, void* counters, int M, int N, int K);
 
+/* Y[M,N] = X[M,K] . W[N,K]^T in DeepSeek-V3 block FP8 with a "gemm_fp8" kernel found for exactly
+ * this M, N, K: X, W e4m3 codes (row-major, 16-byte aligned), SX [M, K/128] and
+ * SW [ceil(N/128), K/128] fp32 scales, Y bf16 [M, N]. workspace and counters as for
+ * kiln_gemm_bf16. gemm_fp8 kernels take two more arguments, CUtensorMaps of X and W passed by
+ * value (TMA variants read their operands through them); this call encodes them
+ * (cuTensorMapEncodeTiled) for the kernel's config and launches. KILN_ERR_INVALID_ARGUMENT for
+ * another kernel, another problem, a NULL operand or an X/W address the tensor map cannot
+ * take. Forwards to kiln_launch. */
+kiln_status kiln_gemm_fp8(const kiln_kernel* kernel, void* stream, const void* X, const void* SX, const void* W,
+                          const void* SW, void* Y, void* workspace, void* counters, int M, int N, int K);
+
 /* What this thread's last failed kiln call went wrong on ("" after a success). Valid until the
  * thread's next kiln call; never NULL. */
 const char* kiln_last_error(void);

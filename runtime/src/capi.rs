@@ -22,6 +22,7 @@ use std::sync::{Mutex, OnceLock};
 
 use cudarc::driver::sys::{self as cu, cudaError_enum as CuErr};
 use kiln_codegen::families::gemm_bf16::GemmBf16Problem;
+use kiln_codegen::families::gemm_fp8::{self as fp8_fam, GemmFp8Config, GemmFp8Problem};
 use kiln_codegen::LaunchGeometry;
 use serde_json::Value;
 
@@ -64,6 +65,11 @@ const DEFAULT_SMEM_LIMIT: u32 = 48 * 1024;
 
 /// The argument list `kiln_gemm_bf16` passes, in order.
 const GEMM_BF16_ARGS: [&str; 8] = ["A", "B", "C", "workspace", "counters", "M", "N", "K"];
+
+/// The argument list `kiln_gemm_fp8` passes, in order.
+const GEMM_FP8_ARGS: [&str; 12] = [
+    "X", "SX", "W", "SW", "Y", "workspace", "counters", "M", "N", "K", "tmap_x", "tmap_w",
+];
 
 const NO_CONTEXT: &str =
     "the calling thread has no current CUDA context: call cudaSetDevice(dev) and \
@@ -226,6 +232,9 @@ struct KernelMeta {
     geometry: LaunchGeometry,
     /// `[M, N, K]` when this is a `gemm_bf16` kernel taking the arguments `kiln_gemm_bf16` passes.
     gemm: Option<[c_int; 3]>,
+    /// `[M, N, K]` and the TMA boxes (`None`: the kernel ignores its tensor maps) when this is a
+    /// `gemm_fp8` kernel taking the arguments `kiln_gemm_fp8` passes.
+    gemm_fp8: Option<([c_int; 3], Option<[u32; 2]>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -338,6 +347,22 @@ fn check_kernel(k: &ManifestKernel, dir: &Path) -> std::result::Result<KernelMet
         } else {
             None
         };
+    let gemm_fp8 =
+        if k.family == "gemm_fp8" && k.args.iter().map(|a| a.name.as_str()).eq(GEMM_FP8_ARGS) {
+            let p: GemmFp8Problem = serde_json::from_value(k.problem.clone())
+                .map_err(|e| format!("problem {} is not a gemm_fp8 problem ({e})", k.problem))?;
+            let c: GemmFp8Config = serde_json::from_value(k.config.clone())
+                .map_err(|e| format!("config {} is not a gemm_fp8 config ({e})", k.config))?;
+            let dim = |d: u32| {
+                c_int::try_from(d).map_err(|_| format!("problem {} does not fit int", k.problem))
+            };
+            Some((
+                [dim(p.m)?, dim(p.n)?, dim(p.k)?],
+                fp8_fam::tensor_map_box(&c),
+            ))
+        } else {
+            None
+        };
     Ok(KernelMeta {
         entry: cstring(&k.entry, "entry")?,
         family: cstring(&k.family, "family")?,
@@ -345,6 +370,7 @@ fn check_kernel(k: &ManifestKernel, dir: &Path) -> std::result::Result<KernelMet
         scratch,
         geometry: k.geometry,
         gemm,
+        gemm_fp8,
     })
 }
 
@@ -923,6 +949,101 @@ pub unsafe extern "C" fn kiln_gemm_bf16(
             (&mut m as *mut c_int).cast(),
             (&mut n as *mut c_int).cast(),
             (&mut k as *mut c_int).cast(),
+        ];
+        launch(kern, stream, slots.as_mut_ptr())
+    })
+}
+
+/// Y[M,N] = X[M,K] · W[N,K]^T in block FP8 with a `gemm_fp8` kernel found for exactly this
+/// M, N, K: encodes the two tensor maps the kernel reads X and W through (zeros for variants
+/// that ignore them) and launches.
+///
+/// # Safety
+/// `kernel` came from `kiln_find` and its set is open; the device pointers hold M*K and N*K
+/// e4m3 codes, M*(K/128) and ceil(N/128)*(K/128) fp32 scales, M*N bf16 outputs and the scratch
+/// sizes `kiln_kernel_scratch` gives.
+#[no_mangle]
+pub unsafe extern "C" fn kiln_gemm_fp8(
+    kernel: *const KilnKernel,
+    stream: *mut c_void,
+    x: *const c_void,
+    sx: *const c_void,
+    w: *const c_void,
+    sw: *const c_void,
+    y: *mut c_void,
+    workspace: *mut c_void,
+    counters: *mut c_void,
+    m: c_int,
+    n: c_int,
+    k: c_int,
+) -> KilnStatus {
+    guard("kiln_gemm_fp8", || {
+        // SAFETY: the function's contract.
+        let kern = unsafe { kernel_arg(kernel) }?;
+        let Some((p, boxes)) = kern.meta.gemm_fp8 else {
+            return fail(
+                KilnStatus::InvalidArgument,
+                format!(
+                    "kernel {} is not a gemm_fp8 kernel taking ({}); launch it with kiln_launch",
+                    kern.meta.entry.to_string_lossy(),
+                    GEMM_FP8_ARGS.join(", ")
+                ),
+            );
+        };
+        if [m, n, k] != p {
+            return fail(
+                KilnStatus::InvalidArgument,
+                format!(
+                    "M, N, K = {m}, {n}, {k}, but kernel {} was exported for {}, {}, {} and its grid is that \
+                     problem's; kiln_find the kernel of this problem",
+                    kern.meta.entry.to_string_lossy(),
+                    p[0],
+                    p[1],
+                    p[2]
+                ),
+            );
+        }
+        for (name, ptr) in [("X", x), ("SX", sx), ("W", w), ("SW", sw), ("Y", y.cast_const())] {
+            if ptr.is_null() {
+                return fail(KilnStatus::InvalidArgument, format!("{name} is NULL"));
+            }
+        }
+        let g = &kern.meta.geometry;
+        if g.grid[2] > 1 && counters.is_null() {
+            return fail(
+                KilnStatus::InvalidArgument,
+                format!(
+                    "counters is NULL, but this kernel splits K {} ways and needs one zeroed unsigned int per output tile",
+                    g.grid[2]
+                ),
+            );
+        }
+        use crate::launch::gemm_fp8::TensorMapArg;
+        let (mut tmap_x, mut tmap_w) = match boxes {
+            Some([x_rows, w_rows]) => {
+                let enc = |ptr: *const c_void, rows: c_int, box_rows: u32, what: &str| {
+                    TensorMapArg::u8_rows(ptr as u64, rows as u64, k as u64, box_rows, what)
+                        .map_err(|e| Fail(KilnStatus::InvalidArgument, e.to_string()))
+                };
+                (enc(x, m, x_rows, "X")?, enc(w, n, w_rows, "W")?)
+            }
+            None => (TensorMapArg::unused(), TensorMapArg::unused()),
+        };
+        let (mut x, mut sx, mut w, mut sw, mut y, mut workspace, mut counters, mut m, mut n, mut k) =
+            (x, sx, w, sw, y, workspace, counters, m, n, k);
+        let mut slots: [*mut c_void; 12] = [
+            (&mut x as *mut *const c_void).cast(),
+            (&mut sx as *mut *const c_void).cast(),
+            (&mut w as *mut *const c_void).cast(),
+            (&mut sw as *mut *const c_void).cast(),
+            (&mut y as *mut *mut c_void).cast(),
+            (&mut workspace as *mut *mut c_void).cast(),
+            (&mut counters as *mut *mut c_void).cast(),
+            (&mut m as *mut c_int).cast(),
+            (&mut n as *mut c_int).cast(),
+            (&mut k as *mut c_int).cast(),
+            (&mut tmap_x as *mut TensorMapArg).cast(),
+            (&mut tmap_w as *mut TensorMapArg).cast(),
         ];
         launch(kern, stream, slots.as_mut_ptr())
     })

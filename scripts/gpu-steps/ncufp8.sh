@@ -21,6 +21,8 @@ configs = {
     "c2_n256_s4": dict(common, bn=256, wn=128, stages=4, cluster_m=2),
     "c1_n128_s4": dict(common, bn=128, wn=128, stages=4, cluster_m=1),
     "c2_n128_s6": dict(common, bn=128, wn=128, stages=6, cluster_m=2),
+    "c2_n256_s3": dict(common, bn=256, wn=128, stages=3, cluster_m=2),
+    "c1_n128_s4_d": dict(common, bn=128, wn=128, stages=4, cluster_m=1, double_tmp=True),
 }
 for name, cfg in configs.items():
     d = os.path.join(base, name, "nvidia-h200")

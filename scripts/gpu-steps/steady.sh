@@ -3,4 +3,4 @@
 # it with the committed run-8 results.
 set -uo pipefail
 ./kiln bench --tuned-dir tuned --steady --json "$OUT/bench_steady.json" \
-  --compare results/2026-11-29-gemm_bf16-run8.json --threshold 5%
+  --compare ../benches/results/2026-11-29-gemm_bf16-run8.json --threshold 5%

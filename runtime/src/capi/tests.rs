@@ -594,3 +594,87 @@ fn header_info_struct_layout() {
         ]
     );
 }
+
+/// A `gemm_fp8` manifest kernel (TMA config, so its call encodes tensor maps) with a fake cubin.
+fn fp8_kernel(dir: &Path) -> KilnKernel {
+    let mut mk = gemm_kernel(dir, 64, 7168, 16384);
+    mk.family = "gemm_fp8".into();
+    mk.entry = "kiln_gemm_fp8_test".into();
+    mk.config = serde_json::json!({"kernel": "wgmma", "bm": 64, "bn": 128, "wn": 128, "stages": 6,
+        "split_k": 2, "double_tmp": false, "producer": true, "tma": true, "cluster_m": 1});
+    let types = [
+        "const uint8_t*",
+        "const float*",
+        "const uint8_t*",
+        "const float*",
+        "__nv_bfloat16*",
+        "float*",
+        "unsigned int*",
+        "int",
+        "int",
+        "int",
+        "const CUtensorMap",
+        "const CUtensorMap",
+    ];
+    mk.args = GEMM_FP8_ARGS
+        .iter()
+        .zip(types)
+        .map(|(n, t)| ManifestArg {
+            name: n.to_string(),
+            c_type: t.to_string(),
+        })
+        .collect();
+    KilnKernel {
+        index: 0,
+        ctx: ptr::null_mut(),
+        module: ptr::null_mut(),
+        func: ptr::null_mut(),
+        meta: check_kernel(&mk, dir).unwrap(),
+    }
+}
+
+#[test]
+fn capi_gemm_fp8_checks() {
+    let dir = TempDir::new("fp8");
+    let k = fp8_kernel(&dir.0);
+    assert_eq!(k.meta.gemm_fp8, Some(([64, 7168, 16384], Some([64, 128]))));
+    let bf16 = fake_kernel(&dir.0);
+    assert_eq!(bf16.meta.gemm_fp8, None);
+    let buf = [0u64; 8];
+    let d = buf.as_ptr().cast::<c_void>();
+    let call = |k: *const KilnKernel, x: *const c_void, sx: *const c_void, m: c_int| {
+        // SAFETY: every call below is refused before the (null) driver handles are used.
+        unsafe {
+            kiln_gemm_fp8(
+                k,
+                ptr::null_mut(),
+                x,
+                sx,
+                d,
+                d,
+                d.cast_mut(),
+                d.cast_mut(),
+                d.cast_mut(),
+                m,
+                7168,
+                16384,
+            )
+        }
+    };
+    assert_eq!(call(ptr::null(), d, d, 64), KilnStatus::InvalidArgument);
+    assert_eq!(last_error(), "kiln_gemm_fp8: kernel is NULL");
+    assert_eq!(call(&bf16, d, d, 64), KilnStatus::InvalidArgument);
+    assert!(last_error().contains("not a gemm_fp8 kernel"), "{}", last_error());
+    assert_eq!(call(&k, d, d, 32), KilnStatus::InvalidArgument);
+    assert!(
+        last_error().contains("exported for 64, 7168, 16384"),
+        "{}",
+        last_error()
+    );
+    assert_eq!(call(&k, d, ptr::null(), 64), KilnStatus::InvalidArgument);
+    assert!(last_error().contains("SX is NULL"), "{}", last_error());
+    // The tensor map of X needs a 16-byte-aligned address: refused before the driver is asked.
+    let odd = buf.as_ptr().cast::<u8>().wrapping_add(4).cast::<c_void>();
+    assert_eq!(call(&k, odd, d, 64), KilnStatus::InvalidArgument);
+    assert!(last_error().contains("16-byte-aligned"), "{}", last_error());
+}

@@ -224,9 +224,14 @@ fn wgmma_serves_every_m_and_the_default_switches_at_32() {
         GemmFp8::default_config(&prob(4096, 7168, 18432)).split_k(),
         1
     );
-    // Prefill-sized M: the producer schedule with 128 x 256 tiles (run 11's FFN winner).
+    // Prefill-sized M: a TMA producer with 128 x 256 tiles (run 44's FFN winner); decode
+    // batches: a TMA producer beside one consumer.
     match GemmFp8::default_config(&prob(512, 36864, 7168)) {
-        GemmFp8Config::Wgmma(w) => assert!(w.producer && w.bn == 256 && w.wn == 128),
+        GemmFp8Config::Wgmma(w) => assert!(w.tma && w.bn == 256 && w.wn == 128),
+        other => panic!("{other:?}"),
+    }
+    match GemmFp8::default_config(&prob(128, 7168, 16384)) {
+        GemmFp8Config::Wgmma(w) => assert!(w.tma && w.bm == 64),
         other => panic!("{other:?}"),
     }
     // Both kernels compete at M <= 32.

@@ -439,13 +439,11 @@ pub fn geometry(p: &GemmFp8Problem, c: &WgmmaConfig) -> LaunchGeometry {
     }
 }
 
-/// The wgmma config used when nothing is tuned (M > 32). Prefill-sized M (> 256): 128 x 256
-/// tiles in two n128 passes with a producer warpgroup, 4 stages (the measured winner on every
-/// FFN shape at M = 512-4096, 2026-11-29 run 11, within 3% where it was not). Decode-sized M:
-/// 128-row tiles (two warpgroups) past 64 tokens, else 64; 128 columns, one temporary fragment
-/// (two warpgroups take turns on the tensor cores while the other promotes); 5 stages of 33
-/// KiB (128 rows) or 6 of 24 KiB (64 rows); split-K while tiles x splits stays within 1.5 waves
-/// and every split keeps >= 4 K tiles.
+/// The wgmma config used when nothing is tuned (M > 32), from the every-config re-tune of run
+/// 44 (2026-11-29). Prefill-sized M (> 256): 128 x 256 tiles in two n128 passes, a TMA producer
+/// beside two consumer warpgroups, 3 stages (the winner or within 5% on the FFN shapes).
+/// Decode-sized M: 64-row tiles with a TMA producer and one consumer, 128 columns, 6 stages;
+/// split-K while tiles x splits stays within 1.5 waves and every split keeps >= 4 K tiles.
 pub fn default_config(p: &GemmFp8Problem) -> WgmmaConfig {
     const SMS: u64 = 132;
     if p.m > 256 {
@@ -453,24 +451,23 @@ pub fn default_config(p: &GemmFp8Problem) -> WgmmaConfig {
             bm: 128,
             bn: 256,
             wn: 128,
-            stages: 4,
+            stages: 3,
             split_k: 1,
             double_tmp: false,
             producer: true,
-            tma: false,
+            tma: true,
             cluster_m: 1,
         };
     }
-    let bm = if p.m > 64 { 128 } else { 64 };
     let mut c = WgmmaConfig {
-        bm,
+        bm: 64,
         bn: 128,
         wn: 128,
-        stages: if bm == 128 { 5 } else { 6 },
+        stages: 6,
         split_k: 1,
         double_tmp: false,
-        producer: false,
-        tma: false,
+        producer: true,
+        tma: true,
         cluster_m: 1,
     };
     for split in [8, 4, 2] {
