@@ -68,7 +68,18 @@ const GEMM_BF16_ARGS: [&str; 8] = ["A", "B", "C", "workspace", "counters", "M", 
 
 /// The argument list `kiln_gemm_fp8` passes, in order.
 const GEMM_FP8_ARGS: [&str; 12] = [
-    "X", "SX", "W", "SW", "Y", "workspace", "counters", "M", "N", "K", "tmap_x", "tmap_w",
+    "X",
+    "SX",
+    "W",
+    "SW",
+    "Y",
+    "workspace",
+    "counters",
+    "M",
+    "N",
+    "K",
+    "tmap_x",
+    "tmap_w",
 ];
 
 const NO_CONTEXT: &str =
@@ -1003,7 +1014,13 @@ pub unsafe extern "C" fn kiln_gemm_fp8(
                 ),
             );
         }
-        for (name, ptr) in [("X", x), ("SX", sx), ("W", w), ("SW", sw), ("Y", y.cast_const())] {
+        for (name, ptr) in [
+            ("X", x),
+            ("SX", sx),
+            ("W", w),
+            ("SW", sw),
+            ("Y", y.cast_const()),
+        ] {
             if ptr.is_null() {
                 return fail(KilnStatus::InvalidArgument, format!("{name} is NULL"));
             }

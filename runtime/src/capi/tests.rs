@@ -664,7 +664,11 @@ fn capi_gemm_fp8_checks() {
     assert_eq!(call(ptr::null(), d, d, 64), KilnStatus::InvalidArgument);
     assert_eq!(last_error(), "kiln_gemm_fp8: kernel is NULL");
     assert_eq!(call(&bf16, d, d, 64), KilnStatus::InvalidArgument);
-    assert!(last_error().contains("not a gemm_fp8 kernel"), "{}", last_error());
+    assert!(
+        last_error().contains("not a gemm_fp8 kernel"),
+        "{}",
+        last_error()
+    );
     assert_eq!(call(&k, d, d, 32), KilnStatus::InvalidArgument);
     assert!(
         last_error().contains("exported for 64, 7168, 16384"),

@@ -81,7 +81,9 @@ impl TensorMapArg {
             )
         }
         .result()
-        .during(format!("encoding the tensor map of {what} ({rows} x {row_bytes} bytes, box {box_rows} rows)"))?;
+        .during(format!(
+            "encoding the tensor map of {what} ({rows} x {row_bytes} bytes, box {box_rows} rows)"
+        ))?;
         Ok(TensorMapArg(map))
     }
 }

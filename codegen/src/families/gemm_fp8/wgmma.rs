@@ -1,14 +1,16 @@
 //! The wgmma kernel of `gemm_fp8` (`templates/gemm_fp8_wgmma.cu.tera`, sm_90a): Hopper's
-//! warpgroup MMA on e4m3 operands read from 128-byte-swizzled shared memory, fed by a
-//! `cp.async` pipeline; each 128-wide K tile is one scale block, summed by the tensor cores
-//! into a temporary fragment and promoted into the fp32 accumulators with its two scales.
-//! Serves any M (prefill, FFN and the decode batches past the stream kernel's 32 tokens).
-//! The template's header explains layout, pipeline and the two promotion schedules.
+//! warpgroup MMA on e4m3 operands read from 128-byte-swizzled shared memory, fed either by a
+//! `cp.async` pipeline all threads copy into or by a producer warpgroup issuing TMA copies;
+//! each 128-wide K tile is one scale block, summed by the tensor cores into a temporary
+//! fragment and promoted into the fp32 accumulators with its two scales. Serves any M
+//! (prefill, FFN and the decode batches past the stream kernel's 32 tokens). The template's
+//! header explains layout, pipeline and the promotion schedules.
 //!
 //! A CTA computes a `bm x bn` tile (`bm / 64` consumer warpgroups, each `bn / wn` m64 x wn
-//! wgmma's per k32 step), optionally with a producer warpgroup that does all the copying.
-//! Grid: `[tiles, 1, split_k]`; block `2 * bm` threads (128 per warpgroup), + 128 with a
-//! producer.
+//! wgmma's per k32 step), optionally with a producer warpgroup (TMA, optionally multicast in
+//! clusters of two along M, optionally a persistent grid). Grid: `[CTAs, 1, split_k]` (CTAs:
+//! the tiles, or at most [`PERSISTENT_CTAS`]); block `2 * bm` threads (128 per warpgroup), +
+//! 128 with a producer.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -40,27 +42,34 @@ pub struct WgmmaConfig {
     pub double_tmp: bool,
     /// A producer warpgroup does the copying (mbarrier pipeline, no CTA barrier per tile).
     pub producer: bool,
-    /// The producer copies the operand tiles with TMA (one thread, tensor maps) instead of
-    /// `cp.async` (every producer thread). Absent in artifacts written before it existed.
+    /// The producer copies the operand tiles with TMA (one thread, tensor maps). Required with
+    /// a producer: its `cp.async` version (every producer thread copying) lost every shape
+    /// and is gone; artifacts written before this field deserialize it as false.
     #[serde(default)]
     pub tma: bool,
     /// CTAs of a thread-block cluster along M (1 or 2) that share each W tile: with 2, each
     /// loads half of it and multicasts it to both (TMA only, no split-K).
     #[serde(default = "one")]
     pub cluster_m: u32,
+    /// A persistent grid (producer schedules without split-K): at most [`PERSISTENT_CTAS`]
+    /// CTAs, each looping over tiles, so the producer loads the next tile's first K tiles while
+    /// the consumers store the last one.
+    #[serde(default)]
+    pub persistent: bool,
 }
+
+/// CTAs of a persistent grid: one per SM of the H200 (any grid size is correct; this one fills
+/// the GPU the artifacts are tuned on).
+pub const PERSISTENT_CTAS: u32 = 132;
 
 fn one() -> u32 {
     1
 }
 
 /// Registers a producer thread keeps (setmaxnreg.dec) and a consumer thread gets
-/// (setmaxnreg.inc) with two consumer warpgroups: 128 x 56 + 256 x 224 <= 65536 with
-/// `cp.async` producers, 128 x 40 + 256 x 232 with a TMA producer (one thread issues).
-pub const PRODUCER_REGISTERS: u32 = 56;
-pub const CONSUMER_REGISTERS: u32 = 224;
-pub const TMA_PRODUCER_REGISTERS: u32 = 40;
-pub const TMA_CONSUMER_REGISTERS: u32 = 232;
+/// (setmaxnreg.inc) with two consumer warpgroups: 128 x 40 + 256 x 232 <= 65536.
+pub const PRODUCER_REGISTERS: u32 = 40;
+pub const CONSUMER_REGISTERS: u32 = 232;
 
 impl WgmmaConfig {
     pub fn threads(&self) -> u32 {
@@ -111,6 +120,17 @@ pub fn tiles(p: &GemmFp8Problem, c: &WgmmaConfig) -> u64 {
     (p.m as u64).div_ceil(c.bm as u64) * (p.n as u64).div_ceil(c.bn as u64)
 }
 
+/// grid.x: every CTA, or a persistent grid of at most [`PERSISTENT_CTAS`] (whole clusters).
+pub fn grid_x(p: &GemmFp8Problem, c: &WgmmaConfig) -> u32 {
+    let all = ctas(p, c).min(i32::MAX as u64) as u32;
+    if c.persistent {
+        let cm = c.cluster_m.max(1);
+        all.min(PERSISTENT_CTAS / cm * cm)
+    } else {
+        all
+    }
+}
+
 /// CTAs of the grid: the tiles, with the tile rows rounded up to whole clusters.
 pub fn ctas(p: &GemmFp8Problem, c: &WgmmaConfig) -> u64 {
     let cm = c.cluster_m.max(1) as u64;
@@ -158,26 +178,11 @@ pub fn space() -> Vec<WgmmaConfig> {
                             producer: false,
                             tma: false,
                             cluster_m: 1,
+                            persistent: false,
                         });
                     }
                 }
             }
-        }
-    }
-    // A producer warpgroup and two consumers; wide tiles in two passes.
-    for (bn, wn) in [(128, 128), (128, 64), (192, 96), (256, 128)] {
-        for stages in [3, 4, 5, 6] {
-            out.push(WgmmaConfig {
-                bm: 128,
-                bn,
-                wn,
-                stages,
-                split_k: 1,
-                double_tmp: false,
-                producer: true,
-                tma: false,
-                cluster_m: 1,
-            });
         }
     }
     // A TMA producer and two consumers: one pass (one or two temporaries) or two passes; alone
@@ -191,17 +196,20 @@ pub fn space() -> Vec<WgmmaConfig> {
     ] {
         for stages in [3, 4, 5, 6] {
             for cluster_m in [1, 2] {
-                out.push(WgmmaConfig {
-                    bm: 128,
-                    bn,
-                    wn,
-                    stages,
-                    split_k: 1,
-                    double_tmp,
-                    producer: true,
-                    tma: true,
-                    cluster_m,
-                });
+                for persistent in [false, true] {
+                    out.push(WgmmaConfig {
+                        bm: 128,
+                        bn,
+                        wn,
+                        stages,
+                        split_k: 1,
+                        double_tmp,
+                        producer: true,
+                        tma: true,
+                        cluster_m,
+                        persistent,
+                    });
+                }
             }
         }
     }
@@ -226,8 +234,24 @@ pub fn space() -> Vec<WgmmaConfig> {
                             producer: true,
                             tma: true,
                             cluster_m,
+                            persistent: false,
                         });
                     }
+                }
+                // Persistent, one-CTA-per-SM grids of 128-column tiles.
+                if bn == 128 {
+                    out.push(WgmmaConfig {
+                        bm: 64,
+                        bn,
+                        wn: bn,
+                        stages,
+                        split_k: 1,
+                        double_tmp,
+                        producer: true,
+                        tma: true,
+                        cluster_m: 1,
+                        persistent: true,
+                    });
                 }
             }
         }
@@ -259,7 +283,7 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
         },
     )?;
     illegal(
-        NARROW_BNS.contains(&c.bn) && (c.bm != 64 || c.wn != c.bn || (c.producer && !c.tma)),
+        NARROW_BNS.contains(&c.bn) && (c.bm != 64 || c.wn != c.bn),
         || format!("a {}-column tile is a 64-row, one-pass tile", c.bn),
     )?;
     // wgmma widths: multiples of 8 up to 160 that divide the tile. (One pass of 192 with a TMA
@@ -274,6 +298,10 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
     illegal(c.tma && !c.producer, || {
         "TMA copies are issued by a producer warpgroup".to_string()
     })?;
+    // The tile loop lives in the producer schedules; split-K slices are one tile each.
+    illegal(c.persistent && (!c.producer || c.split_k > 1), || {
+        "a persistent grid needs a producer warpgroup and no split-K".to_string()
+    })?;
     illegal(![1, 2].contains(&c.cluster_m), || {
         format!("cluster_m {} is not 1 or 2", c.cluster_m)
     })?;
@@ -287,9 +315,10 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
             )
         },
     )?;
-    // The cp.async producer schedule has two consumer warpgroups, one temporary fragment.
-    illegal(c.producer && !c.tma && (c.bm != 128 || c.double_tmp), || {
-        "a cp.async producer warpgroup serves 128-row tiles with one temporary".to_string()
+    // The producer warpgroup copies with TMA (its cp.async version lost to TMA on every
+    // shape, runs 39-40, and was removed).
+    illegal(c.producer && !c.tma, || {
+        "a producer warpgroup copies with TMA".to_string()
     })?;
     // ... for many tiles: a producer beside two consumers spills in the split-K epilogue
     // (NVRTC 13.0, 4 bytes).
@@ -391,7 +420,7 @@ pub fn entry(c: &WgmmaConfig) -> String {
         format!("_c{}", c.cluster_m)
     } else {
         String::new()
-    }
+    } + if c.persistent { "_pers" } else { "" }
 }
 
 pub fn render_vars(c: &WgmmaConfig) -> RenderVars {
@@ -413,8 +442,8 @@ pub fn render_vars(c: &WgmmaConfig) -> RenderVars {
         "tma": c.tma,
         "setmaxnreg": c.setmaxnreg(),
         "cluster_m": c.cluster_m,
-        "producer_registers": if c.tma { TMA_PRODUCER_REGISTERS } else { PRODUCER_REGISTERS },
-        "consumer_registers": if c.tma { TMA_CONSUMER_REGISTERS } else { CONSUMER_REGISTERS },
+        "producer_registers": PRODUCER_REGISTERS,
+        "consumer_registers": CONSUMER_REGISTERS,
         "bm": c.bm,
         "bn": c.bn,
         "wn": c.wn,
@@ -431,7 +460,7 @@ pub fn render_vars(c: &WgmmaConfig) -> RenderVars {
 
 pub fn geometry(p: &GemmFp8Problem, c: &WgmmaConfig) -> LaunchGeometry {
     LaunchGeometry {
-        grid: [ctas(p, c).min(i32::MAX as u64) as u32, 1, c.split_k],
+        grid: [grid_x(p, c), 1, c.split_k],
         block: [c.threads(), 1, 1],
         dynamic_smem_bytes: c.smem_bytes(),
         // A multicast config carries its cluster shape in the cubin (`__cluster_dims__`), so it
@@ -458,6 +487,7 @@ pub fn default_config(p: &GemmFp8Problem) -> WgmmaConfig {
             producer: true,
             tma: true,
             cluster_m: 1,
+            persistent: false,
         };
     }
     let mut c = WgmmaConfig {
@@ -470,6 +500,7 @@ pub fn default_config(p: &GemmFp8Problem) -> WgmmaConfig {
         producer: true,
         tma: true,
         cluster_m: 1,
+        persistent: false,
     };
     for split in [8, 4, 2] {
         let s = WgmmaConfig {
@@ -533,6 +564,12 @@ pub fn estimate_us(p: &GemmFp8Problem, c: &WgmmaConfig, limits: &DeviceLimits) -
     let l2_s = ctas * kt * tile_bytes / (5.2e12 * bw_share);
     let ahead = (c.stages - c.busy_stages()) as f64;
     let latency_s = waves * kt * 0.8e-6 / ahead;
-    let launch_s = 3e-6 + if c.split_k > 1 { 1e-6 } else { 0.0 };
+    // A persistent grid hides each tile's pipeline fill behind the previous tile's stores.
+    let launch_s = 3e-6 + if c.split_k > 1 { 1e-6 } else { 0.0 }
+        - if c.persistent {
+            0.3e-6 * (waves - 1.0)
+        } else {
+            0.0
+        };
     (compute_s.max(memory_s).max(l2_s).max(latency_s) + launch_s) * 1e6
 }
