@@ -886,6 +886,65 @@ pub unsafe extern "C" fn kiln_launch(
     })
 }
 
+/// The checks the typed GEMM calls share: `kern` is a `family` kernel taking `args`, exported
+/// (`exported`: its `[M, N, K]`, `None` for another kernel) for exactly `mnk`; no operand is
+/// NULL; a split-K launch has its counters.
+fn check_gemm_call(
+    kern: &KilnKernel,
+    exported: Option<[c_int; 3]>,
+    family: &str,
+    args: &[&str],
+    mnk: [c_int; 3],
+    operands: &[(&str, *const c_void)],
+    counters: *mut c_void,
+) -> Res<()> {
+    let Some(p) = exported else {
+        return fail(
+            KilnStatus::InvalidArgument,
+            format!(
+                "kernel {} is not a {family} kernel taking ({}); launch it with kiln_launch",
+                kern.meta.entry.to_string_lossy(),
+                args.join(", ")
+            ),
+        );
+    };
+    if mnk != p {
+        return fail(
+            KilnStatus::InvalidArgument,
+            format!(
+                "M, N, K = {}, {}, {}, but kernel {} was exported for {}, {}, {} and its grid is that \
+                 problem's; kiln_find the kernel of this problem",
+                mnk[0],
+                mnk[1],
+                mnk[2],
+                kern.meta.entry.to_string_lossy(),
+                p[0],
+                p[1],
+                p[2]
+            ),
+        );
+    }
+    for &(name, ptr) in operands {
+        if ptr.is_null() {
+            return fail(KilnStatus::InvalidArgument, format!("{name} is NULL"));
+        }
+    }
+    // The families' launch contract: grid.z is the split-K factor, and a split launch counts
+    // arrivals per output tile in `counters` (checked here too, whether or not the manifest
+    // lists it as scratch).
+    let g = &kern.meta.geometry;
+    if g.grid[2] > 1 && counters.is_null() {
+        return fail(
+            KilnStatus::InvalidArgument,
+            format!(
+                "counters is NULL, but this kernel splits K {} ways and needs {} zeroed unsigned ints there",
+                g.grid[2], g.grid[0]
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// C[M,N] = A[M,K] · B[N,K]^T (bf16, row-major) with a `gemm_bf16` kernel, which must have been
 /// found for exactly this M, N, K (its grid is the problem's).
 ///
@@ -908,47 +967,15 @@ pub unsafe extern "C" fn kiln_gemm_bf16(
     guard("kiln_gemm_bf16", || {
         // SAFETY: the function's contract.
         let kern = unsafe { kernel_arg(kernel) }?;
-        let Some(p) = kern.meta.gemm else {
-            return fail(
-                KilnStatus::InvalidArgument,
-                format!(
-                    "kernel {} is not a gemm_bf16 kernel taking ({}); launch it with kiln_launch",
-                    kern.meta.entry.to_string_lossy(),
-                    GEMM_BF16_ARGS.join(", ")
-                ),
-            );
-        };
-        if [m, n, k] != p {
-            return fail(
-                KilnStatus::InvalidArgument,
-                format!(
-                    "M, N, K = {m}, {n}, {k}, but kernel {} was exported for {}, {}, {} and its grid is that \
-                     problem's; kiln_find the kernel of this problem",
-                    kern.meta.entry.to_string_lossy(),
-                    p[0],
-                    p[1],
-                    p[2]
-                ),
-            );
-        }
-        for (name, ptr) in [("A", a), ("B", b), ("C", c.cast_const())] {
-            if ptr.is_null() {
-                return fail(KilnStatus::InvalidArgument, format!("{name} is NULL"));
-            }
-        }
-        // The family's launch contract: grid.z is the split-K factor, and a split launch counts
-        // arrivals per output tile in `counters` (checked here too, whether or not the manifest
-        // lists it as scratch).
-        let g = &kern.meta.geometry;
-        if g.grid[2] > 1 && counters.is_null() {
-            return fail(
-                KilnStatus::InvalidArgument,
-                format!(
-                    "counters is NULL, but this kernel splits K {} ways and needs {} zeroed unsigned ints there",
-                    g.grid[2], g.grid[0]
-                ),
-            );
-        }
+        check_gemm_call(
+            kern,
+            kern.meta.gemm,
+            "gemm_bf16",
+            &GEMM_BF16_ARGS,
+            [m, n, k],
+            &[("A", a), ("B", b), ("C", c.cast_const())],
+            counters,
+        )?;
         let (mut a, mut b, mut c, mut workspace, mut counters, mut m, mut n, mut k) =
             (a, b, c, workspace, counters, m, n, k);
         let mut slots: [*mut c_void; 8] = [
@@ -991,50 +1018,22 @@ pub unsafe extern "C" fn kiln_gemm_fp8(
     guard("kiln_gemm_fp8", || {
         // SAFETY: the function's contract.
         let kern = unsafe { kernel_arg(kernel) }?;
-        let Some((p, boxes)) = kern.meta.gemm_fp8 else {
-            return fail(
-                KilnStatus::InvalidArgument,
-                format!(
-                    "kernel {} is not a gemm_fp8 kernel taking ({}); launch it with kiln_launch",
-                    kern.meta.entry.to_string_lossy(),
-                    GEMM_FP8_ARGS.join(", ")
-                ),
-            );
-        };
-        if [m, n, k] != p {
-            return fail(
-                KilnStatus::InvalidArgument,
-                format!(
-                    "M, N, K = {m}, {n}, {k}, but kernel {} was exported for {}, {}, {} and its grid is that \
-                     problem's; kiln_find the kernel of this problem",
-                    kern.meta.entry.to_string_lossy(),
-                    p[0],
-                    p[1],
-                    p[2]
-                ),
-            );
-        }
-        for (name, ptr) in [
-            ("X", x),
-            ("SX", sx),
-            ("W", w),
-            ("SW", sw),
-            ("Y", y.cast_const()),
-        ] {
-            if ptr.is_null() {
-                return fail(KilnStatus::InvalidArgument, format!("{name} is NULL"));
-            }
-        }
-        let g = &kern.meta.geometry;
-        if g.grid[2] > 1 && counters.is_null() {
-            return fail(
-                KilnStatus::InvalidArgument,
-                format!(
-                    "counters is NULL, but this kernel splits K {} ways and needs one zeroed unsigned int per output tile",
-                    g.grid[2]
-                ),
-            );
-        }
+        check_gemm_call(
+            kern,
+            kern.meta.gemm_fp8.map(|(p, _)| p),
+            "gemm_fp8",
+            &GEMM_FP8_ARGS,
+            [m, n, k],
+            &[
+                ("X", x),
+                ("SX", sx),
+                ("W", w),
+                ("SW", sw),
+                ("Y", y.cast_const()),
+            ],
+            counters,
+        )?;
+        let boxes = kern.meta.gemm_fp8.and_then(|(_, b)| b);
         use crate::launch::gemm_fp8::TensorMapArg;
         let (mut tmap_x, mut tmap_w) = match boxes {
             Some([x_rows, w_rows]) => {

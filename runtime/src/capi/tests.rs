@@ -32,6 +32,19 @@ fn last_error() -> String {
         .into_owned()
 }
 
+/// Manifest arguments from parallel lists of names and C types.
+fn manifest_args(names: &[&str], types: &[&str]) -> Vec<ManifestArg> {
+    assert_eq!(names.len(), types.len());
+    names
+        .iter()
+        .zip(types)
+        .map(|(n, t)| ManifestArg {
+            name: n.to_string(),
+            c_type: t.to_string(),
+        })
+        .collect()
+}
+
 fn gemm_kernel(dir: &Path, m: u32, n: u32, k: u32) -> ManifestKernel {
     use sha2::Digest;
     let cubin = b"not a real cubin".to_vec();
@@ -43,9 +56,9 @@ fn gemm_kernel(dir: &Path, m: u32, n: u32, k: u32) -> ManifestKernel {
         entry: "kiln_gemm_bf16_test".into(),
         cubin: "k.cubin".into(),
         cubin_sha256: hex::encode(sha2::Sha256::digest(&cubin)),
-        args: GEMM_BF16_ARGS
-            .iter()
-            .zip([
+        args: manifest_args(
+            &GEMM_BF16_ARGS,
+            &[
                 "const __nv_bfloat16*",
                 "const __nv_bfloat16*",
                 "__nv_bfloat16*",
@@ -54,12 +67,8 @@ fn gemm_kernel(dir: &Path, m: u32, n: u32, k: u32) -> ManifestKernel {
                 "int",
                 "int",
                 "int",
-            ])
-            .map(|(n, t)| ManifestArg {
-                name: n.to_string(),
-                c_type: t.to_string(),
-            })
-            .collect(),
+            ],
+        ),
         geometry: LaunchGeometry {
             grid: [20, 1, 4],
             block: [64, 1, 1],
@@ -616,14 +625,7 @@ fn fp8_kernel(dir: &Path) -> KilnKernel {
         "const CUtensorMap",
         "const CUtensorMap",
     ];
-    mk.args = GEMM_FP8_ARGS
-        .iter()
-        .zip(types)
-        .map(|(n, t)| ManifestArg {
-            name: n.to_string(),
-            c_type: t.to_string(),
-        })
-        .collect();
+    mk.args = manifest_args(&GEMM_FP8_ARGS, &types);
     KilnKernel {
         index: 0,
         ctx: ptr::null_mut(),
