@@ -86,9 +86,9 @@ enum Command {
         /// Seed for the random validation inputs (default: time-based).
         #[arg(long)]
         seed: Option<u64>,
-        /// Candidates kept from the analytical ranking for timing (default 32); a number at
-        /// least the size of the legal space times every legal config (slower, and immune to a
-        /// wrong estimate).
+        /// Candidates kept from the analytical ranking for timing (default 32; gemm_fp8: every
+        /// legal config); a number at least the size of the legal space times every legal
+        /// config (slower, and immune to a wrong estimate).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         shortlist: Option<u64>,
     },
