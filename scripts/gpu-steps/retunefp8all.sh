@@ -4,15 +4,17 @@
 # (what benchfp8 benches), starting from the committed artifact so that a problem the budget
 # (KILN_RETUNE_BUDGET, default 5m) leaves out keeps its committed entry. The artifact comes back
 # as $OUT/gemm_fp8.json, the tune report as $KILN_GPU_REPORT/retune_fp8_all.json.
+# KILN_RETUNE_FFN_ONLY=1: the 12 FFN shapes only.
 set -uo pipefail
 dir=/tmp/kiln-tuned-fp8
 rm -rf "$dir" && mkdir -p "$dir" && cp -r tuned/. "$dir/"
 python3 - "$dir/problems.json" <<'PY'
-import json, sys
+import json, os, sys
 ffn = [(7168, 36864), (18432, 7168), (7168, 10240), (5120, 7168)]
 dec = [(7168, 2560), (2048, 16384), (16384, 7168)]
 probs = [{"m": m, "n": n, "k": k} for m in (512, 2048, 4096) for (k, n) in ffn]
-probs += [{"m": m, "n": n, "k": k} for m in (256, 128, 64, 32, 16, 1) for (k, n) in dec]
+if os.environ.get("KILN_RETUNE_FFN_ONLY") != "1":
+    probs += [{"m": m, "n": n, "k": k} for m in (256, 128, 64, 32, 16, 1) for (k, n) in dec]
 json.dump(probs, open(sys.argv[1], "w"))
 PY
 start=$(date +%s.%N)
