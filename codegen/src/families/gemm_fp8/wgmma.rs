@@ -295,8 +295,10 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
     illegal(!(3..=8).contains(&c.stages), || {
         format!("{} stages is not 3..=8", c.stages)
     })?;
-    illegal(c.tma && !c.producer, || {
-        "TMA copies are issued by a producer warpgroup".to_string()
+    // TMA copies are issued by a producer warpgroup, and a producer copies with TMA (its
+    // cp.async version lost to TMA on every shape, runs 39-40, and was removed).
+    illegal(c.tma != c.producer, || {
+        "a producer warpgroup issues TMA copies, and only it".to_string()
     })?;
     // The tile loop lives in the producer schedules; split-K slices are one tile each.
     illegal(c.persistent && (!c.producer || c.split_k > 1), || {
@@ -315,13 +317,7 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
             )
         },
     )?;
-    // The producer warpgroup copies with TMA (its cp.async version lost to TMA on every
-    // shape, runs 39-40, and was removed).
-    illegal(c.producer && !c.tma, || {
-        "a producer warpgroup copies with TMA".to_string()
-    })?;
-    // ... for many tiles: a producer beside two consumers spills in the split-K epilogue
-    // (NVRTC 13.0, 4 bytes).
+    // A producer beside two consumers spills in the split-K epilogue (NVRTC 13.0, 4 bytes).
     illegal(c.producer && c.bm == 128 && c.split_k > 1, || {
         "a producer warpgroup beside two consumers does not split K".to_string()
     })?;
