@@ -78,10 +78,11 @@ pub struct MlpJetProblem {
 }
 
 /// How the per-layer product is computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Math {
     /// fp32 FMA on the CUDA cores: exact fp32 arithmetic.
+    #[default]
     Fma,
     /// Tensor cores, `mma.sync` m16n8k8 TF32 with each fp32 operand split into a TF32 high
     /// part and a TF32 remainder, three products (hi*hi + hi*lo + lo*hi): ~fp32 accuracy at
@@ -91,7 +92,7 @@ pub enum Math {
 }
 
 impl Math {
-    fn tag(self) -> &'static str {
+    pub(crate) fn tag(self) -> &'static str {
         match self {
             Math::Fma => "fma",
             Math::Tf32x3 => "tf32x3",

@@ -68,7 +68,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::families::mlp_jet::{param_count, MlpJetProblem, Streams};
+use crate::families::mlp_jet::{param_count, Math, MlpJetProblem, Streams};
 use crate::family::{
     DeviceLimits, Family, Illegal, KernelArg, LaunchGeometry, RenderVars, Scratch, Unsupported,
 };
@@ -130,6 +130,11 @@ pub struct MlpJetBackwardConfig {
     pub rows: u32,
     /// Points per tile.
     pub tile_points: u32,
+    /// How the three hidden-layer products run: fp32 FMA, or 3xTF32 `mma.sync` (the same
+    /// split as [`mlp_jet`](super::mlp_jet)'s). Configs written before this field existed
+    /// read as FMA.
+    #[serde(default)]
+    pub math: Math,
 }
 
 pub const MAX_D: u32 = 32;
@@ -192,7 +197,7 @@ fn shape(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> Option<Shape> {
         return None;
     }
     let row_warps = p.width / span;
-    let col_unit = 4 * (8 / row_warps);
+    let col_unit = col_unit(c, row_warps);
     let ts = c.tile_points * p.streams();
     let cols = ts.div_ceil(col_unit) * col_unit;
     let lda = p.width + 4;
@@ -204,13 +209,23 @@ fn shape(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> Option<Shape> {
     Some(Shape {
         row_warps,
         cols,
-        cols_per_thread: cols / col_unit,
+        cols_per_thread: cols / (4 * (8 / row_warps)),
         slab_floats,
         slots_floats,
         dw_vec: (p.width / 16).min(4),
         partial_stride: (pc + 1).div_ceil(4) * 4,
         smem_bytes: 4 * smem_floats,
     })
+}
+
+/// Columns a tile pads to: 4 lanes across times the warps across the columns; an mma tile
+/// is 8 columns wide, so tf32x3 pads to twice that.
+fn col_unit(c: &MlpJetBackwardConfig, row_warps: u32) -> u32 {
+    let lanes = match c.math {
+        Math::Fma => 4,
+        Math::Tf32x3 => 8,
+    };
+    lanes * (8 / row_warps)
 }
 
 /// Floats of the `partial` scratch of a launch of `p` under `c`.
@@ -266,9 +281,15 @@ impl Family for MlpJetBackward {
 
     fn space() -> Vec<MlpJetBackwardConfig> {
         let mut out = Vec::new();
-        for rows in [4, 8] {
-            for tile_points in TILES {
-                out.push(MlpJetBackwardConfig { rows, tile_points });
+        for math in [Math::Fma, Math::Tf32x3] {
+            for rows in [4, 8] {
+                for tile_points in TILES {
+                    out.push(MlpJetBackwardConfig {
+                        rows,
+                        tile_points,
+                        math,
+                    });
+                }
             }
         }
         out
@@ -365,6 +386,7 @@ impl Family for MlpJetBackward {
             "depth": p.depth,
             "p": p.p,
             "tile_points": c.tile_points,
+            "tf32x3": c.math == Math::Tf32x3,
             "cols": sh.cols,
             "rows": c.rows,
             "row_warps": sh.row_warps,
@@ -389,8 +411,14 @@ impl Family for MlpJetBackward {
             Loss::LaplacianResidual => "res",
         };
         format!(
-            "kiln_mlp_jet_backward_{tag}_d{}_w{}_l{}_p{}_r{}_t{}",
-            p.d, p.width, p.depth, p.p, c.rows, c.tile_points
+            "kiln_mlp_jet_backward_{tag}_d{}_w{}_l{}_p{}_r{}_t{}_{}",
+            p.d,
+            p.width,
+            p.depth,
+            p.p,
+            c.rows,
+            c.tile_points,
+            c.math.tag()
         )
     }
 
@@ -452,12 +480,16 @@ impl Family for MlpJetBackward {
     }
 
     fn default_config(p: &MlpJetBackwardProblem) -> MlpJetBackwardConfig {
-        // Every supported problem has a candidate: one point per tile, 4 rows per thread
-        // (see `every_supported_problem_has_a_legal_default`).
-        Self::best_estimated(p, &DeviceLimits::HOPPER, |_| true).unwrap_or(MlpJetBackwardConfig {
-            rows: 4,
-            tile_points: 1,
-        })
+        // The exact fp32 path only, as in mlp_jet: tf32x3 competes in tuning (validated
+        // before it may win). Every supported problem has a candidate: one point per tile, 4
+        // rows per thread (see `every_supported_problem_has_a_legal_default`).
+        Self::best_estimated(p, &DeviceLimits::HOPPER, |c| c.math == Math::Fma).unwrap_or(
+            MlpJetBackwardConfig {
+                rows: 4,
+                tile_points: 1,
+                math: Math::Fma,
+            },
+        )
     }
 
     fn estimate_us(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig, _l: &DeviceLimits) -> f64 {
@@ -467,14 +499,36 @@ impl Family for MlpJetBackward {
         let (w, depth) = (p.width as f64, p.depth as f64 - 1.0);
         let (ro, cc) = (c.rows as f64, sh.cols_per_thread as f64);
         let ts = (c.tile_points * p.streams()) as f64;
-        // Column products: per 4-deep k step a thread issues 4 ro cc FMAs and ro + cc loads;
-        // the dW product 64 FMAs per 4 loads at width 128 (fewer at narrower widths).
-        let col_eff = 4.0 * ro * cc / (4.0 * ro * cc + ro + cc);
-        let dw_per_thread = (w * w / THREADS as f64).min(64.0);
-        let dw_eff = dw_per_thread / (dw_per_thread + 2.0 * (dw_per_thread.sqrt()));
-        let fma_rate = 128.0 * 1.75e9 * 0.7; // per SM per second, at a 70% issue ceiling
-        let col_s = 2.0 * depth * w * w * sh.cols as f64 / (fma_rate * col_eff);
-        let dw_s = depth * w * w * ts / (fma_rate * dw_eff);
+        let (col_s, dw_s) = match c.math {
+            Math::Fma => {
+                // Column products: per 4-deep k step a thread issues 4 ro cc FMAs and ro + cc
+                // loads; the dW product 64 FMAs per 4 loads at width 128 (fewer when narrower).
+                let col_eff = 4.0 * ro * cc / (4.0 * ro * cc + ro + cc);
+                let dw_per_thread = (w * w / THREADS as f64).min(64.0);
+                let dw_eff = dw_per_thread / (dw_per_thread + 2.0 * (dw_per_thread.sqrt()));
+                let fma_rate = 128.0 * 1.75e9 * 0.7; // per SM per second, at a 70% issue ceiling
+                (
+                    2.0 * depth * w * w * sh.cols as f64 / (fma_rate * col_eff),
+                    depth * w * w * ts / (fma_rate * dw_eff),
+                )
+            }
+            Math::Tf32x3 => {
+                // Per 8-deep k step a warp issues 3 mma per (16-row, 8-column) tile and, per
+                // fragment element, a load and a split (~4 instructions). mma.sync TF32 at ~60%
+                // of 495 TFLOP/s is ~6.3 cycles per mma on a sub-partition; three per product.
+                let eff = |mt: f64, nt: f64| {
+                    let mma = 3.0 * mt * nt;
+                    let other = 4.0 * (4.0 * mt + 2.0 * nt);
+                    mma * 6.3 / (mma * 6.3).max(mma + other)
+                };
+                let mac_rate = 300e12 / 2.0 / SMS as f64; // tensor multiply-adds per SM per second
+                let k8 = (ts / 8.0).ceil() * 8.0;
+                (
+                    2.0 * depth * w * w * sh.cols as f64 * 3.0 / (mac_rate * eff(ro / 2.0, cc / 2.0)),
+                    depth * w * w * k8 * 3.0 / (mac_rate * eff(w / 32.0, w / 32.0)),
+                )
+            }
+        };
         // Per tile: a barrier per slab and per phase, and the dW read-modify-write (L2).
         let syncs = (2.0 * depth * (w / SLAB_K as f64) + 4.0 * depth + 8.0) * 1.0e-6 / 1.75e3;
         let rmw_s = depth * w * w * 8.0 / 60.0e9;
