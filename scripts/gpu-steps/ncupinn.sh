@@ -10,7 +10,7 @@ NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -
 [ -n "$NCU" ] || { echo "ncu not found"; exit 1; }
 base=/tmp/ncu-pinn
 rm -rf "$base" && mkdir -p "$base"
-for entry in ${KILN_NCU_PINN:-kiln_mlp_jet_backward_res_d20_w128_l4_p1_r4_t2_s3_tf32x3 kiln_mlp_jet_backward_res_d1_w64_l4_p1_r4_t32_s3_tf32x3}; do
+for entry in ${KILN_NCU_PINN:-kiln_mlp_jet_backward_res_d20_w128_l4_p1_r4_t2_tf32x3 kiln_mlp_jet_backward_res_d1_w64_l4_p1_r4_t32_tf32x3}; do
   "$NCU" --clock-control none --set full --import-source no -k "regex:^${entry}\$" --launch-skip 3 --launch-count 1 \
     -o "$base/$entry" ./kiln bench --family mlp_jet_backward --candidates --reps 3 >"$OUT/ncu_pinn_${entry}_run.txt" 2>&1
   echo "ncu $entry: exit $?"

@@ -135,14 +135,6 @@ pub struct MlpJetBackwardConfig {
     /// read as FMA.
     #[serde(default)]
     pub math: Math,
-    /// Weight-slab buffers in the copy ring (2..=4): `stages - 1` slabs in flight ahead of
-    /// the one in use. Configs written before this field existed read as 2.
-    #[serde(default = "two_stages")]
-    pub stages: u32,
-}
-
-fn two_stages() -> u32 {
-    2
 }
 
 pub const MAX_D: u32 = 32;
@@ -159,8 +151,6 @@ const SLAB_K: u32 = 32;
 const SMS: u32 = 132;
 /// Tile sizes of the space.
 const TILES: [u32; 7] = [1, 2, 4, 8, 16, 32, 48];
-/// Slab ring depths of the space.
-const STAGES: std::ops::RangeInclusive<u32> = 2..=4;
 /// The reduce entry's arguments.
 pub const REDUCE_ARGS: [KernelArg; 5] = [
     KernelArg {
@@ -215,7 +205,7 @@ fn shape(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> Option<Shape> {
     let ne = p.d + p.depth + 2 * p.p + 1;
     let slots_floats = ((p.depth + 1) * cols * lda).max(ne * THREADS);
     let pc = p.params() as u32;
-    let smem_floats = c.stages * slab_floats + slots_floats + c.tile_points * p.d + ts * p.p;
+    let smem_floats = 2 * slab_floats + slots_floats + c.tile_points * p.d + ts * p.p;
     Some(Shape {
         row_warps,
         cols,
@@ -292,16 +282,13 @@ impl Family for MlpJetBackward {
     fn space() -> Vec<MlpJetBackwardConfig> {
         let mut out = Vec::new();
         for math in [Math::Fma, Math::Tf32x3] {
-            for stages in STAGES {
-                for rows in [4, 8] {
-                    for tile_points in TILES {
-                        out.push(MlpJetBackwardConfig {
-                            rows,
-                            tile_points,
-                            math,
-                            stages,
-                        });
-                    }
+            for rows in [4, 8] {
+                for tile_points in TILES {
+                    out.push(MlpJetBackwardConfig {
+                        rows,
+                        tile_points,
+                        math,
+                    });
                 }
             }
         }
@@ -312,9 +299,6 @@ impl Family for MlpJetBackward {
         // 4 or 8 rows: whole float4 groups in the W^T product, at most 64 accumulators.
         illegal(c.rows != 4 && c.rows != 8, || {
             format!("rows {} is not 4 or 8", c.rows)
-        })?;
-        illegal(!STAGES.contains(&c.stages), || {
-            format!("stages {} is not in {STAGES:?}", c.stages)
         })?;
         illegal(!TILES.contains(&c.tile_points), || {
             format!("tile_points {} is not one of {TILES:?}", c.tile_points)
@@ -337,14 +321,6 @@ impl Family for MlpJetBackward {
             format!(
                 "{} rows x {} columns per thread exceed 64 accumulators",
                 c.rows, sh.cols_per_thread
-            )
-        })?;
-        // The ring looks ahead at most into the next tile.
-        let slabs_per_tile = 2 * (p.depth - 1) * (p.width / SLAB_K);
-        illegal(c.stages - 1 > slabs_per_tile, || {
-            format!(
-                "{} stages look further ahead than a tile's {slabs_per_tile} slabs",
-                c.stages
             )
         })?;
         // Tiles far larger than the point count only pad.
@@ -411,7 +387,6 @@ impl Family for MlpJetBackward {
             "p": p.p,
             "tile_points": c.tile_points,
             "tf32x3": c.math == Math::Tf32x3,
-            "stages": c.stages,
             "cols": sh.cols,
             "rows": c.rows,
             "row_warps": sh.row_warps,
@@ -436,14 +411,13 @@ impl Family for MlpJetBackward {
             Loss::LaplacianResidual => "res",
         };
         format!(
-            "kiln_mlp_jet_backward_{tag}_d{}_w{}_l{}_p{}_r{}_t{}_s{}_{}",
+            "kiln_mlp_jet_backward_{tag}_d{}_w{}_l{}_p{}_r{}_t{}_{}",
             p.d,
             p.width,
             p.depth,
             p.p,
             c.rows,
             c.tile_points,
-            c.stages,
             c.math.tag()
         )
     }
@@ -514,7 +488,6 @@ impl Family for MlpJetBackward {
                 rows: 4,
                 tile_points: 1,
                 math: Math::Fma,
-                stages: 2,
             },
         )
     }
@@ -556,13 +529,8 @@ impl Family for MlpJetBackward {
                 )
             }
         };
-        // Per tile: a barrier per slab and per phase, and the dW read-modify-write (L2). A
-        // slab's copy (~1.2 us from L2 under load) hides behind the products of the
-        // stages - 1 slabs before it, or the step waits for the rest.
-        let slabs = 2.0 * depth * (w / SLAB_K as f64);
-        let per_slab = col_s / slabs.max(1.0);
-        let exposed = slabs * (1.2e-6 / (c.stages - 1) as f64 - per_slab).max(0.0);
-        let syncs = (slabs + 4.0 * depth + 8.0) * 1.0e-6 / 1.75e3 + exposed;
+        // Per tile: a barrier per slab and per phase, and the dW read-modify-write (L2).
+        let syncs = (2.0 * depth * (w / SLAB_K as f64) + 4.0 * depth + 8.0) * 1.0e-6 / 1.75e3;
         let rmw_s = depth * w * w * 8.0 / 60.0e9;
         let tile_s = col_s + dw_s + syncs + rmw_s;
         let g = Self::geometry(p, c);
