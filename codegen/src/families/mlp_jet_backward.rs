@@ -150,7 +150,7 @@ const SLAB_K: u32 = 32;
 /// SMs the persistent grid plans for (H100 / H200).
 const SMS: u32 = 132;
 /// Tile sizes of the space.
-const TILES: [u32; 7] = [1, 2, 4, 8, 16, 32, 48];
+const TILES: [u32; 11] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48];
 /// The reduce entry's arguments.
 pub const REDUCE_ARGS: [KernelArg; 5] = [
     KernelArg {
@@ -203,7 +203,7 @@ fn shape(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> Option<Shape> {
     let lda = p.width + 4;
     let slab_floats = (p.width * (SLAB_K + 4)).max(SLAB_K * (p.width + 4));
     let ne = p.d + p.depth + 2 * p.p + 1;
-    let slots_floats = ((p.depth + 1) * cols * lda).max(ne * THREADS);
+    let slots_floats = (p.depth * cols * lda).max(ne * THREADS);
     let pc = p.params() as u32;
     let smem_floats = 2 * slab_floats + slots_floats + c.tile_points * p.d + ts * p.p;
     Some(Shape {
