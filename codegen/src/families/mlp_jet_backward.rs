@@ -150,7 +150,7 @@ const SLAB_K: u32 = 32;
 /// SMs the persistent grid plans for (H100 / H200).
 const SMS: u32 = 132;
 /// Tile sizes of the space.
-const TILES: [u32; 11] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48];
+const TILES: [u32; 12] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
 /// The reduce entry's arguments.
 pub const REDUCE_ARGS: [KernelArg; 5] = [
     KernelArg {

@@ -34,7 +34,7 @@ fn every_problem() -> Vec<MlpJetBackwardProblem> {
 
 #[test]
 fn space_and_variants_stay_modest() {
-    assert_eq!(MlpJetBackward::legal_space(&limits()).len(), 44);
+    assert_eq!(MlpJetBackward::legal_space(&limits()).len(), 48);
     let f = crate::registry::family("mlp_jet_backward").unwrap();
     let variants = f.variants(&limits());
     let entries: HashSet<_> = variants.iter().map(|v| v.entry.clone()).collect();
