@@ -63,6 +63,15 @@
 //!    (null: not written); `ctas` = the first launch's grid, `scale` = [`scale`]. Grid
 //!    [`reduce_geometry`].
 //!
+//! # Arithmetic
+//!
+//! fp32 throughout. The three hidden-layer products of a tile (forward `W H`, backward
+//! `W^T Zb`, weights `Zb H^T`) run as fp32 FMAs ([`Math::Fma`], the default) or on tensor cores
+//! ([`Math::Tf32x3`]: `mma.sync` TF32 with each operand split into a TF32 high part and
+//! remainder, three products, ~fp32 accuracy); the elementwise passes are the same for both.
+//! Hidden `dW` is accumulated per CTA with vector reductions whose order per address is program
+//! order, so every path is deterministic.
+//!
 //! The template (`templates/mlp_jet_backward.cu.tera`) explains the work split.
 
 use serde::{Deserialize, Serialize};
@@ -524,7 +533,8 @@ impl Family for MlpJetBackward {
                 let mac_rate = 300e12 / 2.0 / SMS as f64; // tensor multiply-adds per SM per second
                 let k8 = (ts / 8.0).ceil() * 8.0;
                 (
-                    2.0 * depth * w * w * sh.cols as f64 * 3.0 / (mac_rate * eff(ro / 2.0, cc / 2.0)),
+                    2.0 * depth * w * w * sh.cols as f64 * 3.0
+                        / (mac_rate * eff(ro / 2.0, cc / 2.0)),
                     depth * w * w * k8 * 3.0 / (mac_rate * eff(w / 32.0, w / 32.0)),
                 )
             }

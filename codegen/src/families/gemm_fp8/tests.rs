@@ -127,6 +127,8 @@ fn render_vars_match_the_template() {
     }
 }
 
+// is_multiple_of is newer than the workspace's rust-version.
+#[allow(clippy::manual_is_multiple_of)]
 #[test]
 fn wgmma_space_is_modest_and_fits_registers_and_smem() {
     let l = legal_wgmma();

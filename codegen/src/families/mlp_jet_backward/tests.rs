@@ -182,7 +182,10 @@ fn shapes_tile_the_columns_and_fit() {
         for c in MlpJetBackward::candidates(&p, &limits()) {
             let sh = shape(&p, &c).unwrap();
             let ts = c.tile_points * p.streams();
-            assert!(sh.cols >= ts && sh.cols - ts < col_unit(&c, sh.row_warps), "{p:?} {c:?}");
+            assert!(
+                sh.cols >= ts && sh.cols - ts < col_unit(&c, sh.row_warps),
+                "{p:?} {c:?}"
+            );
             assert_eq!(sh.cols % col_unit(&c, sh.row_warps), 0);
             assert_eq!(sh.row_warps * c.rows * 8, p.width);
             assert_eq!((8 / sh.row_warps) * 4 * sh.cols_per_thread, sh.cols);
@@ -276,4 +279,31 @@ fn buckets_and_serde() {
         ),
         None
     );
+}
+
+#[test]
+fn configs_without_math_read_as_fma_and_tensor_tiles_are_whole() {
+    // Configs recorded before the `math` field existed still parse, as the FMA path.
+    let c: MlpJetBackwardConfig =
+        serde_json::from_str(r#"{"rows": 4, "tile_points": 16}"#).unwrap();
+    assert_eq!(c.math, Math::Fma);
+    // tf32x3: every warp's columns are whole 8-column mma tiles, and the entry names the path.
+    for p in every_problem() {
+        for c in MlpJetBackward::candidates(&p, &limits()) {
+            if c.math != Math::Tf32x3 {
+                continue;
+            }
+            let sh = shape(&p, &c).unwrap();
+            assert_eq!((4 * sh.cols_per_thread) % 8, 0, "{p:?} {c:?}");
+            assert!(MlpJetBackward::entry(&p, &c).ends_with("_tf32x3"));
+            let fma = MlpJetBackwardConfig {
+                math: Math::Fma,
+                ..c
+            };
+            assert_ne!(
+                MlpJetBackward::entry(&p, &c),
+                MlpJetBackward::entry(&p, &fma)
+            );
+        }
+    }
 }
