@@ -33,15 +33,8 @@ PY
 # KILN_NCU_FP8: which of the three (default all); KILN_NCU_SASS=1 also keeps per-instruction
 # counters and warp-stall samples (the source page as CSV, SASS only).
 for name in ${KILN_NCU_FP8:-c1_n256_s3 c2_n256_s4 c1_n128_s4}; do
-  "$NCU" --clock-control none --set full --import-source no -k regex:kiln_gemm_fp8_wgmma --launch-skip 3 --launch-count 1 \
-    -o "$base/$name" ./kiln bench --family gemm_fp8 --tuned-dir "$base/$name" --reps 5 >"$OUT/ncu_fp8_${name}_run.txt" 2>&1
-  echo "ncu $name: exit $?"
-  "$NCU" -i "$base/$name.ncu-rep" >"$OUT/ncu_fp8_$name.txt" 2>&1
-  if [ "${KILN_NCU_SASS:-0}" = 1 ]; then
-    "$NCU" -i "$base/$name.ncu-rep" --page source --csv --print-source sass >"$OUT/ncu_fp8_${name}_sass.csv" 2>&1
-    echo "sass page $name: exit $? ($(wc -l <"$OUT/ncu_fp8_${name}_sass.csv") lines)"
-  fi
-  grep -E "Duration|DRAM Throughput|L2 Cache Throughput|L1/TEX Cache Throughput|Memory Throughput|Compute \(SM\) Throughput|Registers Per|Issue Slots Busy|No Eligible|Stall|Shared Memory" "$OUT/ncu_fp8_$name.txt" | head -24
+  "$(dirname "$0")/_ncu_kernel.sh" "$NCU" "$base/$name" "ncu_fp8_$name" kiln_gemm_fp8_wgmma \
+    ./kiln bench --family gemm_fp8 --tuned-dir "$base/$name" --reps 5
 done
 # cuBLASLt's kernels of one bench run (every kernel not kiln's): name, grid, block, cluster.
 if [ "${KILN_NCU_CUBLAS:-1}" = 1 ]; then
