@@ -560,7 +560,8 @@ impl Family for MlpJetBackward {
         Some((tuned.points as f64 / wanted.points as f64).ln().abs())
     }
 
-    /// Both heads; widths 32 (2-wide dW chunks), 64 and 128; p > 1; d = 1 and d = 20.
+    /// Both heads; widths 32 (2-wide dW chunks), 64 and 128; p > 1; d = 1, 2 and 20 (the three
+    /// PINN target nets among them).
     fn branch_problems() -> Vec<MlpJetBackwardProblem> {
         let prob = |d, width, depth, p, loss| MlpJetBackwardProblem {
             d,
@@ -574,6 +575,10 @@ impl Family for MlpJetBackward {
             prob(1, 32, 2, 1, Loss::LaplacianResidual),
             prob(3, 64, 3, 4, Loss::Cotangents),
             prob(20, 128, 4, 1, Loss::LaplacianResidual),
+            // The other two PINN target nets (d = 20 is the one above), so CI compiles the
+            // variants the training-step benchmark runs.
+            prob(1, 64, 4, 1, Loss::LaplacianResidual),
+            prob(2, 128, 4, 1, Loss::LaplacianResidual),
         ]
     }
 }
