@@ -2,6 +2,8 @@
 //! `cc -Wall -Wextra -Werror`, and the binary it makes loads both libraries and reaches kiln
 //! through the C ABI (no GPU needed: the runs stop before any kernel is launched).
 
+use kiln_codegen::families::gemm_bf16::GemmBf16;
+use kiln_codegen::Family;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -123,20 +125,10 @@ fn write_fake_export(dir: &Path) {
     let cubin = b"not a cubin";
     std::fs::write(dir.join("k.cubin"), cubin).unwrap();
     let sha = kiln_codegen::cache::sha256_hex(cubin);
-    let types = [
-        "const __nv_bfloat16*",
-        "const __nv_bfloat16*",
-        "__nv_bfloat16*",
-        "float*",
-        "unsigned int*",
-        "int",
-        "int",
-        "int",
-    ];
-    let args: Vec<serde_json::Value> = ["A", "B", "C", "workspace", "counters", "M", "N", "K"]
+    // The family's arguments, as `kiln export` writes them.
+    let args: Vec<serde_json::Value> = <GemmBf16 as Family>::args()
         .iter()
-        .zip(types)
-        .map(|(n, t)| serde_json::json!({"name": n, "c_type": t}))
+        .map(|a| serde_json::json!({"name": a.name, "c_type": a.c_type}))
         .collect();
     let manifest = serde_json::json!({
         "schema": kiln_runtime::manifest::MANIFEST_SCHEMA,

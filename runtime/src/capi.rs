@@ -575,6 +575,11 @@ fn find(set: &KilnSet, family: &str, problem_json: &str) -> Res<*const KilnKerne
     Ok(handle)
 }
 
+/// One kernel-parameter slot for `launch`: the address of a local holding the argument's value.
+fn slot<T>(value: &mut T) -> *mut c_void {
+    (value as *mut T).cast()
+}
+
 /// Enqueue `k` on `stream` with the manifest geometry; `args` holds one pointer per argument.
 fn launch(k: &KilnKernel, stream: *mut c_void, args: *mut *mut c_void) -> Res<()> {
     let meta = &k.meta;
@@ -978,15 +983,15 @@ pub unsafe extern "C" fn kiln_gemm_bf16(
         )?;
         let (mut a, mut b, mut c, mut workspace, mut counters, mut m, mut n, mut k) =
             (a, b, c, workspace, counters, m, n, k);
-        let mut slots: [*mut c_void; 8] = [
-            (&mut a as *mut *const c_void).cast(),
-            (&mut b as *mut *const c_void).cast(),
-            (&mut c as *mut *mut c_void).cast(),
-            (&mut workspace as *mut *mut c_void).cast(),
-            (&mut counters as *mut *mut c_void).cast(),
-            (&mut m as *mut c_int).cast(),
-            (&mut n as *mut c_int).cast(),
-            (&mut k as *mut c_int).cast(),
+        let mut slots = [
+            slot(&mut a),
+            slot(&mut b),
+            slot(&mut c),
+            slot(&mut workspace),
+            slot(&mut counters),
+            slot(&mut m),
+            slot(&mut n),
+            slot(&mut k),
         ];
         launch(kern, stream, slots.as_mut_ptr())
     })
@@ -1047,19 +1052,19 @@ pub unsafe extern "C" fn kiln_gemm_fp8(
         };
         let (mut x, mut sx, mut w, mut sw, mut y, mut workspace, mut counters, mut m, mut n, mut k) =
             (x, sx, w, sw, y, workspace, counters, m, n, k);
-        let mut slots: [*mut c_void; 12] = [
-            (&mut x as *mut *const c_void).cast(),
-            (&mut sx as *mut *const c_void).cast(),
-            (&mut w as *mut *const c_void).cast(),
-            (&mut sw as *mut *const c_void).cast(),
-            (&mut y as *mut *mut c_void).cast(),
-            (&mut workspace as *mut *mut c_void).cast(),
-            (&mut counters as *mut *mut c_void).cast(),
-            (&mut m as *mut c_int).cast(),
-            (&mut n as *mut c_int).cast(),
-            (&mut k as *mut c_int).cast(),
-            (&mut tmap_x as *mut TensorMapArg).cast(),
-            (&mut tmap_w as *mut TensorMapArg).cast(),
+        let mut slots = [
+            slot(&mut x),
+            slot(&mut sx),
+            slot(&mut w),
+            slot(&mut sw),
+            slot(&mut y),
+            slot(&mut workspace),
+            slot(&mut counters),
+            slot(&mut m),
+            slot(&mut n),
+            slot(&mut k),
+            slot(&mut tmap_x),
+            slot(&mut tmap_w),
         ];
         launch(kern, stream, slots.as_mut_ptr())
     })

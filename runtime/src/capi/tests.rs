@@ -32,15 +32,13 @@ fn last_error() -> String {
         .into_owned()
 }
 
-/// Manifest arguments from parallel lists of names and C types.
-fn manifest_args(names: &[&str], types: &[&str]) -> Vec<ManifestArg> {
-    assert_eq!(names.len(), types.len());
-    names
-        .iter()
-        .zip(types)
-        .map(|(n, t)| ManifestArg {
-            name: n.to_string(),
-            c_type: t.to_string(),
+/// A family's kernel arguments as `kiln export` writes them into the manifest.
+fn family_args<F: kiln_codegen::Family>() -> Vec<ManifestArg> {
+    F::args()
+        .into_iter()
+        .map(|a| ManifestArg {
+            name: a.name.into(),
+            c_type: a.c_type.into(),
         })
         .collect()
 }
@@ -56,19 +54,7 @@ fn gemm_kernel(dir: &Path, m: u32, n: u32, k: u32) -> ManifestKernel {
         entry: "kiln_gemm_bf16_test".into(),
         cubin: "k.cubin".into(),
         cubin_sha256: hex::encode(sha2::Sha256::digest(&cubin)),
-        args: manifest_args(
-            &GEMM_BF16_ARGS,
-            &[
-                "const __nv_bfloat16*",
-                "const __nv_bfloat16*",
-                "__nv_bfloat16*",
-                "float*",
-                "unsigned int*",
-                "int",
-                "int",
-                "int",
-            ],
-        ),
+        args: family_args::<kiln_codegen::families::gemm_bf16::GemmBf16>(),
         geometry: LaunchGeometry {
             grid: [20, 1, 4],
             block: [64, 1, 1],
@@ -611,21 +597,7 @@ fn fp8_kernel(dir: &Path) -> KilnKernel {
     mk.entry = "kiln_gemm_fp8_test".into();
     mk.config = serde_json::json!({"kernel": "wgmma", "bm": 64, "bn": 128, "wn": 128, "stages": 6,
         "split_k": 2, "double_tmp": false, "producer": true, "tma": true, "cluster_m": 1});
-    let types = [
-        "const uint8_t*",
-        "const float*",
-        "const uint8_t*",
-        "const float*",
-        "__nv_bfloat16*",
-        "float*",
-        "unsigned int*",
-        "int",
-        "int",
-        "int",
-        "const CUtensorMap",
-        "const CUtensorMap",
-    ];
-    mk.args = manifest_args(&GEMM_FP8_ARGS, &types);
+    mk.args = family_args::<kiln_codegen::families::gemm_fp8::GemmFp8>();
     KilnKernel {
         index: 0,
         ctx: ptr::null_mut(),
