@@ -3,8 +3,9 @@
 //!
 //! One driver per family: `gemm_bf16` and `gemm_fp8` time their tuned artifact against cuBLAS /
 //! cuBLASLt in the same process; `mfa_decode` times its tuned artifact, `mlp_jet` and
-//! `mlp_jet_backward` their default config on the PINN target nets, and these three take their
-//! baselines from a Python peer's JSON (`--peers`).
+//! `mlp_jet_backward` the PINN target nets with the configs dispatch serves (tuned artifact,
+//! else the family default), and these three take their baselines from a Python peer's JSON
+//! (`--peers`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -127,7 +128,8 @@ pub struct BenchRow {
     /// `baseline_us / kiln_us`.
     #[serde(default)]
     pub speedup: Option<f64>,
-    /// None where kiln has no measured ceiling for the work (mlp_jet's fp32 FMA and 3xTF32).
+    /// None where kiln has no ceiling for the work. The PINN families count theirs against the
+    /// fp32 FMA issue rate, which their tf32x3 configs can pass.
     #[serde(default)]
     pub pct_of_roofline: Option<f64>,
     /// Weight (B operand) bandwidth, TB/s (GEMM families).
@@ -138,7 +140,7 @@ pub struct BenchRow {
     pub kv_tb_s: Option<f64>,
     pub tflops: f64,
     /// The kernel's error against the family's reference in this run; None where the bench
-    /// does not validate (mlp_jet, mlp_jet_backward: their GPU tests do).
+    /// does not validate (rows read from files written before it did).
     #[serde(default)]
     pub max_rel_err: Option<f64>,
     /// Steady state (`--steady`): per-launch time of back-to-back launches
@@ -348,8 +350,8 @@ fn measure(family: &str, a: &BenchArgs) -> Result<BenchFile, Box<dyn std::error:
     if a.candidates && !driver.is_pinn() {
         return Err(not_for(
             "--candidates",
-            "families without a tuned artifact (mlp_jet, mlp_jet_backward); a tuned family's \
-             candidates are measured by `kiln tune`",
+            "the PINN families (mlp_jet, mlp_jet_backward), whose bench problems are fixed; \
+             other families' candidates are measured by `kiln tune`",
         )
         .into());
     }
@@ -366,6 +368,8 @@ fn measure(family: &str, a: &BenchArgs) -> Result<BenchFile, Box<dyn std::error:
         Driver::MlpJet => pinn::measure::<MlpJet>(
             &mlp_jet::pinn_targets(),
             kiln_tuner::pinn::jet::time_configs,
+            pinn::serve_jet,
+            dir,
             reps,
             a.candidates,
             peers,
@@ -373,6 +377,8 @@ fn measure(family: &str, a: &BenchArgs) -> Result<BenchFile, Box<dyn std::error:
         Driver::MlpJetBackward => pinn::measure::<MlpJetBackward>(
             &mlp_jet_backward::pinn_targets(),
             kiln_tuner::pinn::backward::time_configs,
+            pinn::serve_train,
+            dir,
             reps,
             a.candidates,
             peers,

@@ -7,16 +7,19 @@ use std::time::Duration;
 use kiln_codegen::families::gemm_bf16::{GemmBf16, GemmBf16Problem};
 use kiln_codegen::families::gemm_fp8::{GemmFp8, GemmFp8Problem};
 use kiln_codegen::families::mfa_decode::{MfaDecode, MfaDecodeProblem};
+use kiln_codegen::families::mlp_jet::{MlpJet, MlpJetProblem};
+use kiln_codegen::families::mlp_jet_backward::{MlpJetBackward, MlpJetBackwardProblem};
 use kiln_codegen::{Compiler, Family};
 use kiln_runtime::Device;
 use kiln_tuner::baseline::CUBLASLT_FP8_ROWWISE;
+use kiln_tuner::pinn::{tune_mlp_jet, tune_mlp_jet_backward};
 use kiln_tuner::tune::{tune_gemm_bf16, tune_gemm_fp8, tune_mfa_decode, TuneOptions, TuneReport};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-/// The shortlist `kiln tune --family gemm_fp8` uses without `--shortlist`: past the size of its
-/// legal space, so every legal config is timed.
-const FP8_SHORTLIST: usize = 100_000;
+/// The shortlist `kiln tune` uses without `--shortlist` for gemm_fp8, mlp_jet and
+/// mlp_jet_backward: past the size of their legal spaces, so every legal config is timed.
+const EVERY_CONFIG: usize = 100_000;
 
 use crate::table::{compact, Table};
 use crate::CliResult;
@@ -42,11 +45,8 @@ fn load_problems(
     preset: Option<&str>,
 ) -> Result<(String, Vec<Value>), Box<dyn std::error::Error>> {
     if let Some(name) = preset {
-        let p = kiln_models::step3::presets::find(name).ok_or_else(|| {
-            let names: Vec<_> = kiln_models::step3::presets::all()
-                .iter()
-                .map(|p| p.name)
-                .collect();
+        let p = kiln_models::presets::find(name).ok_or_else(|| {
+            let names: Vec<_> = kiln_models::presets::all().iter().map(|p| p.name).collect();
             format!("unknown preset `{name}`; presets: {}", names.join(", "))
         })?;
         return Ok((
@@ -76,6 +76,8 @@ fn load_problems(
     Ok((family.to_string(), list))
 }
 
+const JET_SCHEMA: &str = "mlp_jet problems are {\"d\", \"width\", \"depth\", \"p\", \"points\", \"streams\": \"value\" | \"value_grad\" | \"value_d2\" | \"value_grad_laplacian\" | \"value_grad_hessdiag\"}";
+const TRAIN_SCHEMA: &str = "mlp_jet_backward problems are {\"d\", \"width\", \"depth\", \"p\", \"points\", \"loss\": \"laplacian_residual\" | \"cotangents\"}";
 const MFA_SCHEMA: &str = "mfa_decode problems are {\"batch\", \"context\", \"heads\": 64, \"head_dim\": 256, \"kv_dtype\": \"bf16\" or \"fp8e4m3\", \"page_size\" (0 = contiguous)}";
 
 /// Problems of one family from their JSON; `schema` says what they look like.
@@ -117,6 +119,8 @@ pub fn tune(
         Bf16(Vec<GemmBf16Problem>),
         Fp8(Vec<GemmFp8Problem>),
         Mfa(Vec<MfaDecodeProblem>),
+        Jet(Vec<MlpJetProblem>),
+        Train(Vec<MlpJetBackwardProblem>),
     }
     let problems = if fam == GemmBf16::NAME {
         Problems::Bf16(parse_problems(
@@ -130,10 +134,15 @@ pub fn tune(
         )?)
     } else if fam == MfaDecode::NAME {
         Problems::Mfa(parse_problems(&list, MFA_SCHEMA)?)
+    } else if fam == MlpJet::NAME {
+        Problems::Jet(parse_problems(&list, JET_SCHEMA)?)
+    } else if fam == MlpJetBackward::NAME {
+        Problems::Train(parse_problems(&list, TRAIN_SCHEMA)?)
     } else {
         kiln_codegen::find_family(&fam)?;
         return Err(format!(
-            "family {fam} has no tuner yet (gemm_bf16, gemm_fp8 and mfa_decode have)"
+            "family {fam} has no tuner yet (gemm_bf16, gemm_fp8, mfa_decode, mlp_jet and \
+             mlp_jet_backward have)"
         )
         .into());
     };
@@ -148,8 +157,11 @@ pub fn tune(
             let mut search = kiln_tuner::search::SearchOptions::default();
             // gemm_fp8 times every legal config unless told otherwise: all 30 step3-fp8
             // problems take ~50 s that way (runs 44-46), and the estimate's top 32 missed the
-            // winner by up to 1.37x (qkv M=128, run 46).
-            let default_shortlist = (fam == GemmFp8::NAME).then_some(FP8_SHORTLIST);
+            // winner by up to 1.37x (qkv M=128, run 46). The PINN families too: their
+            // estimate models the fp32 FMA path, and the tf32x3 configs it ranks low are the
+            // fastest measured (run 56).
+            let every = [GemmFp8::NAME, MlpJet::NAME, MlpJetBackward::NAME];
+            let default_shortlist = every.contains(&fam.as_str()).then_some(EVERY_CONFIG);
             if let Some(n) = shortlist.or(default_shortlist) {
                 search.shortlist = n;
                 search.exhaustive_max = search.exhaustive_max.max(n);
@@ -169,6 +181,8 @@ pub fn tune(
         Problems::Bf16(p) => tune_gemm_bf16(&device, &compiler, p, &opts)?,
         Problems::Fp8(p) => tune_gemm_fp8(&device, &compiler, p, &opts)?,
         Problems::Mfa(p) => tune_mfa_decode(&device, &compiler, p, &opts)?,
+        Problems::Jet(p) => tune_mlp_jet(&device, &compiler, p, &opts)?,
+        Problems::Train(p) => tune_mlp_jet_backward(&device, &compiler, p, &opts)?,
     };
     for n in &report.notes {
         eprintln!("note: {n}");
@@ -177,6 +191,8 @@ pub fn tune(
         Problems::Bf16(_) => bf16_table(&report),
         Problems::Fp8(_) => fp8_table(&report),
         Problems::Mfa(_) => mfa_table(&report),
+        Problems::Jet(_) => pinn_table::<MlpJet>(&report),
+        Problems::Train(_) => pinn_table::<MlpJetBackward>(&report),
     };
     println!("{}", table.render());
     for p in &report.problems {
@@ -291,6 +307,17 @@ fn mfa_table(report: &TuneReport) -> Table {
     })
 }
 
+/// No baseline column (the PyTorch peer is timed by `benches/peers/pinn_torch.py`): the
+/// products' rate instead.
+fn pinn_table<F: Family>(report: &TuneReport) -> Table {
+    report_table(report, &["TFLOP/s"], |e| {
+        let rate = serde_json::from_value::<F::Problem>(e.problem.clone())
+            .ok()
+            .map(|p| F::flops(&p) / (e.median_us * 1e-6) / 1e12);
+        vec![us(rate)]
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,6 +350,28 @@ mod tests {
     }
 
     use kiln_codegen::families::mfa_decode::KvDtype;
+
+    #[test]
+    fn the_pinn_presets_parse_as_their_families_problems() {
+        let (fam, list) = load_problems("gemm_bf16", None, Some("pinn-jets")).unwrap();
+        assert_eq!(fam, "mlp_jet");
+        let p: Vec<MlpJetProblem> = parse_problems(&list, JET_SCHEMA).unwrap();
+        assert_eq!(p, kiln_codegen::families::mlp_jet::pinn_targets());
+        let (fam, list) = load_problems("gemm_bf16", None, Some("pinn-train")).unwrap();
+        assert_eq!(fam, "mlp_jet_backward");
+        let p: Vec<MlpJetBackwardProblem> = parse_problems(&list, TRAIN_SCHEMA).unwrap();
+        assert_eq!(p, kiln_codegen::families::mlp_jet_backward::pinn_targets());
+        // The schemas name the fields a problem needs.
+        let as_json = serde_json::to_value(p[0]).unwrap();
+        for field in as_json.as_object().unwrap().keys() {
+            assert!(TRAIN_SCHEMA.contains(&format!("\"{field}\"")), "{field}");
+        }
+        let as_json =
+            serde_json::to_value(kiln_codegen::families::mlp_jet::pinn_targets()[0]).unwrap();
+        for field in as_json.as_object().unwrap().keys() {
+            assert!(JET_SCHEMA.contains(&format!("\"{field}\"")), "{field}");
+        }
+    }
 
     #[test]
     fn the_mfa_preset_parses_as_mfa_problems() {

@@ -62,14 +62,16 @@ enum Command {
     },
     /// Autotune a family on this GPU and write tuned/<gpu>/<family>.json (resumable).
     Tune {
-        /// gemm_bf16 (the default with --problems), gemm_fp8 or mfa_decode; a preset names its own.
+        /// gemm_bf16 (the default with --problems), gemm_fp8, mfa_decode, mlp_jet or
+        /// mlp_jet_backward; a preset names its own.
         #[arg(long)]
         family: Option<String>,
         /// JSON file: an array of problems (e.g. [{"m":1,"n":48,"k":7168}]).
         #[arg(long, conflicts_with = "preset", required_unless_present = "preset")]
         problems: Option<PathBuf>,
         /// A named problem list: step3-bf16 (gemm_bf16), step3-fp8-decode, step3-fp8-ffn,
-        /// step3-fp8 (gemm_fp8), step3-mfa (mfa_decode).
+        /// step3-fp8 (gemm_fp8), step3-mfa (mfa_decode), pinn-jets (mlp_jet), pinn-train
+        /// (mlp_jet_backward).
         #[arg(long)]
         preset: Option<String>,
         /// Stop starting new problems after this long (e.g. 5m).
@@ -86,8 +88,8 @@ enum Command {
         /// Seed for the random validation inputs (default: time-based).
         #[arg(long)]
         seed: Option<u64>,
-        /// Candidates kept from the analytical ranking for timing (default 32; gemm_fp8: every
-        /// legal config); a number at least the size of the legal space times every legal
+        /// Candidates kept from the analytical ranking for timing (default 32; gemm_fp8,
+        /// mlp_jet and mlp_jet_backward: every legal config); a number at least the size of the legal space times every legal
         /// config (slower, and immune to a wrong estimate).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         shortlist: Option<u64>,
@@ -97,8 +99,8 @@ enum Command {
     ///
     /// gemm_bf16 / gemm_fp8: every problem of the tuned artifact against cuBLAS / cuBLASLt in
     /// the same process. mfa_decode: every problem of its tuned artifact, KV TB/s and % of the
-    /// copy ceiling. mlp_jet / mlp_jet_backward: the PINN target nets with the family's
-    /// default config (no tuned artifact). The last three take their baselines from a Python
+    /// copy ceiling. mlp_jet / mlp_jet_backward: the PINN target nets with the configs
+    /// dispatch serves (tuned artifact, else the family default), validated. The last three take their baselines from a Python
     /// peer's JSON (--peers); without it their rows have baseline "none".
     Bench {
         /// gemm_bf16 (the default), gemm_fp8, mfa_decode, mlp_jet or mlp_jet_backward.
@@ -131,7 +133,7 @@ enum Command {
         #[arg(long)]
         peers: Option<PathBuf>,
         /// mlp_jet, mlp_jet_backward: also time every legal config and report the fastest
-        /// beside the default.
+        /// beside the served one.
         #[arg(long, conflicts_with = "from")]
         candidates: bool,
     },

@@ -160,6 +160,31 @@ fn presets_and_families_must_agree() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("gemm_fp8 problems are"), "{err}");
+    // The PINN families have tuners: a GEMM problem is refused with their schema, and their
+    // presets name their own family.
+    for (family, schema) in [
+        ("mlp_jet", "mlp_jet problems are"),
+        ("mlp_jet_backward", "mlp_jet_backward problems are"),
+    ] {
+        let out = kiln()
+            .args(["tune", "--family", family, "--problems"])
+            .arg(&problems)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(schema), "{err}");
+    }
+    let out = kiln()
+        .args(["tune", "--family", "mlp_jet", "--preset", "pinn-train"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("preset is for family mlp_jet_backward"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -31,6 +31,8 @@ mod mfa_tune;
 mod pinn;
 #[path = "gpu_parts/pinn_backward.rs"]
 mod pinn_backward;
+#[path = "gpu_parts/pinn_tune.rs"]
+mod pinn_tune;
 #[path = "gpu_parts/small_mlp.rs"]
 mod small_mlp;
 #[path = "gpu_parts/synth_residual.rs"]

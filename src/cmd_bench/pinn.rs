@@ -1,17 +1,28 @@
 //! `kiln bench --family mlp_jet | mlp_jet_backward`: the PINN target nets
 //! (`pinn_targets`: u + grad u + Laplacian, or one training step of the Laplacian-residual
-//! loss). Neither family has a tuner or a tuned artifact: every row times the family's
-//! `default_config`; `--candidates` also times every legal config and reports the fastest
-//! beside it. Timing is `kiln_tuner::pinn`, the code the GPU tests time with. The baseline is
-//! PyTorch autograd, from `--peers`.
+//! loss). Each row runs the config dispatch serves (the tuned artifact's entry for the net, else
+//! the family default, as the row's `config_source` says), validated first through the tuner's
+//! evaluator (`kiln_tuner::pinn::jet::JetBench`, `kiln_tuner::pinn::backward::TrainBench`: the
+//! f64 reference, outputs poisoned), then timed. `--candidates` also times every legal config
+//! (`kiln_tuner::pinn::*::time_configs`, the code the GPU tests' benches time with) and reports
+//! the fastest beside it. The baseline is PyTorch autograd, from `--peers`.
 
+use std::path::Path;
+
+use kiln_codegen::families::mlp_jet::MlpJet;
+use kiln_codegen::families::mlp_jet_backward::MlpJetBackward;
 use kiln_codegen::{Compiler, Family};
-use kiln_runtime::measure::{Bench, MeasureOptions};
+use kiln_runtime::dispatch::Dispatch;
+use kiln_runtime::measure::{Bench, MeasureOptions, Measurement};
 use kiln_runtime::Device;
+use kiln_tuner::pinn::backward::TrainBench;
+use kiln_tuner::pinn::jet::JetBench;
 use kiln_tuner::pinn::{default_first, fastest, precompile, Timed, TimingError};
+use kiln_tuner::roofline;
+use kiln_tuner::search::Prepared;
 
 use super::peers::Peers;
-use super::{BenchFile, BenchRow, BestCandidate, Gpu};
+use super::{source_label, validate_and_time, BenchError, BenchFile, BenchRow, BestCandidate, Gpu};
 
 /// The timing entry of a PINN family (`kiln_tuner::pinn::jet::time_configs`,
 /// `kiln_tuner::pinn::backward::time_configs`).
@@ -25,9 +36,71 @@ pub type TimeFn<F> = fn(
     u64,
 ) -> Result<Vec<Timed<<F as Family>::Config>>, TimingError>;
 
+/// Validate one config on one problem through the family's evaluator, then time it.
+pub type ServeFn<F> = fn(
+    &Device,
+    &Compiler,
+    &mut Bench,
+    &<F as Family>::Problem,
+    &<F as Family>::Config,
+    usize,
+    u64,
+) -> Result<(Prepared, Measurement), Box<dyn std::error::Error>>;
+
+/// [`ServeFn`] of `mlp_jet`.
+pub fn serve_jet(
+    device: &Device,
+    compiler: &Compiler,
+    bench: &mut Bench,
+    p: &<MlpJet as Family>::Problem,
+    c: &<MlpJet as Family>::Config,
+    reps: usize,
+    seed: u64,
+) -> Result<(Prepared, Measurement), Box<dyn std::error::Error>> {
+    let mut b = JetBench::new(device, compiler, bench, *p, seed)?;
+    Ok(validate_and_time::<MlpJet, _>(
+        &mut b,
+        format!("{p:?}"),
+        c,
+        reps,
+    )?)
+}
+
+/// [`ServeFn`] of `mlp_jet_backward`.
+pub fn serve_train(
+    device: &Device,
+    compiler: &Compiler,
+    bench: &mut Bench,
+    p: &<MlpJetBackward as Family>::Problem,
+    c: &<MlpJetBackward as Family>::Config,
+    reps: usize,
+    seed: u64,
+) -> Result<(Prepared, Measurement), Box<dyn std::error::Error>> {
+    let mut b = TrainBench::new(device, compiler, bench, *p, seed)?;
+    Ok(validate_and_time::<MlpJetBackward, _>(
+        &mut b,
+        format!("{p:?}"),
+        c,
+        reps,
+    )?)
+}
+
+/// The tune command a missing or stale PINN artifact points to.
+pub fn tune_command(family: &str) -> String {
+    let preset = if family == MlpJet::NAME {
+        "pinn-jets"
+    } else {
+        "pinn-train"
+    };
+    format!("kiln tune --family {family} --preset {preset}")
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn measure<F: Family>(
     problems: &[F::Problem],
     time: TimeFn<F>,
+    serve: ServeFn<F>,
+    tuned_dir: &Path,
     reps: usize,
     candidates: bool,
     peers: Option<&Peers>,
@@ -44,15 +117,24 @@ pub fn measure<F: Family>(
     if let Some(peers) = peers {
         peers.check_device(&gpu.device.info.name)?;
     }
+    let dispatch = Dispatch::<F>::load(
+        tuned_dir,
+        &gpu.device.info,
+        Some(&gpu.compiler.toolchain().version_string()),
+    );
+    for n in &dispatch.notes {
+        eprintln!("note: {n} (tune with `{}`)", tune_command(F::NAME));
+    }
     let limits = gpu.device.info.limits();
+    let served: Vec<_> = problems.iter().map(|p| dispatch.select(p)).collect();
     let configs: Vec<Vec<F::Config>> = problems
         .iter()
-        .map(|p| {
-            let d = F::default_config(p);
+        .zip(&served)
+        .map(|(p, s)| {
             if candidates {
-                default_first(&d, &F::candidates(p, &limits))
+                default_first(&s.config, &F::candidates(p, &limits))
             } else {
-                vec![d]
+                vec![s.config.clone()]
             }
         })
         .collect();
@@ -68,33 +150,44 @@ pub fn measure<F: Family>(
         flush_l2: true,
     };
     let mut rows = Vec::new();
-    for (i, ((p, cs), value)) in problems.iter().zip(&configs).zip(values).enumerate() {
-        let timed = time(
+    for (i, ((p, sel), value)) in problems.iter().zip(&served).zip(values).enumerate() {
+        let seed = 0x5eed + i as u64;
+        let (prepared, m) = serve(
             &gpu.device,
             &gpu.compiler,
             &mut gpu.bench,
             p,
-            cs,
-            &opts,
-            0x5eed + i as u64,
-        )?;
-        // The default is first (`default_first`, or alone).
-        let default = timed
-            .first()
-            .ok_or_else(|| format!("{}: no config was timed", F::NAME))?;
-        let us = default.measurement.median_us;
-        let mut row = BenchRow::measured(
-            F::NAME,
-            value,
-            serde_json::to_value(&default.config)?,
-            &default.measurement,
-        );
-        row.config_source = Some(format!(
-            "family default ({} has no tuned artifact)",
-            F::NAME
-        ));
+            &sel.config,
+            reps,
+            seed,
+        )
+        .map_err(|e| -> Box<dyn std::error::Error> {
+            match e.downcast::<BenchError>() {
+                Ok(b) => b,
+                Err(e) => format!("{} {p:?}: {e}", F::NAME).into(),
+            }
+        })?;
+        let us = m.median_us;
+        let mut row = BenchRow::measured(F::NAME, value, serde_json::to_value(&sel.config)?, &m);
+        row.config_source = Some(source_label(&sel.source));
         row.tflops = F::flops(p) / (us * 1e-6) / 1e12;
+        row.pct_of_roofline = Some(roofline::pct_of_roofline(
+            F::flops(p),
+            0.0,
+            roofline::FP32_FLOPS,
+            us,
+        ));
+        row.max_rel_err = Some(prepared.max_rel_err);
         if candidates {
+            let timed = time(
+                &gpu.device,
+                &gpu.compiler,
+                &mut gpu.bench,
+                p,
+                &configs[i],
+                &opts,
+                seed,
+            )?;
             if let Some(best) = fastest(&timed) {
                 row.best_candidate = Some(BestCandidate {
                     config: serde_json::to_value(&best.config)?,
@@ -109,16 +202,21 @@ pub fn measure<F: Family>(
     }
     Ok(gpu.file(
         format!(
-            "the family default config of every target net (no tuned artifact{}); median of \
-             {reps} CUDA-event-timed calls after 3 warm-up, L2 flushed (a read of a 2x-L2 \
-             buffer) before each; fp32; TFLOP/s counts products only (the flops of {}); not \
-             validated here (the GPU tests validate every config on these nets)",
+            "the config dispatch serves for every target net (the tuned artifact's, else the \
+             family default: see config_source), validated against the f64 reference with its \
+             outputs poisoned, then median of {reps} CUDA-event-timed calls after 2 warm-up, \
+             L2 flushed (a read of a 2x-L2 buffer) before each{}; fp32; TFLOP/s counts products \
+             only (the flops of {}); % roofline against the {:.1} TFLOP/s fp32 FMA issue rate \
+             (a datasheet figure; tf32x3 configs can pass it)",
             if candidates {
-                "; --candidates: every legal config also timed, the fastest reported beside it"
+                "; --candidates: every legal config also timed (3 warm-up, not validated here: \
+                 the GPU tests validate every config on these nets), the fastest reported \
+                 beside it"
             } else {
                 ""
             },
-            F::NAME
+            F::NAME,
+            roofline::FP32_FLOPS / 1e12
         ),
         rows,
         peers,

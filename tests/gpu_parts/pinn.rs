@@ -26,112 +26,15 @@
 
 use crate::common::{assert_no_failures, open, report, seed};
 
-use kiln_codegen::families::mlp_jet::{
-    self as fam, reference_points, reference_points_f32, Jets, MlpJet, MlpJetConfig, MlpJetProblem,
-    Streams,
-};
+use kiln_codegen::families::mlp_jet::{self as fam, MlpJet, MlpJetConfig, MlpJetProblem, Streams};
 use kiln_codegen::{Compiler, Family};
 use kiln_runtime::launch::mlp_jet::MlpJetKernel;
 use kiln_runtime::measure::{Bench, MeasureOptions};
 use kiln_runtime::Device;
-use kiln_tuner::pinn::jet::{time_configs, JetBuffers, JetInputs};
+use kiln_tuner::pinn::jet::{time_configs, JetBuffers, JetCase as Case, TOL_FIRST, TOL_SECOND};
 use kiln_tuner::pinn::{fastest, precompile};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde_json::{json, Value};
-
-/// Value and gradient: fp32 products accumulated in k order, tanhf.
-const TOL_FIRST: f64 = 1e-5;
-/// Laplacian, d2 and Hessian diagonal.
-const TOL_SECOND: f64 = 1e-4;
-/// A kernel may be this many times less accurate than straightforward fp32 on the CPU (other
-/// tanh, tf32x3's 2^-21 per product) on nets where the fp32 floor exceeds the tolerance.
-const FLOOR_FACTOR: f64 = 8.0;
-
-/// Host inputs of one case and the reference at its checked points.
-struct Case {
-    inputs: JetInputs,
-    /// Points checked against the reference, and the reference there.
-    checked: Vec<usize>,
-    want: Jets,
-    /// Bound per stream: the tolerance, or FLOOR_FACTOR x the fp32 floor when larger.
-    bound: [f64; 3],
-    /// Relative error of exact fp32 evaluation (the CPU's) per stream.
-    floor: [f64; 3],
-}
-
-impl Case {
-    fn new(rng: &mut impl Rng, p: MlpJetProblem, sample: Option<usize>) -> Case {
-        let inputs = JetInputs::random(rng, p);
-        let (x, params) = (&inputs.x, &inputs.params);
-        let n = p.points as usize;
-        let checked: Vec<usize> = match sample {
-            Some(m) if m < n => {
-                let mut v: Vec<usize> = (0..m).map(|i| i * (n - 1) / (m - 1)).collect();
-                v.dedup();
-                v
-            }
-            _ => (0..n).collect(),
-        };
-        let want = reference_points(&p, x, params, &checked);
-        let f32_jets = reference_points_f32(&p, x, params, &checked);
-        let floor = [
-            rel(&f32_jets.u, &want.u),
-            rel(&f32_jets.grad, &want.grad),
-            rel(&f32_jets.second, &want.second),
-        ];
-        let tols = [TOL_FIRST, TOL_FIRST, TOL_SECOND];
-        let bound = [0, 1, 2].map(|s| tols[s].max(FLOOR_FACTOR * floor[s]));
-        Case {
-            inputs,
-            checked,
-            want,
-            bound,
-            floor,
-        }
-    }
-}
-
-/// max |got - want| / max |want| (infinite for a NaN).
-fn rel(got: &[f64], want: &[f64]) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (g, w) in got.iter().zip(want) {
-        let e = (g - w).abs();
-        num = if e.is_nan() {
-            f64::INFINITY
-        } else {
-            num.max(e)
-        };
-        den = den.max(w.abs());
-    }
-    if got.is_empty() {
-        0.0
-    } else {
-        num / den.max(1e-30)
-    }
-}
-
-/// Relative error of each stream (u, grad, second) at the checked points, and whether any
-/// output anywhere is not finite.
-fn compare(case: &Case, got: &[Vec<f32>; 3]) -> ([f64; 3], bool) {
-    let p = &case.inputs.problem;
-    let np = p.p as usize;
-    let nt = p.streams.tangents(p.d) as usize;
-    let ns = p.streams.seconds(p.d) as usize;
-    let bad = got.iter().any(|o| o.iter().any(|v| !v.is_finite()));
-    let per_point = [np, nt * np, ns * np];
-    let wants = [&case.want.u, &case.want.grad, &case.want.second];
-    let mut errs = [0.0f64; 3];
-    for s in 0..3 {
-        let w = per_point[s];
-        let at_checked: Vec<f64> = case
-            .checked
-            .iter()
-            .flat_map(|&pt| got[s][pt * w..(pt + 1) * w].iter().map(|&v| v as f64))
-            .collect();
-        errs[s] = rel(&at_checked, wants[s]);
-    }
-    (errs, bad)
-}
 
 /// Launch `c` on `case` with outputs poisoned, compare; failures are pushed as JSON.
 fn validate(
@@ -148,8 +51,8 @@ fn validate(
     dc.launch(dev, &k, p)
         .unwrap_or_else(|e| panic!("{c:?} on {p:?}: {e}"));
     let got = dc.download(dev, p).unwrap_or_else(|e| panic!("{p:?}: {e}"));
-    let (errs, bad) = compare(case, &got);
-    if bad || (0..3).any(|s| !(errs[s] <= case.bound[s])) {
+    let (errs, bad) = case.compare(&got);
+    if bad || !case.within(&errs) {
         failures.push(
             json!({"problem": p, "config": c, "rel_err": errs, "bound": case.bound,
                              "fp32_floor": case.floor, "non_finite": bad}),

@@ -24,8 +24,6 @@
 
 use crate::common::{assert_no_failures, open, report, seed};
 
-use kiln_codegen::families::mlp_jet::layer_offsets;
-use kiln_codegen::families::mlp_jet_backward::reference::{loss_and_grads, LossGrads};
 use kiln_codegen::families::mlp_jet_backward::{
     self as fam, Loss, MlpJetBackward, MlpJetBackwardConfig, MlpJetBackwardProblem,
 };
@@ -33,97 +31,10 @@ use kiln_codegen::{Compiler, Family};
 use kiln_runtime::launch::mlp_jet_backward::MlpJetBackwardKernel;
 use kiln_runtime::measure::{Bench, MeasureOptions};
 use kiln_runtime::Device;
-use kiln_tuner::pinn::backward::{time_configs, TrainBuffers, TrainInputs};
+use kiln_tuner::pinn::backward::{time_configs, worst, TrainBuffers, TrainCase as Case, TOL};
 use kiln_tuner::pinn::{fastest, precompile};
-use rand::{Rng, SeedableRng};
-use rayon::prelude::*;
+use rand::SeedableRng;
 use serde_json::{json, Value};
-
-/// Gradients and loss (built on the Laplacian).
-const TOL: f64 = 1e-4;
-
-/// Host inputs of one case and, when checked, the reference's loss and gradient.
-struct Case {
-    inputs: TrainInputs,
-    want: LossGrads,
-}
-
-impl Case {
-    fn new(
-        rng: &mut impl Rng,
-        p: MlpJetBackwardProblem,
-        full: bool,
-        gain: f64,
-        check: bool,
-    ) -> Case {
-        let inputs = TrainInputs::random(rng, p, full, gain);
-        let want = if check {
-            reference(&inputs)
-        } else {
-            LossGrads::default()
-        };
-        Case { inputs, want }
-    }
-}
-
-/// The f64 reference over every point, chunks in parallel, summed in chunk order.
-fn reference(case: &TrainInputs) -> LossGrads {
-    let n = case.problem.points as usize;
-    let chunks: Vec<Vec<usize>> = (0..n)
-        .collect::<Vec<_>>()
-        .chunks(16)
-        .map(|c| c.to_vec())
-        .collect();
-    let head = case.head();
-    let parts: Vec<LossGrads> = chunks
-        .par_iter()
-        .map(|w| loss_and_grads(&case.problem, &case.x, &case.params, &head, w))
-        .collect();
-    let mut out = LossGrads {
-        loss: 0.0,
-        grads: vec![0.0; case.params.len()],
-    };
-    for part in parts {
-        out.loss += part.loss;
-        for (o, g) in out.grads.iter_mut().zip(&part.grads) {
-            *o += g;
-        }
-    }
-    out
-}
-
-/// max |got - want| / max |want| (infinite for a NaN).
-fn rel(got: &[f32], want: &[f64]) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (g, w) in got.iter().zip(want) {
-        let e = (*g as f64 - w).abs();
-        num = if e.is_nan() {
-            f64::INFINITY
-        } else {
-            num.max(e)
-        };
-        den = den.max(w.abs());
-    }
-    num / den.max(1e-30)
-}
-
-/// Relative error of each tensor (W_0, b_0, W_1, ...) and of the loss (residual head).
-fn compare(case: &Case, grads: &[f32], loss: f32) -> (Vec<f64>, f64) {
-    let p = &case.inputs.problem;
-    let offsets = layer_offsets(p.d, p.width, p.depth, p.p);
-    let mut errs = Vec::new();
-    for (l, &(w_at, b_at)) in offsets.iter().enumerate() {
-        let fan_out = if l == p.depth as usize { p.p } else { p.width } as usize;
-        errs.push(rel(&grads[w_at..b_at], &case.want.grads[w_at..b_at]));
-        let b = b_at..b_at + fan_out;
-        errs.push(rel(&grads[b.clone()], &case.want.grads[b]));
-    }
-    let loss_err = match p.loss {
-        Loss::LaplacianResidual => rel(&[loss], &[case.want.loss]),
-        Loss::Cotangents => 0.0,
-    };
-    (errs, loss_err)
-}
 
 /// Launch `c` on `case` with every output poisoned, compare; a failure is pushed as JSON.
 /// Returns the worst tensor error and the loss error.
@@ -143,11 +54,8 @@ fn validate(
     dc.launch(dev, &k, &case.inputs, &mut partial)
         .unwrap_or_else(|e| panic!("{c:?} on {p:?}: {e}"));
     let (grads, loss) = dc.download(dev).unwrap();
-    let (errs, loss_err) = compare(case, &grads, loss);
-    let worst = errs.iter().fold(
-        0f64,
-        |m, &e| if e.is_nan() { f64::INFINITY } else { m.max(e) },
-    );
+    let (errs, loss_err) = case.compare(&grads, loss);
+    let worst = worst(&errs);
     if !(worst <= TOL) || !(loss_err <= TOL) {
         failures.push(json!({"problem": p, "full_head": case.inputs.full, "config": c,
             "tensor_rel_err": errs, "loss_rel_err": loss_err, "loss": loss, "want_loss": case.want.loss}));

@@ -2,14 +2,26 @@
 //! `mlp_jet_backward` (one training step's gradient): one implementation shared by their GPU
 //! tests (`tests/gpu_parts/pinn*.rs`) and `kiln bench`.
 //!
-//! Neither family has a tuner or a tuned artifact: a caller times the configs it names (the
-//! family default, or every legal candidate) on random inputs of one problem, each through
-//! [`kiln_runtime::measure::Bench`] with L2 flushed before every timed run.
+//! Two ways in: [`jet::time_configs`] / [`backward::time_configs`] time the configs a caller
+//! names (the GPU tests' benches, `kiln bench --candidates`) on random inputs of one problem;
+//! [`jet::JetBench`] / [`backward::TrainBench`] are the tuner's evaluators (validate each
+//! config against the f64 reference, then time it), which [`tune_mlp_jet`] and
+//! [`tune_mlp_jet_backward`] search with and `kiln bench` validates its rows through. Every
+//! timed run goes through [`kiln_runtime::measure::Bench`] with L2 flushed before it.
 
-use kiln_codegen::{CompileOptions, Compiler, Family};
-use kiln_runtime::measure::Measurement;
-use kiln_runtime::RuntimeError;
+use kiln_codegen::families::mlp_jet::{MlpJet, MlpJetProblem};
+use kiln_codegen::families::mlp_jet_backward::{MlpJetBackward, MlpJetBackwardProblem};
+use kiln_codegen::{CompileOptions, CompiledKernel, Compiler, Family};
+use kiln_runtime::artifact::Entry;
+use kiln_runtime::measure::{Bench, Measurement};
+use kiln_runtime::{Device, Result as RtResult, RuntimeError};
 use rayon::prelude::*;
+
+use crate::roofline;
+use crate::search::Failure;
+use crate::tune::{
+    entry_of, run_tuning, search_family, FamilyId, ProblemTuner, TuneOptions, TuneReport, Tuned,
+};
 
 pub mod backward;
 pub mod jet;
@@ -99,6 +111,179 @@ pub fn precompile<F: Family>(
     }
 }
 
+/// A config's key in an evaluator's map of prepared kernels: its canonical JSON.
+pub(crate) fn key<C: serde::Serialize>(c: &C) -> String {
+    serde_json::to_string(c).expect("configs serialise")
+}
+
+/// Compile each of `configs` for `p` in parallel (through the cache): the compiled kernel, or
+/// the config's `compile_failed`.
+pub(crate) fn compile_all<F: Family>(
+    compiler: &Compiler,
+    p: &F::Problem,
+    configs: &[F::Config],
+) -> Vec<std::result::Result<CompiledKernel, Failure>> {
+    configs
+        .par_iter()
+        .map(|c| {
+            kiln_codegen::render::render::<F>(p, c)
+                .and_then(|src| compiler.compile(&src, &CompileOptions::default()))
+                .map_err(|e| Failure {
+                    outcome: "compile_failed",
+                    reason: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// The note every PINN tuning report carries: where its baseline is measured.
+pub const PEER_NOTE: &str = "no baseline in the artifact: the peer (PyTorch autograd, TF32 off \
+    and on) is timed by benches/peers/pinn_torch.py; `kiln bench --family mlp_jet | \
+    mlp_jet_backward --peers FILE` sets the two side by side";
+
+/// The floor a PINN entry's % roofline is counted against: its products at the fp32 FMA rate.
+/// tf32x3 configs (three TF32 tensor-core products per multiply-add) can pass it, so it is
+/// not a bound: the search gets no floor (it never stops early on "reached the roofline").
+fn fp32_floor_us(flops: f64) -> f64 {
+    roofline::floor_us(flops, 0.0, roofline::FP32_FLOPS)
+}
+
+/// The floor the search stops at: none (see [`fp32_floor_us`]).
+const NO_FLOOR_US: f64 = 0.0;
+
+/// `mlp_jet`'s tuner: validation against the f64 reference at sampled points, no baseline.
+struct JetTuner<'d> {
+    device: &'d Device,
+    compiler: &'d Compiler,
+    limits: kiln_codegen::DeviceLimits,
+}
+
+/// How reports name a PINN net, e.g. `d=2 w128 l4 p1 N=262144`.
+fn net(d: u32, width: u32, depth: u32, p: u32, points: u32) -> String {
+    format!("d={d} w{width} l{depth} p{p} N={points}")
+}
+
+impl ProblemTuner for JetTuner<'_> {
+    type Problem = MlpJetProblem;
+
+    fn describe(&self, p: &MlpJetProblem) -> String {
+        format!(
+            "{} {:?}",
+            net(p.d, p.width, p.depth, p.p, p.points),
+            p.streams
+        )
+    }
+
+    fn tune(
+        &mut self,
+        bench: &mut Bench,
+        problem: &MlpJetProblem,
+        seed: u64,
+        opts: &TuneOptions,
+    ) -> RtResult<Tuned> {
+        let floor = fp32_floor_us(MlpJet::flops(problem));
+        let mut b = jet::JetBench::new(self.device, self.compiler, bench, *problem, seed)?;
+        let result = search_family::<MlpJet, _>(problem, &self.limits, NO_FLOOR_US, &mut b, opts)?;
+        Ok(Tuned {
+            entry: entry_of::<MlpJet>(problem, result, floor, None, Vec::new()),
+            notes: vec![PEER_NOTE.into()],
+        })
+    }
+
+    fn line(&self, p: &MlpJetProblem, entry: &Entry) -> String {
+        line(&self.describe(p), MlpJet::flops(p), entry)
+    }
+}
+
+/// `mlp_jet_backward`'s tuner: validation against the f64 reference on a reduced point count
+/// and bitwise repeatability at the full one, no baseline.
+struct TrainTuner<'d> {
+    device: &'d Device,
+    compiler: &'d Compiler,
+    limits: kiln_codegen::DeviceLimits,
+}
+
+impl ProblemTuner for TrainTuner<'_> {
+    type Problem = MlpJetBackwardProblem;
+
+    fn describe(&self, p: &MlpJetBackwardProblem) -> String {
+        format!("{} {:?}", net(p.d, p.width, p.depth, p.p, p.points), p.loss)
+    }
+
+    fn tune(
+        &mut self,
+        bench: &mut Bench,
+        problem: &MlpJetBackwardProblem,
+        seed: u64,
+        opts: &TuneOptions,
+    ) -> RtResult<Tuned> {
+        let floor = fp32_floor_us(MlpJetBackward::flops(problem));
+        let mut b = backward::TrainBench::new(self.device, self.compiler, bench, *problem, seed)?;
+        let result =
+            search_family::<MlpJetBackward, _>(problem, &self.limits, NO_FLOOR_US, &mut b, opts)?;
+        Ok(Tuned {
+            entry: entry_of::<MlpJetBackward>(problem, result, floor, None, Vec::new()),
+            notes: vec![PEER_NOTE.into()],
+        })
+    }
+
+    fn line(&self, p: &MlpJetBackwardProblem, entry: &Entry) -> String {
+        line(&self.describe(p), MlpJetBackward::flops(p), entry)
+    }
+}
+
+/// The line printed when a PINN problem is tuned: time, TFLOP/s, error, config.
+fn line(problem: &str, flops: f64, entry: &Entry) -> String {
+    format!(
+        "{problem:<32} {:>10.1} us  {:>5.1} TFLOP/s  err {:.1e}  {}",
+        entry.median_us,
+        flops / (entry.median_us * 1e-6) / 1e12,
+        entry.max_rel_err,
+        entry.config
+    )
+}
+
+/// Tune `mlp_jet` for each problem (no baseline is stored: the PyTorch peer runs outside the
+/// process, and each problem's report notes so).
+pub fn tune_mlp_jet(
+    device: &Device,
+    compiler: &Compiler,
+    problems: &[MlpJetProblem],
+    opts: &TuneOptions,
+) -> RtResult<TuneReport> {
+    let family = FamilyId {
+        name: MlpJet::NAME,
+        template: MlpJet::TEMPLATE,
+    };
+    run_tuning(device, compiler, family, problems, opts, || {
+        Ok(JetTuner {
+            device,
+            compiler,
+            limits: device.info.limits(),
+        })
+    })
+}
+
+/// Tune `mlp_jet_backward` for each problem (no baseline stored, as for `mlp_jet`).
+pub fn tune_mlp_jet_backward(
+    device: &Device,
+    compiler: &Compiler,
+    problems: &[MlpJetBackwardProblem],
+    opts: &TuneOptions,
+) -> RtResult<TuneReport> {
+    let family = FamilyId {
+        name: MlpJetBackward::NAME,
+        template: MlpJetBackward::TEMPLATE,
+    };
+    run_tuning(device, compiler, family, problems, opts, || {
+        Ok(TrainTuner {
+            device,
+            compiler,
+            limits: device.info.limits(),
+        })
+    })
+}
+
 /// `default` first, then every other config of `candidates` in their order: what a bench
 /// times when it reports the default beside the best candidate.
 pub fn default_first<C: PartialEq + Clone>(default: &C, candidates: &[C]) -> Vec<C> {
@@ -123,6 +308,64 @@ mod tests {
         let t = [timed(1, 5.0), timed(2, 3.0), timed(3, 4.0)];
         assert_eq!(fastest(&t).unwrap().config, 2);
         assert!(fastest::<u32>(&[]).is_none());
+    }
+
+    #[test]
+    fn reduced_training_checks_cost_about_the_same_and_stay_odd() {
+        use kiln_codegen::families::mlp_jet_backward::pinn_targets;
+        let n: Vec<u32> = pinn_targets()
+            .iter()
+            .map(backward::checked_points)
+            .collect();
+        // 2^28 / (streams x width^2): 3 x 64^2, 4 x 128^2, 22 x 128^2.
+        assert_eq!(n, [21845, 4097, 745]);
+        let tiny = MlpJetBackwardProblem {
+            points: 100,
+            ..pinn_targets()[0]
+        };
+        assert_eq!(
+            backward::checked_points(&tiny),
+            100,
+            "a small problem is checked whole"
+        );
+        let mid = MlpJetBackwardProblem {
+            points: 300,
+            ..pinn_targets()[2]
+        };
+        assert_eq!(backward::checked_points(&mid), 300);
+    }
+
+    #[test]
+    fn relative_errors_fail_nan_and_ignore_empty_streams() {
+        assert_eq!(jet::rel(&[1.0, 2.0], &[1.0, 2.5]), 0.2);
+        assert!(jet::rel(&[f64::NAN], &[1.0]).is_infinite());
+        assert_eq!(jet::rel(&[], &[]), 0.0);
+        assert!(backward::rel(&[f32::NAN], &[1.0]).is_infinite());
+        assert!(backward::worst(&[1e-6, f64::NAN]).is_infinite());
+        assert_eq!(backward::worst(&[1e-6, 3e-6]), 3e-6);
+    }
+
+    #[test]
+    fn tune_lines_name_the_net_time_and_rate() {
+        let e = Entry {
+            problem: serde_json::json!({}),
+            config: serde_json::json!({"rows": 4}),
+            median_us: 2000.0,
+            p20_us: 1990.0,
+            p80_us: 2010.0,
+            pct_of_roofline: 50.0,
+            baseline: None,
+            speedup: None,
+            extra_baselines: Vec::new(),
+            max_rel_err: 3e-6,
+            candidates_tried: 5,
+            tuned_at: String::new(),
+            candidates: Vec::new(),
+        };
+        let l = line(&net(2, 128, 4, 1, 262144), 1e11, &e);
+        assert!(l.contains("d=2 w128 l4 p1 N=262144"), "{l}");
+        assert!(l.contains("2000.0 us") && l.contains("50.0 TFLOP/s"), "{l}");
+        assert!(l.contains("\"rows\":4"), "{l}");
     }
 
     #[test]

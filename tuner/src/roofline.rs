@@ -19,3 +19,8 @@ pub fn floor_us(flops: f64, bytes: f64, peak_flops: f64) -> f64 {
 pub fn pct_of_roofline(flops: f64, bytes: f64, peak_flops: f64, measured_us: f64) -> f64 {
     100.0 * floor_us(flops, bytes, peak_flops) / measured_us
 }
+
+/// The fp32 FMA issue rate at the H200's 1980 MHz boost clock (132 SMs x 128 lanes x 2 FLOP),
+/// FLOP/s: a datasheet figure, not a measured ceiling. The PINN families' floor; their tf32x3
+/// configs run on the tensor cores and can pass it.
+pub const FP32_FLOPS: f64 = 66.9e12;

@@ -1,21 +1,25 @@
 //! `mlp_jet_backward` on the GPU: random inputs of one training step, their device buffers,
 //! and the timing of configs (one call = the fused kernel + the ordered reduction).
 
-use kiln_codegen::families::mlp_jet::init_params;
-use kiln_codegen::families::mlp_jet_backward::reference::Head;
+use std::collections::HashMap;
+
+use kiln_codegen::families::mlp_jet::{init_params, layer_offsets};
+use kiln_codegen::families::mlp_jet_backward::reference::{loss_and_grads, Head, LossGrads};
 use kiln_codegen::families::mlp_jet_backward::{
     Loss, MlpJetBackward, MlpJetBackwardConfig, MlpJetBackwardProblem,
 };
-use kiln_codegen::Compiler;
+use kiln_codegen::{Compiler, Family};
 use kiln_runtime::error::DriverContext;
 use kiln_runtime::launch::mlp_jet_backward::{
     CudaSlice, HeadInputs, MlpJetBackwardKernel, MlpJetBackwardOutputs,
 };
-use kiln_runtime::measure::{Bench, MeasureOptions};
+use kiln_runtime::measure::{Bench, MeasureOptions, Measurement};
 use kiln_runtime::{Device, Result};
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 
-use super::{Timed, TimingError};
+use super::{compile_all, key, Timed, TimingError};
+use crate::search::{prepared_mut, time_candidate, Evaluator, Failure, Prepared};
 
 /// Host inputs of one training-step call. `a, b, c` are `f, target, weight` (residual head)
 /// or `cot_u, cot_grad, cot_lap` (given cotangents).
@@ -198,4 +202,264 @@ pub fn time_configs(
         });
     }
     Ok(out)
+}
+
+/// Gradients and loss (built on the Laplacian): the second-derivative tolerance.
+pub const TOL: f64 = 1e-4;
+
+/// The f64 reference of `inputs` over every point: chunks of 16 points in parallel, summed in
+/// chunk order.
+pub fn reference(inputs: &TrainInputs) -> LossGrads {
+    let n = inputs.problem.points as usize;
+    let chunks: Vec<Vec<usize>> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(16)
+        .map(|c| c.to_vec())
+        .collect();
+    let head = inputs.head();
+    let parts: Vec<LossGrads> = chunks
+        .par_iter()
+        .map(|w| loss_and_grads(&inputs.problem, &inputs.x, &inputs.params, &head, w))
+        .collect();
+    let mut out = LossGrads {
+        loss: 0.0,
+        grads: vec![0.0; inputs.params.len()],
+    };
+    for part in parts {
+        out.loss += part.loss;
+        for (o, g) in out.grads.iter_mut().zip(&part.grads) {
+            *o += g;
+        }
+    }
+    out
+}
+
+/// max |got - want| / max |want| (infinite for a NaN).
+pub fn rel(got: &[f32], want: &[f64]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (g, w) in got.iter().zip(want) {
+        let e = (*g as f64 - w).abs();
+        num = if e.is_nan() {
+            f64::INFINITY
+        } else {
+            num.max(e)
+        };
+        den = den.max(w.abs());
+    }
+    num / den.max(1e-30)
+}
+
+/// Host inputs of one case and, when checked, the f64 reference's loss and gradient.
+pub struct TrainCase {
+    pub inputs: TrainInputs,
+    pub want: LossGrads,
+}
+
+impl TrainCase {
+    /// [`TrainInputs::random`], and its reference when `check`.
+    pub fn new(
+        rng: &mut impl Rng,
+        p: MlpJetBackwardProblem,
+        full: bool,
+        gain: f64,
+        check: bool,
+    ) -> TrainCase {
+        let inputs = TrainInputs::random(rng, p, full, gain);
+        let want = if check {
+            reference(&inputs)
+        } else {
+            LossGrads::default()
+        };
+        TrainCase { inputs, want }
+    }
+
+    /// Relative error of each tensor (W_0, b_0, W_1, ...) and of the loss (residual head;
+    /// 0 for cotangents).
+    pub fn compare(&self, grads: &[f32], loss: f32) -> (Vec<f64>, f64) {
+        let p = &self.inputs.problem;
+        let offsets = layer_offsets(p.d, p.width, p.depth, p.p);
+        let mut errs = Vec::new();
+        for (l, &(w_at, b_at)) in offsets.iter().enumerate() {
+            let fan_out = if l == p.depth as usize { p.p } else { p.width } as usize;
+            errs.push(rel(&grads[w_at..b_at], &self.want.grads[w_at..b_at]));
+            let b = b_at..b_at + fan_out;
+            errs.push(rel(&grads[b.clone()], &self.want.grads[b]));
+        }
+        let loss_err = match p.loss {
+            Loss::LaplacianResidual => rel(&[loss], &[self.want.loss]),
+            Loss::Cotangents => 0.0,
+        };
+        (errs, loss_err)
+    }
+}
+
+/// The worst of `errs` (infinite when any is NaN).
+pub fn worst(errs: &[f64]) -> f64 {
+    errs.iter().fold(
+        0f64,
+        |m, &e| if e.is_nan() { f64::INFINITY } else { m.max(e) },
+    )
+}
+
+/// Points of the reduced problem a tuned config is checked on against the f64 reference:
+/// about 2^28 multiply-adds of hidden products (streams x width^2 per point), odd (the last
+/// tile of an even tile is partial), at least 257, at most the problem's own count (then the
+/// problem itself).
+pub fn checked_points(p: &MlpJetBackwardProblem) -> u32 {
+    let per_point = p.streams() as u64 * (p.width as u64).pow(2);
+    let n = ((1u64 << 28) / per_point.max(1))
+        .max(257)
+        .min(p.points as u64) as u32;
+    if n == p.points {
+        n
+    } else {
+        n | 1
+    }
+}
+
+/// One `mlp_jet_backward` problem's inputs on the device, a reduced case with its f64
+/// reference, and the kernels prepared for it: the tuner's [`Evaluator`] (and `kiln bench`'s
+/// validation). A config is validated, gradient, loss and partial arenas poisoned with NaN
+/// before every launch, on (1) the same net at [`checked_points`] points against the f64
+/// reference, every tensor and the loss within [`TOL`], and (2) the problem itself, twice:
+/// finite, and bitwise equal (the reduction is ordered). The loss is the residual without a data
+/// term, as `time_configs` and `benches/peers/pinn_torch.py` time it.
+pub struct TrainBench<'a> {
+    pub device: &'a Device,
+    pub compiler: &'a Compiler,
+    pub bench: &'a mut Bench,
+    pub problem: MlpJetBackwardProblem,
+    pub check: TrainCase,
+    check_buffers: TrainBuffers,
+    inputs: TrainInputs,
+    buffers: TrainBuffers,
+    kernels: HashMap<String, (MlpJetBackwardKernel, CudaSlice<f32>)>,
+}
+
+impl<'a> TrainBench<'a> {
+    pub fn new(
+        device: &'a Device,
+        compiler: &'a Compiler,
+        bench: &'a mut Bench,
+        problem: MlpJetBackwardProblem,
+        seed: u64,
+    ) -> Result<Self> {
+        MlpJetBackward::supports(&problem)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let small = MlpJetBackwardProblem {
+            points: checked_points(&problem),
+            ..problem
+        };
+        let check = TrainCase::new(&mut rng, small, false, 1.0, true);
+        let check_buffers = TrainBuffers::new(device, &check.inputs)?;
+        let inputs = TrainInputs::random(&mut rng, problem, false, 1.0);
+        let buffers = TrainBuffers::new(device, &inputs)?;
+        Ok(TrainBench {
+            device,
+            compiler,
+            bench,
+            problem,
+            check,
+            check_buffers,
+            inputs,
+            buffers,
+            kernels: HashMap::new(),
+        })
+    }
+
+    /// Both checks of the type's doc: the worst relative error (tensors and loss), or why not.
+    fn validate(
+        &mut self,
+        kernel: &MlpJetBackwardKernel,
+    ) -> std::result::Result<(f64, CudaSlice<f32>), Failure> {
+        let dev = self.device;
+        let fail = Failure::launch_failed;
+        let small = &self.check.inputs.problem;
+        let mut partial = kernel.workspace(dev, small).map_err(fail)?;
+        let b = &mut self.check_buffers;
+        b.poison(dev, &mut partial).map_err(fail)?;
+        b.launch(dev, kernel, &self.check.inputs, &mut partial)
+            .map_err(fail)?;
+        let (grads, loss) = b.download(dev).map_err(fail)?;
+        let (errs, loss_err) = self.check.compare(&grads, loss);
+        let err = worst(&errs).max(worst(&[loss_err]));
+        // `!(err <= TOL)` on purpose: a NaN error fails.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+        if !(err <= TOL) {
+            return Err(Failure {
+                outcome: "invalid",
+                reason: format!(
+                    "{} points: relative error {err:.2e} (tolerance {TOL:.0e}; worst tensor \
+                     {:.1e}, loss {loss_err:.1e})",
+                    small.points,
+                    worst(&errs)
+                ),
+            });
+        }
+        let mut partial = kernel.workspace(dev, &self.problem).map_err(fail)?;
+        let mut runs = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let b = &mut self.buffers;
+            b.poison(dev, &mut partial).map_err(fail)?;
+            b.launch(dev, kernel, &self.inputs, &mut partial)
+                .map_err(fail)?;
+            runs.push(b.download(dev).map_err(fail)?);
+        }
+        let finite = runs[0].0.iter().all(|v| v.is_finite()) && runs[0].1.is_finite();
+        let bits = |r: &(Vec<f32>, f32)| -> Vec<u32> {
+            r.0.iter().chain([&r.1]).map(|v| v.to_bits()).collect()
+        };
+        if !finite || bits(&runs[0]) != bits(&runs[1]) {
+            return Err(Failure {
+                outcome: "invalid",
+                reason: format!(
+                    "{} points: {}",
+                    self.problem.points,
+                    if finite {
+                        "two launches differ (the reduction must be ordered)"
+                    } else {
+                        "non-finite gradient or loss"
+                    }
+                ),
+            });
+        }
+        Ok((err, partial))
+    }
+}
+
+impl Evaluator<MlpJetBackwardConfig> for TrainBench<'_> {
+    fn prepare(
+        &mut self,
+        configs: &[MlpJetBackwardConfig],
+    ) -> Vec<std::result::Result<Prepared, Failure>> {
+        let p = self.problem;
+        let compiled = compile_all::<MlpJetBackward>(self.compiler, &p, configs);
+        configs
+            .iter()
+            .zip(compiled)
+            .map(|(c, compiled)| {
+                let compiled = compiled?;
+                let kernel = MlpJetBackwardKernel::from_cubin(self.device, &compiled.cubin, &p, c)
+                    .map_err(Failure::launch_failed)?;
+                let (err, partial) = self.validate(&kernel)?;
+                self.kernels.insert(key(c), (kernel, partial));
+                Ok(Prepared {
+                    max_rel_err: err,
+                    registers: Some(compiled.resources.registers),
+                })
+            })
+            .collect()
+    }
+
+    fn time(
+        &mut self,
+        config: &MlpJetBackwardConfig,
+        reps: usize,
+    ) -> std::result::Result<Measurement, Failure> {
+        let (kernel, partial) = prepared_mut(&mut self.kernels, config)?;
+        let (device, buffers, inputs) = (self.device, &mut self.buffers, &self.inputs);
+        time_candidate(self.bench, reps, || {
+            buffers.launch(device, kernel, inputs, partial)
+        })
+    }
 }

@@ -1,14 +1,19 @@
 //! `mlp_jet` on the GPU: random inputs, their device buffers, and the timing of configs.
 
-use kiln_codegen::families::mlp_jet::{init_params, MlpJet, MlpJetConfig, MlpJetProblem};
-use kiln_codegen::Compiler;
+use std::collections::HashMap;
+
+use kiln_codegen::families::mlp_jet::{
+    init_params, reference_points, reference_points_f32, Jets, MlpJet, MlpJetConfig, MlpJetProblem,
+};
+use kiln_codegen::{Compiler, Family};
 use kiln_runtime::error::DriverContext;
 use kiln_runtime::launch::mlp_jet::{CudaSlice, MlpJetKernel, MlpJetOutputs};
-use kiln_runtime::measure::{Bench, MeasureOptions};
+use kiln_runtime::measure::{Bench, MeasureOptions, Measurement};
 use kiln_runtime::{Device, Result};
 use rand::{Rng, SeedableRng};
 
-use super::{Timed, TimingError};
+use super::{compile_all, key, Timed, TimingError};
+use crate::search::{prepared_mut, time_candidate, Evaluator, Failure, Prepared};
 
 /// Host inputs of one call: points uniform in (-1, 1)^d and an Xavier-initialised net
 /// (gain 1, biases from the same uniform draw; `init_params`).
@@ -125,4 +130,216 @@ pub fn time_configs(
         });
     }
     Ok(out)
+}
+
+/// Value and gradient: fp32 products accumulated in k order, tanhf.
+pub const TOL_FIRST: f64 = 1e-5;
+/// Laplacian, d2 and Hessian diagonal.
+pub const TOL_SECOND: f64 = 1e-4;
+/// A kernel may be this many times less accurate than straightforward fp32 on the CPU (other
+/// tanh, tf32x3's 2^-21 per product) on nets where the fp32 floor exceeds the tolerance.
+pub const FLOOR_FACTOR: f64 = 8.0;
+
+/// Host inputs of one case and the f64 reference at its checked points.
+///
+/// Each stream's error is max |got - ref| / max |ref| over the checked points. Some random nets
+/// (a scalar output of a 1-D net in particular) are ill-conditioned for this metric: exact fp32
+/// evaluation itself misses 1e-5 on about 1 net in 40 (the output is far smaller than the terms
+/// summed into it). So each stream's bound is the larger of the tolerance and FLOOR_FACTOR x the
+/// error of the same jets evaluated in f32 on the CPU (the fp32 floor of that net).
+pub struct JetCase {
+    pub inputs: JetInputs,
+    /// Points checked against the reference.
+    pub checked: Vec<usize>,
+    pub want: Jets,
+    /// Bound per stream (u, grad, second).
+    pub bound: [f64; 3],
+    /// Relative error of exact fp32 evaluation (the CPU's) per stream.
+    pub floor: [f64; 3],
+}
+
+impl JetCase {
+    /// Random inputs of `p` (as [`JetInputs::random`]); `sample` points checked, evenly spread
+    /// with the first and the last among them, or every point.
+    pub fn new(rng: &mut impl Rng, p: MlpJetProblem, sample: Option<usize>) -> JetCase {
+        let inputs = JetInputs::random(rng, p);
+        let n = p.points as usize;
+        let checked: Vec<usize> = match sample {
+            Some(m) if m < n => {
+                let mut v: Vec<usize> = (0..m).map(|i| i * (n - 1) / (m - 1).max(1)).collect();
+                v.dedup();
+                v
+            }
+            _ => (0..n).collect(),
+        };
+        let want = reference_points(&p, &inputs.x, &inputs.params, &checked);
+        let f32_jets = reference_points_f32(&p, &inputs.x, &inputs.params, &checked);
+        let floor = [
+            rel(&f32_jets.u, &want.u),
+            rel(&f32_jets.grad, &want.grad),
+            rel(&f32_jets.second, &want.second),
+        ];
+        let tols = [TOL_FIRST, TOL_FIRST, TOL_SECOND];
+        let bound = [0, 1, 2].map(|s| tols[s].max(FLOOR_FACTOR * floor[s]));
+        JetCase {
+            inputs,
+            checked,
+            want,
+            bound,
+            floor,
+        }
+    }
+
+    /// Relative error of each stream (u, grad, second) at the checked points, and whether any
+    /// output anywhere is not finite.
+    pub fn compare(&self, got: &[Vec<f32>; 3]) -> ([f64; 3], bool) {
+        let p = &self.inputs.problem;
+        let np = p.p as usize;
+        let nt = p.streams.tangents(p.d) as usize;
+        let ns = p.streams.seconds(p.d) as usize;
+        let bad = got.iter().any(|o| o.iter().any(|v| !v.is_finite()));
+        let per_point = [np, nt * np, ns * np];
+        let wants = [&self.want.u, &self.want.grad, &self.want.second];
+        let mut errs = [0.0f64; 3];
+        for s in 0..3 {
+            let w = per_point[s];
+            let at_checked: Vec<f64> = self
+                .checked
+                .iter()
+                .flat_map(|&pt| got[s][pt * w..(pt + 1) * w].iter().map(|&v| v as f64))
+                .collect();
+            errs[s] = rel(&at_checked, wants[s]);
+        }
+        (errs, bad)
+    }
+
+    /// Whether `errs` (from [`JetCase::compare`]) are within the bounds; a NaN fails.
+    pub fn within(&self, errs: &[f64; 3]) -> bool {
+        (0..3).all(|s| errs[s] <= self.bound[s])
+    }
+}
+
+/// max |got - want| / max |want| (infinite for a NaN; 0 for empty streams).
+pub fn rel(got: &[f64], want: &[f64]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (g, w) in got.iter().zip(want) {
+        let e = (g - w).abs();
+        num = if e.is_nan() {
+            f64::INFINITY
+        } else {
+            num.max(e)
+        };
+        den = den.max(w.abs());
+    }
+    if got.is_empty() {
+        0.0
+    } else {
+        num / den.max(1e-30)
+    }
+}
+
+/// Points of a tuned problem checked against the f64 reference (first and last included).
+pub const TUNE_CHECKED_POINTS: usize = 600;
+
+/// One `mlp_jet` problem's inputs on the device and the reference at its checked points, and
+/// the kernels prepared for it: the tuner's [`Evaluator`] (and `kiln bench`'s validation).
+/// A config is validated at the problem's full point count, outputs poisoned with NaN first:
+/// [`TUNE_CHECKED_POINTS`] points against the f64 reference within the case's bounds, and every
+/// output finite. Its `max_rel_err` is the worst of the three streams' errors.
+pub struct JetBench<'a> {
+    pub device: &'a Device,
+    pub compiler: &'a Compiler,
+    pub bench: &'a mut Bench,
+    pub case: JetCase,
+    buffers: JetBuffers,
+    kernels: HashMap<String, MlpJetKernel>,
+}
+
+impl<'a> JetBench<'a> {
+    pub fn new(
+        device: &'a Device,
+        compiler: &'a Compiler,
+        bench: &'a mut Bench,
+        problem: MlpJetProblem,
+        seed: u64,
+    ) -> Result<Self> {
+        MlpJet::supports(&problem)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let case = JetCase::new(&mut rng, problem, Some(TUNE_CHECKED_POINTS));
+        let buffers = JetBuffers::new(device, &case.inputs)?;
+        Ok(JetBench {
+            device,
+            compiler,
+            bench,
+            case,
+            buffers,
+            kernels: HashMap::new(),
+        })
+    }
+
+    /// Launch `kernel` into poisoned outputs and compare: the worst stream error, or why not.
+    fn validate(&mut self, kernel: &MlpJetKernel) -> std::result::Result<f64, Failure> {
+        let (device, p) = (self.device, self.case.inputs.problem);
+        self.buffers
+            .poison(device)
+            .map_err(Failure::launch_failed)?;
+        self.buffers
+            .launch(device, kernel, &p)
+            .map_err(Failure::launch_failed)?;
+        let got = self
+            .buffers
+            .download(device, &p)
+            .map_err(Failure::launch_failed)?;
+        let (errs, bad) = self.case.compare(&got);
+        if bad || !self.case.within(&errs) {
+            return Err(Failure {
+                outcome: "invalid",
+                reason: format!(
+                    "relative error u {:.2e} grad {:.2e} second {:.2e} (bounds {:.0e} {:.0e} \
+                     {:.0e}){}",
+                    errs[0],
+                    errs[1],
+                    errs[2],
+                    self.case.bound[0],
+                    self.case.bound[1],
+                    self.case.bound[2],
+                    if bad { ", non-finite outputs" } else { "" }
+                ),
+            });
+        }
+        Ok(errs.into_iter().fold(0.0, f64::max))
+    }
+}
+
+impl Evaluator<MlpJetConfig> for JetBench<'_> {
+    fn prepare(&mut self, configs: &[MlpJetConfig]) -> Vec<std::result::Result<Prepared, Failure>> {
+        let p = self.case.inputs.problem;
+        let compiled = compile_all::<MlpJet>(self.compiler, &p, configs);
+        configs
+            .iter()
+            .zip(compiled)
+            .map(|(c, compiled)| {
+                let compiled = compiled?;
+                let kernel = MlpJetKernel::from_cubin(self.device, &compiled.cubin, &p, c)
+                    .map_err(Failure::launch_failed)?;
+                let err = self.validate(&kernel)?;
+                self.kernels.insert(key(c), kernel);
+                Ok(Prepared {
+                    max_rel_err: err,
+                    registers: Some(compiled.resources.registers),
+                })
+            })
+            .collect()
+    }
+
+    fn time(
+        &mut self,
+        config: &MlpJetConfig,
+        reps: usize,
+    ) -> std::result::Result<Measurement, Failure> {
+        let p = self.case.inputs.problem;
+        let kernel = prepared_mut(&mut self.kernels, config)?;
+        let (device, buffers) = (self.device, &mut self.buffers);
+        time_candidate(self.bench, reps, || buffers.launch(device, kernel, &p))
+    }
 }
