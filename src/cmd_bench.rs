@@ -96,14 +96,14 @@ pub fn parse_threshold(s: &str) -> Result<f64, String> {
     })
 }
 
-/// The fastest of the configs timed beside the default (`--candidates`).
+/// The fastest of the configs timed beside the served one (`--candidates`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BestCandidate {
     pub config: Value,
     pub median_us: f64,
     pub p20_us: f64,
     pub p80_us: f64,
-    /// Configs timed (the default among them).
+    /// Configs timed (the served one among them).
     pub of: usize,
 }
 
@@ -153,7 +153,7 @@ pub struct BenchRow {
     /// Python peers' slower variants).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub other_baselines: Vec<Baseline>,
-    /// `--candidates`: the fastest legal config, timed beside the default in the same run.
+    /// `--candidates`: the fastest legal config, timed beside the served one in the same run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_candidate: Option<BestCandidate>,
 }

@@ -602,3 +602,44 @@ fn an_mfa_decode_artifact_dispatches_and_describes() {
         .unwrap();
     assert_eq!(desc.entry, MfaDecode::entry(&tuned, &config));
 }
+
+/// The PINN artifacts committed from the H200 are current (their template hash is the
+/// template's now, so dispatch serves them rather than calling them stale) and serve every
+/// target net exactly, with a legal config validated within the families' tolerances.
+#[test]
+fn the_committed_pinn_artifacts_are_current_and_serve_the_target_nets() {
+    use kiln_codegen::families::mlp_jet::{self, MlpJet};
+    use kiln_codegen::families::mlp_jet_backward::{self, MlpJetBackward};
+    use kiln_runtime::artifact::Staleness;
+
+    fn check<F: Family>(targets: &[F::Problem], tol: f64) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuned");
+        let path = Artifact::path(&root, "nvidia-h200", F::NAME);
+        let art = Artifact::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let template = kiln_codegen::registry::template_sha256(F::TEMPLATE);
+        let stale = art.staleness(&h200(), &template, None);
+        assert!(
+            !stale
+                .iter()
+                .any(|s| matches!(s, Staleness::TemplateChanged)),
+            "{}: {stale:?}: re-run `kiln tune --family {} --preset pinn-...` on the H200",
+            path.display(),
+            F::NAME
+        );
+        let d = Dispatch::<F>::from_artifact(art.clone(), &h200());
+        for p in targets {
+            let s = d.select(p);
+            assert_eq!(s.source, Source::Exact, "{}: {p:?}", F::NAME);
+            let e = art.find(&serde_json::to_value(p).unwrap()).unwrap();
+            assert!(
+                e.max_rel_err <= tol,
+                "{}: {p:?}: {}",
+                F::NAME,
+                e.max_rel_err
+            );
+            assert!(e.baseline.is_none() && e.median_us > 0.0);
+        }
+    }
+    check::<MlpJet>(&mlp_jet::pinn_targets(), 1e-4);
+    check::<MlpJetBackward>(&mlp_jet_backward::pinn_targets(), 1e-4);
+}

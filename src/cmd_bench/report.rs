@@ -140,9 +140,9 @@ pub fn print_bench(f: &BenchFile) {
         let mut t = Table::new(&[
             "family",
             "problem",
-            "default us",
+            "served us",
             "best us",
-            "default / best",
+            "served / best",
             "best config (of N timed)",
         ]);
         for r in &f.rows {
@@ -158,7 +158,7 @@ pub fn print_bench(f: &BenchFile) {
             }
         }
         println!(
-            "every legal config timed (--candidates); the rows above time the default:\n{}",
+            "every legal config timed (--candidates); the rows above time the config dispatch serves:\n{}",
             t.render()
         );
     }

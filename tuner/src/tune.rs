@@ -353,8 +353,11 @@ pub(crate) fn search_family<F: Family, E: Evaluator<F::Config>>(
         .collect();
     let result = search(candidates, floor_us, evaluator, &opts.search);
     if result.winner.is_none() {
-        let reasons: Vec<String> = result
-            .records
+        // The reasons of candidates that ran (compile, launch, validation) before those the
+        // estimate pruned: they say why nothing passed.
+        let mut records: Vec<_> = result.records.iter().collect();
+        records.sort_by_key(|r| r.outcome == "pruned");
+        let reasons: Vec<String> = records
             .iter()
             .filter_map(|r| r.reason.as_ref().map(|x| format!("{}: {x}", r.outcome)))
             .take(3)
