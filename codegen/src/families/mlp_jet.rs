@@ -655,7 +655,8 @@ impl Family for MlpJet {
     /// One problem per kind of stream set that changes the source: value only, Laplacian
     /// (tangents and one second-order stream), Hessian diagonal (d second-order streams);
     /// value + gradient compiles the tangent code of the Laplacian without its second-order
-    /// line. p past one output pass for some configs, and a partial last pass.
+    /// line. p past one output pass for some configs, and a partial last pass. Then the PINN
+    /// target nets.
     fn branch_problems() -> Vec<MlpJetProblem> {
         let prob = |d, width, depth, p, streams| MlpJetProblem {
             d,
@@ -665,11 +666,15 @@ impl Family for MlpJet {
             points: 1000,
             streams,
         };
-        vec![
+        let mut out = vec![
             prob(3, 32, 2, 40, Streams::Value),
             prob(4, 128, 2, 17, Streams::ValueGradLaplacian),
             prob(6, 32, 2, 3, Streams::ValueGradHessdiag),
-        ]
+        ];
+        // The three PINN target nets, so compiling every variant covers every config the
+        // benchmarks and the tuned artifact run.
+        out.extend(pinn_targets());
+        out
     }
 }
 

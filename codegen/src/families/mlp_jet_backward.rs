@@ -144,6 +144,16 @@ pub struct MlpJetBackwardConfig {
     /// read as FMA.
     #[serde(default)]
     pub math: Math,
+    /// k depth of a weight slab: 32, or 16 (twice the slabs and their barriers per tile, 16 KB
+    /// less shared memory at width 128), legal only where the 32-deep slabs do not fit the
+    /// tile, so it exists to reach larger tiles. Configs written before this field existed
+    /// read as 32.
+    #[serde(default = "default_slab_k")]
+    pub slab_k: u32,
+}
+
+fn default_slab_k() -> u32 {
+    SLAB_K
 }
 
 pub const MAX_D: u32 = 32;
@@ -154,8 +164,10 @@ pub const WIDTHS: [u32; 3] = [32, 64, 128];
 pub const DEPTHS: std::ops::RangeInclusive<u32> = 2..=8;
 pub const MAX_POINTS: u32 = 1 << 28;
 const THREADS: u32 = 256;
-/// k depth of a weight slab.
-const SLAB_K: u32 = 32;
+/// k depth of a weight slab unless the tile needs the shallower one.
+pub const SLAB_K: u32 = 32;
+/// The shallower slab depth.
+pub const SLAB_K_SMALL: u32 = 16;
 /// SMs the persistent grid plans for (H100 / H200).
 const SMS: u32 = 132;
 /// Tile sizes of the space.
@@ -210,7 +222,8 @@ fn shape(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> Option<Shape> {
     let ts = c.tile_points * p.streams();
     let cols = ts.div_ceil(col_unit) * col_unit;
     let lda = p.width + 4;
-    let slab_floats = (p.width * (SLAB_K + 4)).max(SLAB_K * (p.width + 4));
+    let sk = c.slab_k;
+    let slab_floats = (p.width * (sk + 4)).max(sk * (p.width + 4));
     let ne = p.d + p.depth + 2 * p.p + 1;
     let slots_floats = (p.depth * cols * lda).max(ne * THREADS);
     let pc = p.params() as u32;
@@ -290,14 +303,17 @@ impl Family for MlpJetBackward {
 
     fn space() -> Vec<MlpJetBackwardConfig> {
         let mut out = Vec::new();
-        for math in [Math::Fma, Math::Tf32x3] {
-            for rows in [4, 8] {
-                for tile_points in TILES {
-                    out.push(MlpJetBackwardConfig {
-                        rows,
-                        tile_points,
-                        math,
-                    });
+        for slab_k in [SLAB_K, SLAB_K_SMALL] {
+            for math in [Math::Fma, Math::Tf32x3] {
+                for rows in [4, 8] {
+                    for tile_points in TILES {
+                        out.push(MlpJetBackwardConfig {
+                            rows,
+                            tile_points,
+                            math,
+                            slab_k,
+                        });
+                    }
                 }
             }
         }
@@ -311,6 +327,9 @@ impl Family for MlpJetBackward {
         })?;
         illegal(!TILES.contains(&c.tile_points), || {
             format!("tile_points {} is not one of {TILES:?}", c.tile_points)
+        })?;
+        illegal(c.slab_k != SLAB_K && c.slab_k != SLAB_K_SMALL, || {
+            format!("slab_k {} is not {SLAB_K} or {SLAB_K_SMALL}", c.slab_k)
         })?;
         illegal(THREADS > limits.max_threads_per_block, || {
             "256 threads exceed the device's block".into()
@@ -341,6 +360,22 @@ impl Family for MlpJetBackward {
         illegal(sh.smem_bytes > limit, || {
             format!("{} B of shared memory exceed {limit}", sh.smem_bytes)
         })?;
+        // 16-deep slabs only where the 32-deep ones leave the tile too big for the SM.
+        if c.slab_k == SLAB_K_SMALL {
+            let deep = MlpJetBackwardConfig {
+                slab_k: SLAB_K,
+                ..*c
+            };
+            illegal(
+                shape(p, &deep).is_some_and(|d| d.smem_bytes <= limit),
+                || {
+                    format!(
+                        "{SLAB_K_SMALL}-deep slabs where {SLAB_K}-deep ones fit ({} points)",
+                        c.tile_points
+                    )
+                },
+            )?;
+        }
         Ok(())
     }
 
@@ -401,6 +436,7 @@ impl Family for MlpJetBackward {
             "row_warps": sh.row_warps,
             "cols_per_thread": sh.cols_per_thread,
             "slab_floats": sh.slab_floats,
+            "slab_k": c.slab_k,
             "slots_floats": sh.slots_floats,
             "dw_vec": sh.dw_vec,
             "param_count": p.params(),
@@ -419,8 +455,14 @@ impl Family for MlpJetBackward {
             Loss::Cotangents => "cot",
             Loss::LaplacianResidual => "res",
         };
+        // 32-deep slabs keep the names entries had before `slab_k` existed.
+        let slab = if c.slab_k == SLAB_K {
+            String::new()
+        } else {
+            format!("_k{}", c.slab_k)
+        };
         format!(
-            "kiln_mlp_jet_backward_{tag}_d{}_w{}_l{}_p{}_r{}_t{}_{}",
+            "kiln_mlp_jet_backward_{tag}_d{}_w{}_l{}_p{}_r{}_t{}_{}{slab}",
             p.d,
             p.width,
             p.depth,
@@ -497,6 +539,7 @@ impl Family for MlpJetBackward {
                 rows: 4,
                 tile_points: 1,
                 math: Math::Fma,
+                slab_k: SLAB_K,
             },
         )
     }
@@ -540,7 +583,7 @@ impl Family for MlpJetBackward {
             }
         };
         // Per tile: a barrier per slab and per phase, and the dW read-modify-write (L2).
-        let syncs = (2.0 * depth * (w / SLAB_K as f64) + 4.0 * depth + 8.0) * 1.0e-6 / 1.75e3;
+        let syncs = (2.0 * depth * (w / c.slab_k as f64) + 4.0 * depth + 8.0) * 1.0e-6 / 1.75e3;
         let rmw_s = depth * w * w * 8.0 / 60.0e9;
         let tile_s = col_s + dw_s + syncs + rmw_s;
         let g = Self::geometry(p, c);

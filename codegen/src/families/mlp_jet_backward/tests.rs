@@ -34,7 +34,7 @@ fn every_problem() -> Vec<MlpJetBackwardProblem> {
 
 #[test]
 fn space_and_variants_stay_modest() {
-    assert_eq!(MlpJetBackward::legal_space(&limits()).len(), 48);
+    assert_eq!(MlpJetBackward::legal_space(&limits()).len(), 96);
     let f = crate::registry::family("mlp_jet_backward").unwrap();
     let variants = f.variants(&limits());
     let entries: HashSet<_> = variants.iter().map(|v| v.entry.clone()).collect();
@@ -230,6 +230,7 @@ fn scratch_scale_flops_and_bytes() {
         rows: 4,
         tile_points: 2,
         math: Math::Fma,
+        slab_k: SLAB_K,
     };
     // 5 tiles, 5 CTAs, each an arena of the parameters + the loss, rounded to 4 floats.
     assert_eq!(MlpJetBackward::geometry(&p, &c).grid[0], 5);
@@ -282,6 +283,55 @@ fn buckets_and_serde() {
 }
 
 #[test]
+fn shallow_slabs_only_reach_tiles_the_deep_ones_cannot() {
+    // Configs recorded before `slab_k` existed read as 32-deep slabs, with their old names.
+    let c: MlpJetBackwardConfig =
+        serde_json::from_str(r#"{"rows": 4, "tile_points": 16, "math": "tf32x3"}"#).unwrap();
+    assert_eq!(c.slab_k, SLAB_K);
+    let t = pinn_targets();
+    assert!(MlpJetBackward::entry(&t[1], &c).ends_with("_t16_tf32x3"));
+    for p in every_problem() {
+        for c in MlpJetBackward::candidates(&p, &limits()) {
+            if c.slab_k != SLAB_K_SMALL {
+                continue;
+            }
+            let deep = MlpJetBackwardConfig {
+                slab_k: SLAB_K,
+                ..c
+            };
+            assert!(
+                MlpJetBackward::check_problem(&p, &deep).is_err(),
+                "{p:?} {c:?}"
+            );
+            assert!(MlpJetBackward::entry(&p, &c).ends_with("_k16"));
+        }
+    }
+    // d = 2 reaches 24-point tiles, and d = 20 4-point tiles on its fastest tf32x3 shape (4
+    // rows; run 57), only with 16-deep slabs.
+    let tiles = |p: &MlpJetBackwardProblem, k: u32| -> Vec<u32> {
+        let mut v: Vec<u32> = MlpJetBackward::candidates(p, &limits())
+            .iter()
+            .filter(|c| c.slab_k == k)
+            .map(|c| c.tile_points)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    assert_eq!(tiles(&t[1], SLAB_K).last(), Some(&16));
+    assert_eq!(tiles(&t[1], SLAB_K_SMALL), [24]);
+    let tf4 = MlpJetBackwardConfig {
+        rows: 4,
+        tile_points: 4,
+        math: Math::Tf32x3,
+        slab_k: SLAB_K_SMALL,
+    };
+    assert!(MlpJetBackward::candidates(&t[2], &limits()).contains(&tf4));
+    let bad = MlpJetBackwardConfig { slab_k: 8, ..c };
+    assert!(MlpJetBackward::check_config(&bad, &limits()).is_err());
+}
+
+#[test]
 fn configs_without_math_read_as_fma_and_tensor_tiles_are_whole() {
     // Configs recorded before the `math` field existed still parse, as the FMA path.
     let c: MlpJetBackwardConfig =
@@ -295,7 +345,7 @@ fn configs_without_math_read_as_fma_and_tensor_tiles_are_whole() {
             }
             let sh = shape(&p, &c).unwrap();
             assert_eq!((4 * sh.cols_per_thread) % 8, 0, "{p:?} {c:?}");
-            assert!(MlpJetBackward::entry(&p, &c).ends_with("_tf32x3"));
+            assert!(MlpJetBackward::entry(&p, &c).contains("_tf32x3"));
             let fma = MlpJetBackwardConfig {
                 math: Math::Fma,
                 ..c
