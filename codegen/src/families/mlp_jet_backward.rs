@@ -171,7 +171,7 @@ pub const SLAB_K_SMALL: u32 = 16;
 /// SMs the persistent grid plans for (H100 / H200).
 const SMS: u32 = 132;
 /// Tile sizes of the space.
-const TILES: [u32; 12] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
+const TILES: [u32; 15] = [1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 40, 48, 64, 80];
 /// The reduce entry's arguments.
 pub const REDUCE_ARGS: [KernelArg; 5] = [
     KernelArg {
@@ -225,7 +225,7 @@ fn shape(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> Option<Shape> {
     let sk = c.slab_k;
     let slab_floats = (p.width * (sk + 4)).max(sk * (p.width + 4));
     let ne = p.d + p.depth + 2 * p.p + 1;
-    let slots_floats = (p.depth * cols * lda).max(ne * THREADS);
+    let slots_floats = (slots(p.depth) * cols * lda).max(ne * THREADS);
     let pc = p.params() as u32;
     let smem_floats = 2 * slab_floats + slots_floats + c.tile_points * p.d + ts * p.p;
     Some(Shape {
@@ -238,6 +238,17 @@ fn shape(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> Option<Shape> {
         partial_stride: (pc + 1).div_ceil(4) * 4,
         smem_bytes: 4 * smem_floats,
     })
+}
+
+/// Stream slots a tile keeps in shared memory: one per hidden layer's output, except that
+/// with three or more layers the first layer's shares the third's (the template recomputes
+/// it from x for the bottom of the backward pass).
+pub fn slots(depth: u32) -> u32 {
+    if depth >= 3 {
+        depth - 1
+    } else {
+        depth
+    }
 }
 
 /// Columns a tile pads to: 4 lanes across times the warps across the columns; an mma tile
