@@ -10,7 +10,8 @@
 //!   (with and without the data term, a missing cotangent), widths 32..128, depths 2..8, d up
 //!   to 32, p up to 8, point counts that are not a multiple of any tile, one point, and more
 //!   tiles than CTAs (each CTA walks several); every config of the space with 32-deep weight
-//!   slabs runs at least once, and 16-deep slabs (legal only where 32-deep ones do not fit)
+//!   slabs and unshared slots runs at least once, and the memory savers (16-deep slabs, a
+//!   shared slot: legal only where the tile does not fit without them) in every combination
 //!   with each math and rows value.
 //! * `mlp_jet_backward_targets`: the three PINN target nets at 1/16 to 1/40 of their point
 //!   counts (odd; every CTA walks several tiles), every candidate config, against the
@@ -145,18 +146,17 @@ fn mlp_jet_backward_every_config_small() {
             "worst_grad_rel_err": w.0, "worst_loss_rel_err": w.1}),
         );
     }
-    // Every config with 32-deep slabs runs; 16-deep slabs are legal only where 32-deep ones
-    // do not fit (large tiles of wide, many-stream nets: the d = 2 and d = 20 nets here), and
-    // run for each math and rows value.
+    // Every config without a memory saver runs; 16-deep slabs and shared slots are legal
+    // only where the tile does not fit without them (large tiles of wide, many-stream nets:
+    // the d = 1, 2 and 20 nets here), and run for each combination with math and rows.
     let missed: Vec<_> = MlpJetBackward::legal_space(&limits)
         .into_iter()
         .filter(|c| {
-            if c.slab_k == fam::SLAB_K {
+            if c.slab_k == fam::SLAB_K && !c.share_slot {
                 !seen.contains(c)
             } else {
-                !seen
-                    .iter()
-                    .any(|s| (s.slab_k, s.math, s.rows) == (c.slab_k, c.math, c.rows))
+                let key = |s: &MlpJetBackwardConfig| (s.slab_k, s.share_slot, s.math, s.rows);
+                !seen.iter().any(|s| key(s) == key(c))
             }
         })
         .collect();

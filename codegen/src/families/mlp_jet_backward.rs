@@ -150,6 +150,13 @@ pub struct MlpJetBackwardConfig {
     /// read as 32.
     #[serde(default = "default_slab_k")]
     pub slab_k: u32,
+    /// With three or more hidden layers, keep DEPTH - 1 stream slots instead of DEPTH: the
+    /// first layer's output shares the third's slot and is recomputed from x for the bottom
+    /// of the backward pass (an extra barrier and tanh per tile; 2-7% slower at equal tiles,
+    /// run 60). Legal only where the tile does not fit without it. Configs written before
+    /// this field existed read as false.
+    #[serde(default)]
+    pub share_slot: bool,
 }
 
 fn default_slab_k() -> u32 {
@@ -225,7 +232,7 @@ fn shape(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> Option<Shape> {
     let sk = c.slab_k;
     let slab_floats = (p.width * (sk + 4)).max(sk * (p.width + 4));
     let ne = p.d + p.depth + 2 * p.p + 1;
-    let slots_floats = (slots(p.depth) * cols * lda).max(ne * THREADS);
+    let slots_floats = (slots(p.depth, c.share_slot) * cols * lda).max(ne * THREADS);
     let pc = p.params() as u32;
     let smem_floats = 2 * slab_floats + slots_floats + c.tile_points * p.d + ts * p.p;
     Some(Shape {
@@ -241,10 +248,10 @@ fn shape(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> Option<Shape> {
 }
 
 /// Stream slots a tile keeps in shared memory: one per hidden layer's output, except that
-/// with three or more layers the first layer's shares the third's (the template recomputes
-/// it from x for the bottom of the backward pass).
-pub fn slots(depth: u32) -> u32 {
-    if depth >= 3 {
+/// with `share` and three or more layers the first layer's shares the third's (the template
+/// recomputes it from x for the bottom of the backward pass).
+pub fn slots(depth: u32, share: bool) -> u32 {
+    if share && depth >= 3 {
         depth - 1
     } else {
         depth
@@ -314,16 +321,19 @@ impl Family for MlpJetBackward {
 
     fn space() -> Vec<MlpJetBackwardConfig> {
         let mut out = Vec::new();
-        for slab_k in [SLAB_K, SLAB_K_SMALL] {
-            for math in [Math::Fma, Math::Tf32x3] {
-                for rows in [4, 8] {
-                    for tile_points in TILES {
-                        out.push(MlpJetBackwardConfig {
-                            rows,
-                            tile_points,
-                            math,
-                            slab_k,
-                        });
+        for share_slot in [false, true] {
+            for slab_k in [SLAB_K, SLAB_K_SMALL] {
+                for math in [Math::Fma, Math::Tf32x3] {
+                    for rows in [4, 8] {
+                        for tile_points in TILES {
+                            out.push(MlpJetBackwardConfig {
+                                rows,
+                                tile_points,
+                                math,
+                                slab_k,
+                                share_slot,
+                            });
+                        }
                     }
                 }
             }
@@ -371,17 +381,36 @@ impl Family for MlpJetBackward {
         illegal(sh.smem_bytes > limit, || {
             format!("{} B of shared memory exceed {limit}", sh.smem_bytes)
         })?;
-        // 16-deep slabs only where the 32-deep ones leave the tile too big for the SM.
+        // Each memory saver (16-deep slabs, a shared slot) only where the tile does not fit
+        // without it, the other setting unchanged: both cost time at equal tiles (runs 59-60).
+        let fits =
+            |alt: MlpJetBackwardConfig| shape(p, &alt).is_some_and(|d| d.smem_bytes <= limit);
         if c.slab_k == SLAB_K_SMALL {
-            let deep = MlpJetBackwardConfig {
-                slab_k: SLAB_K,
-                ..*c
-            };
             illegal(
-                shape(p, &deep).is_some_and(|d| d.smem_bytes <= limit),
+                fits(MlpJetBackwardConfig {
+                    slab_k: SLAB_K,
+                    ..*c
+                }),
                 || {
                     format!(
                         "{SLAB_K_SMALL}-deep slabs where {SLAB_K}-deep ones fit ({} points)",
+                        c.tile_points
+                    )
+                },
+            )?;
+        }
+        if c.share_slot {
+            illegal(p.depth < 3, || {
+                format!("a shared slot needs three hidden layers, not {}", p.depth)
+            })?;
+            illegal(
+                fits(MlpJetBackwardConfig {
+                    share_slot: false,
+                    ..*c
+                }),
+                || {
+                    format!(
+                        "a shared slot where every layer's fits ({} points)",
                         c.tile_points
                     )
                 },
@@ -448,6 +477,7 @@ impl Family for MlpJetBackward {
             "cols_per_thread": sh.cols_per_thread,
             "slab_floats": sh.slab_floats,
             "slab_k": c.slab_k,
+            "share_slot": c.share_slot && p.depth >= 3,
             "slots_floats": sh.slots_floats,
             "dw_vec": sh.dw_vec,
             "param_count": p.params(),
@@ -466,12 +496,16 @@ impl Family for MlpJetBackward {
             Loss::Cotangents => "cot",
             Loss::LaplacianResidual => "res",
         };
-        // 32-deep slabs keep the names entries had before `slab_k` existed.
-        let slab = if c.slab_k == SLAB_K {
+        // 32-deep slabs and unshared slots keep the names entries had before `slab_k` and
+        // `share_slot` existed.
+        let mut slab = if c.slab_k == SLAB_K {
             String::new()
         } else {
             format!("_k{}", c.slab_k)
         };
+        if c.share_slot {
+            slab.push_str("_s");
+        }
         format!(
             "kiln_mlp_jet_backward_{tag}_d{}_w{}_l{}_p{}_r{}_t{}_{}{slab}",
             p.d,
@@ -551,6 +585,7 @@ impl Family for MlpJetBackward {
                 tile_points: 1,
                 math: Math::Fma,
                 slab_k: SLAB_K,
+                share_slot: false,
             },
         )
     }

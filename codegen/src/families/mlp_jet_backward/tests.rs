@@ -34,7 +34,7 @@ fn every_problem() -> Vec<MlpJetBackwardProblem> {
 
 #[test]
 fn space_and_variants_stay_modest() {
-    assert_eq!(MlpJetBackward::legal_space(&limits()).len(), 120);
+    assert_eq!(MlpJetBackward::legal_space(&limits()).len(), 240);
     let f = crate::registry::family("mlp_jet_backward").unwrap();
     let variants = f.variants(&limits());
     let entries: HashSet<_> = variants.iter().map(|v| v.entry.clone()).collect();
@@ -231,6 +231,7 @@ fn scratch_scale_flops_and_bytes() {
         tile_points: 2,
         math: Math::Fma,
         slab_k: SLAB_K,
+        share_slot: false,
     };
     // 5 tiles, 5 CTAs, each an arena of the parameters + the loss, rounded to 4 floats.
     assert_eq!(MlpJetBackward::geometry(&p, &c).grid[0], 5);
@@ -303,32 +304,41 @@ fn shallow_slabs_only_reach_tiles_the_deep_ones_cannot() {
                 MlpJetBackward::check_problem(&p, &deep).is_err(),
                 "{p:?} {c:?}"
             );
-            assert!(MlpJetBackward::entry(&p, &c).ends_with("_k16"));
+            assert!(MlpJetBackward::entry(&p, &c).contains("_k16"));
         }
     }
-    // With DEPTH - 1 stream slots (the first layer's recomputed), d = 2 fits 24-point tiles
-    // with 32-deep slabs and 32-point tiles only with 16-deep ones; d = 20 fits 5-point
-    // tf32x3 tiles (4 rows) with 32-deep slabs.
-    let tiles = |p: &MlpJetBackwardProblem, k: u32| -> Vec<u32> {
-        let mut v: Vec<u32> = MlpJetBackward::candidates(p, &limits())
-            .iter()
-            .filter(|c| c.slab_k == k)
-            .map(|c| c.tile_points)
-            .collect();
-        v.sort();
-        v.dedup();
-        v
+    // Each memory saver only where the tile needs it: at d = 2, 16 points fit as they are,
+    // 24 with 16-deep slabs or a shared slot, 32 with both; at d = 20, 4 points with either,
+    // 5 with a shared slot.
+    let has = |p: &MlpJetBackwardProblem, tile: u32, slab_k: u32, share_slot: bool| {
+        MlpJetBackward::candidates(p, &limits()).contains(&MlpJetBackwardConfig {
+            rows: 4,
+            tile_points: tile,
+            math: Math::Tf32x3,
+            slab_k,
+            share_slot,
+        })
     };
-    assert_eq!(tiles(&t[1], SLAB_K).last(), Some(&24));
-    assert_eq!(tiles(&t[1], SLAB_K_SMALL), [32]);
-    let tf5 = MlpJetBackwardConfig {
-        rows: 4,
-        tile_points: 5,
-        math: Math::Tf32x3,
-        slab_k: SLAB_K,
-    };
-    assert!(MlpJetBackward::candidates(&t[2], &limits()).contains(&tf5));
+    assert!(has(&t[1], 16, SLAB_K, false) && !has(&t[1], 16, SLAB_K, true));
+    assert!(has(&t[1], 24, SLAB_K_SMALL, false) && has(&t[1], 24, SLAB_K, true));
+    assert!(!has(&t[1], 24, SLAB_K_SMALL, true) && !has(&t[1], 24, SLAB_K, false));
+    assert!(has(&t[1], 32, SLAB_K_SMALL, true) && !has(&t[1], 32, SLAB_K, true));
+    assert!(has(&t[2], 4, SLAB_K_SMALL, false) && has(&t[2], 4, SLAB_K, true));
+    assert!(has(&t[2], 5, SLAB_K, true));
+    // d = 1 keeps every layer's slot up to 64 points; 80 shares one.
+    assert!(has(&t[0], 64, SLAB_K, false) && !has(&t[0], 64, SLAB_K, true));
+    assert!(has(&t[0], 80, SLAB_K, true));
+    // Depth 2 has no slot to share.
+    let shallow = MlpJetBackwardProblem { depth: 2, ..t[1] };
+    assert!(MlpJetBackward::candidates(&shallow, &limits())
+        .iter()
+        .all(|c| !c.share_slot));
     let bad = MlpJetBackwardConfig { slab_k: 8, ..c };
+    let shared = MlpJetBackwardConfig {
+        share_slot: true,
+        ..c
+    };
+    assert!(MlpJetBackward::entry(&t[1], &shared).ends_with("_tf32x3_s"));
     assert!(MlpJetBackward::check_config(&bad, &limits()).is_err());
 }
 
@@ -361,12 +371,13 @@ fn configs_without_math_read_as_fma_and_tensor_tiles_are_whole() {
 
 #[test]
 fn the_first_layer_shares_a_slot_from_three_layers_on() {
-    assert_eq!([2, 3, 4, 8].map(slots), [2, 2, 3, 7]);
-    // The slot count is what the shared-memory size counts (two layers: both kept).
+    assert_eq!([2, 3, 4, 8].map(|d| slots(d, true)), [2, 2, 3, 7]);
+    assert_eq!([2, 3, 4, 8].map(|d| slots(d, false)), [2, 3, 4, 8]);
+    // The slot count is what the shared-memory size counts.
     let p = MlpJetBackwardProblem {
         d: 2,
         width: 64,
-        depth: 2,
+        depth: 4,
         p: 1,
         points: 1000,
         loss: Loss::LaplacianResidual,
@@ -376,10 +387,16 @@ fn the_first_layer_shares_a_slot_from_three_layers_on() {
         tile_points: 8,
         math: Math::Fma,
         slab_k: SLAB_K,
+        share_slot: false,
     };
-    let two = shape(&p, &c).unwrap();
-    let three = shape(&MlpJetBackwardProblem { depth: 3, ..p }, &c).unwrap();
-    assert_eq!(two.slots_floats, three.slots_floats);
-    let four = shape(&MlpJetBackwardProblem { depth: 4, ..p }, &c).unwrap();
-    assert_eq!(four.slots_floats * 2, three.slots_floats * 3);
+    let all = shape(&p, &c).unwrap();
+    let shared = shape(
+        &p,
+        &MlpJetBackwardConfig {
+            share_slot: true,
+            ..c
+        },
+    )
+    .unwrap();
+    assert_eq!(shared.slots_floats * 4, all.slots_floats * 3);
 }
