@@ -19,7 +19,9 @@ for line in sys.stdin:
         print(m["executable"])')
 [ -n "$exe" ] || { echo "gpu-bundle: could not find the gpu test binary" >&2; exit 1; }
 cp "$exe" .gpu/gpu-tests
-strip .gpu/kiln .gpu/gpu-tests
+cargo build --release --example pinn_train
+cp target/release/examples/pinn_train .gpu/pinn_train
+strip .gpu/kiln .gpu/gpu-tests .gpu/pinn_train
 cp scripts/gpu-run.sh .gpu/gpu-run.sh
 cp -r scripts/gpu-steps .gpu/steps
 # The C example, with the runtime library and libcudart beside it.
