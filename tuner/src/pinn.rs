@@ -136,6 +136,32 @@ pub(crate) fn compile_all<F: Family>(
         .collect()
 }
 
+/// An evaluator's `prepare` for the PINN families: compile `configs` in parallel, then load
+/// and validate each in order with `load` (its error and its prepared state, kept in
+/// `kernels` under the config's key), reporting each config's error and registers.
+pub(crate) fn prepare_each<F: Family, K>(
+    compiler: &Compiler,
+    p: &F::Problem,
+    configs: &[F::Config],
+    kernels: &mut std::collections::HashMap<String, K>,
+    mut load: impl FnMut(&F::Config, &CompiledKernel) -> std::result::Result<(f64, K), Failure>,
+) -> Vec<std::result::Result<crate::search::Prepared, Failure>> {
+    let compiled = compile_all::<F>(compiler, p, configs);
+    configs
+        .iter()
+        .zip(compiled)
+        .map(|(c, compiled)| {
+            let compiled = compiled?;
+            let (err, state) = load(c, &compiled)?;
+            kernels.insert(key(c), state);
+            Ok(crate::search::Prepared {
+                max_rel_err: err,
+                registers: Some(compiled.resources.registers),
+            })
+        })
+        .collect()
+}
+
 /// The note every PINN tuning report carries: where its baseline is measured.
 pub const PEER_NOTE: &str = "no baseline in the artifact: the peer (PyTorch autograd, TF32 off \
     and on) is timed by benches/peers/pinn_torch.py; `kiln bench --family mlp_jet | \

@@ -18,7 +18,7 @@ use kiln_runtime::{Device, Result};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-use super::{compile_all, key, Timed, TimingError};
+use super::{prepare_each, Timed, TimingError};
 use crate::search::{prepared_mut, time_candidate, Evaluator, Failure, Prepared};
 
 /// Host inputs of one training-step call. `a, b, c` are `f, target, weight` (residual head)
@@ -437,22 +437,23 @@ impl Evaluator<MlpJetBackwardConfig> for TrainBench<'_> {
         configs: &[MlpJetBackwardConfig],
     ) -> Vec<std::result::Result<Prepared, Failure>> {
         let p = self.problem;
-        let compiled = compile_all::<MlpJetBackward>(self.compiler, &p, configs);
-        configs
-            .iter()
-            .zip(compiled)
-            .map(|(c, compiled)| {
-                let compiled = compiled?;
-                let kernel = MlpJetBackwardKernel::from_cubin(self.device, &compiled.cubin, &p, c)
+        let (device, compiler) = (self.device, self.compiler);
+        // The loaded kernels go to a map of their own while `self` validates.
+        let mut kernels = std::mem::take(&mut self.kernels);
+        let out = prepare_each::<MlpJetBackward, _>(
+            compiler,
+            &p,
+            configs,
+            &mut kernels,
+            |c, compiled| {
+                let kernel = MlpJetBackwardKernel::from_cubin(device, &compiled.cubin, &p, c)
                     .map_err(Failure::launch_failed)?;
                 let (err, partial) = self.validate(&kernel)?;
-                self.kernels.insert(key(c), (kernel, partial));
-                Ok(Prepared {
-                    max_rel_err: err,
-                    registers: Some(compiled.resources.registers),
-                })
-            })
-            .collect()
+                Ok((err, (kernel, partial)))
+            },
+        );
+        self.kernels = kernels;
+        out
     }
 
     fn time(

@@ -12,7 +12,7 @@ use kiln_runtime::measure::{Bench, MeasureOptions, Measurement};
 use kiln_runtime::{Device, Result};
 use rand::{Rng, SeedableRng};
 
-use super::{compile_all, key, Timed, TimingError};
+use super::{prepare_each, Timed, TimingError};
 use crate::search::{prepared_mut, time_candidate, Evaluator, Failure, Prepared};
 
 /// Host inputs of one call: points uniform in (-1, 1)^d and an Xavier-initialised net
@@ -314,22 +314,16 @@ impl<'a> JetBench<'a> {
 impl Evaluator<MlpJetConfig> for JetBench<'_> {
     fn prepare(&mut self, configs: &[MlpJetConfig]) -> Vec<std::result::Result<Prepared, Failure>> {
         let p = self.case.inputs.problem;
-        let compiled = compile_all::<MlpJet>(self.compiler, &p, configs);
-        configs
-            .iter()
-            .zip(compiled)
-            .map(|(c, compiled)| {
-                let compiled = compiled?;
-                let kernel = MlpJetKernel::from_cubin(self.device, &compiled.cubin, &p, c)
-                    .map_err(Failure::launch_failed)?;
-                let err = self.validate(&kernel)?;
-                self.kernels.insert(key(c), kernel);
-                Ok(Prepared {
-                    max_rel_err: err,
-                    registers: Some(compiled.resources.registers),
-                })
-            })
-            .collect()
+        let (device, compiler) = (self.device, self.compiler);
+        // The loaded kernels go to a map of their own while `self` validates.
+        let mut kernels = std::mem::take(&mut self.kernels);
+        let out = prepare_each::<MlpJet, _>(compiler, &p, configs, &mut kernels, |c, compiled| {
+            let kernel = MlpJetKernel::from_cubin(device, &compiled.cubin, &p, c)
+                .map_err(Failure::launch_failed)?;
+            Ok((self.validate(&kernel)?, kernel))
+        });
+        self.kernels = kernels;
+        out
     }
 
     fn time(
