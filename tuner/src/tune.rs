@@ -600,3 +600,59 @@ pub fn tune_mfa_decode(
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::{Failure, Prepared};
+    use kiln_codegen::families::mlp_jet_backward::{pinn_targets, MlpJetBackward};
+    use kiln_runtime::measure::Measurement;
+
+    /// Every candidate fails validation.
+    struct Invalid;
+
+    impl<C> Evaluator<C> for Invalid {
+        fn prepare(&mut self, configs: &[C]) -> Vec<std::result::Result<Prepared, Failure>> {
+            configs
+                .iter()
+                .map(|_| {
+                    Err(Failure {
+                        outcome: "invalid",
+                        reason: "relative error 1e0".into(),
+                    })
+                })
+                .collect()
+        }
+        fn time(&mut self, _: &C, _: usize) -> std::result::Result<Measurement, Failure> {
+            unreachable!("nothing was prepared")
+        }
+    }
+
+    #[test]
+    fn a_failed_search_names_why_the_candidates_that_ran_failed() {
+        let opts = TuneOptions {
+            force: false,
+            budget: None,
+            tuned_root: PathBuf::from("unused"),
+            search: SearchOptions {
+                shortlist: 4,
+                exhaustive_max: 4,
+                per_class_min: 0,
+                ..Default::default()
+            },
+            baseline_reps: 1,
+            seed: 1,
+            progress: false,
+        };
+        let p = pinn_targets()[1];
+        let limits = kiln_codegen::DeviceLimits::HOPPER;
+        // More candidates than the shortlist: some are pruned, the rest fail validation.
+        assert!(MlpJetBackward::candidates(&p, &limits).len() > 4);
+        let err = search_family::<MlpJetBackward, _>(&p, &limits, 0.0, &mut Invalid, &opts)
+            .err()
+            .expect("no candidate passes")
+            .to_string();
+        assert!(err.contains("invalid: relative error 1e0"), "{err}");
+        assert!(!err.contains("pruned"), "{err}");
+    }
+}

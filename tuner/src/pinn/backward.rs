@@ -302,9 +302,9 @@ pub fn worst(errs: &[f64]) -> f64 {
 }
 
 /// Points of the reduced problem a tuned config is checked on against the f64 reference:
-/// about 2^28 multiply-adds of hidden products (streams x width^2 per point), odd (the last
-/// tile of an even tile is partial), at least 257, at most the problem's own count (then the
-/// problem itself).
+/// about 2^28 multiply-adds of hidden products (streams x width^2 per point), odd (so the last
+/// tile is partial for every even tile size), at least 257, at most the problem's own count
+/// (then the problem itself).
 pub fn checked_points(p: &MlpJetBackwardProblem) -> u32 {
     let per_point = p.streams() as u64 * (p.width as u64).pow(2);
     let n = ((1u64 << 28) / per_point.max(1))
