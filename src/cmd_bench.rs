@@ -368,7 +368,6 @@ fn measure(family: &str, a: &BenchArgs) -> Result<BenchFile, Box<dyn std::error:
         Driver::MlpJet => pinn::measure::<MlpJet>(
             &mlp_jet::pinn_targets(),
             kiln_tuner::pinn::jet::time_configs,
-            pinn::serve_jet,
             dir,
             reps,
             a.candidates,
@@ -377,7 +376,6 @@ fn measure(family: &str, a: &BenchArgs) -> Result<BenchFile, Box<dyn std::error:
         Driver::MlpJetBackward => pinn::measure::<MlpJetBackward>(
             &mlp_jet_backward::pinn_targets(),
             kiln_tuner::pinn::backward::time_configs,
-            pinn::serve_train,
             dir,
             reps,
             a.candidates,

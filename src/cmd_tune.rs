@@ -12,7 +12,7 @@ use kiln_codegen::families::mlp_jet_backward::{MlpJetBackward, MlpJetBackwardPro
 use kiln_codegen::{Compiler, Family};
 use kiln_runtime::Device;
 use kiln_tuner::baseline::CUBLASLT_FP8_ROWWISE;
-use kiln_tuner::pinn::{tune_mlp_jet, tune_mlp_jet_backward};
+use kiln_tuner::pinn::tune_pinn;
 use kiln_tuner::tune::{tune_gemm_bf16, tune_gemm_fp8, tune_mfa_decode, TuneOptions, TuneReport};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -181,8 +181,8 @@ pub fn tune(
         Problems::Bf16(p) => tune_gemm_bf16(&device, &compiler, p, &opts)?,
         Problems::Fp8(p) => tune_gemm_fp8(&device, &compiler, p, &opts)?,
         Problems::Mfa(p) => tune_mfa_decode(&device, &compiler, p, &opts)?,
-        Problems::Jet(p) => tune_mlp_jet(&device, &compiler, p, &opts)?,
-        Problems::Train(p) => tune_mlp_jet_backward(&device, &compiler, p, &opts)?,
+        Problems::Jet(p) => tune_pinn::<MlpJet>(&device, &compiler, p, &opts)?,
+        Problems::Train(p) => tune_pinn::<MlpJetBackward>(&device, &compiler, p, &opts)?,
     };
     for n in &report.notes {
         eprintln!("note: {n}");

@@ -2,27 +2,23 @@
 //! (`pinn_targets`: u + grad u + Laplacian, or one training step of the Laplacian-residual
 //! loss). Each row runs the config dispatch serves (the tuned artifact's entry for the net, else
 //! the family default, as the row's `config_source` says), validated first through the tuner's
-//! evaluator (`kiln_tuner::pinn::jet::JetBench`, `kiln_tuner::pinn::backward::TrainBench`: the
-//! f64 reference, outputs poisoned), then timed. `--candidates` also times every legal config
+//! evaluator (`kiln_tuner::pinn::PinnFamily::evaluator`: the f64 reference, outputs poisoned),
+//! then timed. `--candidates` also times every legal config
 //! (`kiln_tuner::pinn::*::time_configs`, the code the GPU tests' benches time with) and reports
 //! the fastest beside it. The baseline is PyTorch autograd, from `--peers`.
 
 use std::path::Path;
 
 use kiln_codegen::families::mlp_jet::MlpJet;
-use kiln_codegen::families::mlp_jet_backward::MlpJetBackward;
 use kiln_codegen::{Compiler, Family};
 use kiln_runtime::dispatch::Dispatch;
-use kiln_runtime::measure::{Bench, MeasureOptions, Measurement};
+use kiln_runtime::measure::{Bench, MeasureOptions};
 use kiln_runtime::Device;
-use kiln_tuner::pinn::backward::TrainBench;
-use kiln_tuner::pinn::jet::JetBench;
-use kiln_tuner::pinn::{default_first, fastest, precompile, Timed, TimingError};
+use kiln_tuner::pinn::{default_first, fastest, precompile, PinnFamily, Timed, TimingError};
 use kiln_tuner::roofline;
-use kiln_tuner::search::Prepared;
 
 use super::peers::Peers;
-use super::{source_label, validate_and_time, BenchError, BenchFile, BenchRow, BestCandidate, Gpu};
+use super::{source_label, validate_and_time, BenchFile, BenchRow, BestCandidate, Gpu};
 
 /// The timing entry of a PINN family (`kiln_tuner::pinn::jet::time_configs`,
 /// `kiln_tuner::pinn::backward::time_configs`).
@@ -36,55 +32,6 @@ pub type TimeFn<F> = fn(
     u64,
 ) -> Result<Vec<Timed<<F as Family>::Config>>, TimingError>;
 
-/// Validate one config on one problem through the family's evaluator, then time it.
-pub type ServeFn<F> = fn(
-    &Device,
-    &Compiler,
-    &mut Bench,
-    &<F as Family>::Problem,
-    &<F as Family>::Config,
-    usize,
-    u64,
-) -> Result<(Prepared, Measurement), Box<dyn std::error::Error>>;
-
-/// [`ServeFn`] of `mlp_jet`.
-pub fn serve_jet(
-    device: &Device,
-    compiler: &Compiler,
-    bench: &mut Bench,
-    p: &<MlpJet as Family>::Problem,
-    c: &<MlpJet as Family>::Config,
-    reps: usize,
-    seed: u64,
-) -> Result<(Prepared, Measurement), Box<dyn std::error::Error>> {
-    let mut b = JetBench::new(device, compiler, bench, *p, seed)?;
-    Ok(validate_and_time::<MlpJet, _>(
-        &mut b,
-        format!("{p:?}"),
-        c,
-        reps,
-    )?)
-}
-
-/// [`ServeFn`] of `mlp_jet_backward`.
-pub fn serve_train(
-    device: &Device,
-    compiler: &Compiler,
-    bench: &mut Bench,
-    p: &<MlpJetBackward as Family>::Problem,
-    c: &<MlpJetBackward as Family>::Config,
-    reps: usize,
-    seed: u64,
-) -> Result<(Prepared, Measurement), Box<dyn std::error::Error>> {
-    let mut b = TrainBench::new(device, compiler, bench, *p, seed)?;
-    Ok(validate_and_time::<MlpJetBackward, _>(
-        &mut b,
-        format!("{p:?}"),
-        c,
-        reps,
-    )?)
-}
-
 /// The tune command a missing or stale PINN artifact points to.
 pub fn tune_command(family: &str) -> String {
     let preset = if family == MlpJet::NAME {
@@ -95,11 +42,9 @@ pub fn tune_command(family: &str) -> String {
     format!("kiln tune --family {family} --preset {preset}")
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn measure<F: Family>(
+pub fn measure<F: PinnFamily>(
     problems: &[F::Problem],
     time: TimeFn<F>,
-    serve: ServeFn<F>,
     tuned_dir: &Path,
     reps: usize,
     candidates: bool,
@@ -152,21 +97,11 @@ pub fn measure<F: Family>(
     let mut rows = Vec::new();
     for (i, ((p, sel), value)) in problems.iter().zip(&served).zip(values).enumerate() {
         let seed = 0x5eed + i as u64;
-        let (prepared, m) = serve(
-            &gpu.device,
-            &gpu.compiler,
-            &mut gpu.bench,
-            p,
-            &sel.config,
-            reps,
-            seed,
-        )
-        .map_err(|e| -> Box<dyn std::error::Error> {
-            match e.downcast::<BenchError>() {
-                Ok(b) => b,
-                Err(e) => format!("{} {p:?}: {e}", F::NAME).into(),
-            }
-        })?;
+        let (prepared, m) = {
+            let mut b = F::evaluator(&gpu.device, &gpu.compiler, &mut gpu.bench, p, seed)
+                .map_err(|e| format!("{} {p:?}: {e}", F::NAME))?;
+            validate_and_time::<F, _>(&mut b, format!("{p:?}"), &sel.config, reps)?
+        };
         let us = m.median_us;
         let mut row = BenchRow::measured(F::NAME, value, serde_json::to_value(&sel.config)?, &m);
         row.config_source = Some(source_label(&sel.source));

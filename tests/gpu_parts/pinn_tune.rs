@@ -1,7 +1,7 @@
 //! GPU tier for tuning the PINN families (included by `tests/gpu.rs`; run by `.gpu/gpu-run.sh`
 //! with `--ignored`). With KILN_GPU_REPORT set, the test writes a JSON summary there.
 //!
-//! * `pinn_tune_end_to_end`: `tune_mlp_jet` and `tune_mlp_jet_backward` on small nets (odd point
+//! * `pinn_tune_end_to_end`: `tune_pinn` for `mlp_jet` and `mlp_jet_backward` on small nets (odd point
 //!   counts) into a fresh folder with a short search: every entry written, its winner validated
 //!   (error within the families' tolerances, no baseline, the peer note), the saved artifacts
 //!   hold every problem, a second run skips them, and dispatch serves each tuned config for its
@@ -17,7 +17,7 @@ use kiln_codegen::families::mlp_jet_backward::{Loss, MlpJetBackward, MlpJetBackw
 use kiln_codegen::Family;
 use kiln_runtime::artifact::Artifact;
 use kiln_runtime::dispatch::{Dispatch, Source};
-use kiln_tuner::pinn::{backward, jet, tune_mlp_jet, tune_mlp_jet_backward, PEER_NOTE};
+use kiln_tuner::pinn::{backward, jet, tune_pinn, PEER_NOTE};
 use kiln_tuner::tune::TuneReport;
 use serde_json::{json, Value};
 
@@ -94,8 +94,9 @@ fn pinn_tune_end_to_end() {
             streams: Streams::ValueGradHessdiag,
         },
     ];
-    let rep = tune_mlp_jet(&dev, &compiler, &jets, &opts).unwrap_or_else(|e| panic!("{e}"));
-    let again = tune_mlp_jet(&dev, &compiler, &jets, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let rep = tune_pinn::<MlpJet>(&dev, &compiler, &jets, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let again =
+        tune_pinn::<MlpJet>(&dev, &compiler, &jets, &opts).unwrap_or_else(|e| panic!("{e}"));
     // The jets' bound per stream is at least its tolerance (more on ill-conditioned nets).
     let jet_tol = 8.0 * jet::TOL_SECOND;
     check::<MlpJet>(
@@ -127,10 +128,10 @@ fn pinn_tune_end_to_end() {
             loss: Loss::Cotangents,
         },
     ];
-    let rep =
-        tune_mlp_jet_backward(&dev, &compiler, &train, &opts).unwrap_or_else(|e| panic!("{e}"));
-    let again =
-        tune_mlp_jet_backward(&dev, &compiler, &train, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let rep = tune_pinn::<MlpJetBackward>(&dev, &compiler, &train, &opts)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let again = tune_pinn::<MlpJetBackward>(&dev, &compiler, &train, &opts)
+        .unwrap_or_else(|e| panic!("{e}"));
     check::<MlpJetBackward>(
         &train,
         &rep,

@@ -5,9 +5,11 @@
 //! Two ways in: [`jet::time_configs`] / [`backward::time_configs`] time the configs a caller
 //! names (the GPU tests' benches, `kiln bench --candidates`) on random inputs of one problem;
 //! [`jet::JetBench`] / [`backward::TrainBench`] are the tuner's evaluators (validate each
-//! config against the f64 reference, then time it), which [`tune_mlp_jet`] and
-//! [`tune_mlp_jet_backward`] search with and `kiln bench` validates its rows through. Every
+//! config against the f64 reference, then time it; [`PinnFamily`] names them), which
+//! [`tune_pinn`] searches with and `kiln bench` validates its rows through. Every
 //! timed run goes through [`kiln_runtime::measure::Bench`] with L2 flushed before it.
+
+use std::marker::PhantomData;
 
 use kiln_codegen::families::mlp_jet::{MlpJet, MlpJetProblem};
 use kiln_codegen::families::mlp_jet_backward::{MlpJetBackward, MlpJetBackwardProblem};
@@ -18,7 +20,7 @@ use kiln_runtime::{Device, Result as RtResult, RuntimeError};
 use rayon::prelude::*;
 
 use crate::roofline;
-use crate::search::Failure;
+use crate::search::{Evaluator, Failure};
 use crate::tune::{
     entry_of, run_tuning, search_family, FamilyId, ProblemTuner, TuneOptions, TuneReport, Tuned,
 };
@@ -177,11 +179,20 @@ fn fp32_floor_us(flops: f64) -> f64 {
 /// The floor the search stops at: none (see [`fp32_floor_us`]).
 const NO_FLOOR_US: f64 = 0.0;
 
-/// `mlp_jet`'s tuner: validation against the f64 reference at sampled points, no baseline.
-struct JetTuner<'d> {
-    device: &'d Device,
-    compiler: &'d Compiler,
-    limits: kiln_codegen::DeviceLimits,
+/// What the PINN tuners and `kiln bench` need of a family beyond [`Family`]: the evaluator
+/// that validates and times its configs on one problem, and how reports name a problem.
+pub trait PinnFamily: Family {
+    type Eval<'a>: Evaluator<Self::Config>;
+    /// Inputs of `problem` drawn from `seed`, on the device, with their reference.
+    fn evaluator<'a>(
+        device: &'a Device,
+        compiler: &'a Compiler,
+        bench: &'a mut Bench,
+        problem: &Self::Problem,
+        seed: u64,
+    ) -> RtResult<Self::Eval<'a>>;
+    /// e.g. `d=2 w128 l4 p1 N=262144 ValueGradLaplacian`.
+    fn describe(problem: &Self::Problem) -> String;
 }
 
 /// How reports name a PINN net, e.g. `d=2 w128 l4 p1 N=262144`.
@@ -189,72 +200,82 @@ fn net(d: u32, width: u32, depth: u32, p: u32, points: u32) -> String {
     format!("d={d} w{width} l{depth} p{p} N={points}")
 }
 
-impl ProblemTuner for JetTuner<'_> {
-    type Problem = MlpJetProblem;
+/// Validation against the f64 reference at sampled points of the full problem.
+impl PinnFamily for MlpJet {
+    type Eval<'a> = jet::JetBench<'a>;
 
-    fn describe(&self, p: &MlpJetProblem) -> String {
+    fn evaluator<'a>(
+        device: &'a Device,
+        compiler: &'a Compiler,
+        bench: &'a mut Bench,
+        problem: &MlpJetProblem,
+        seed: u64,
+    ) -> RtResult<jet::JetBench<'a>> {
+        jet::JetBench::new(device, compiler, bench, *problem, seed)
+    }
+
+    fn describe(p: &MlpJetProblem) -> String {
         format!(
             "{} {:?}",
             net(p.d, p.width, p.depth, p.p, p.points),
             p.streams
         )
     }
+}
 
-    fn tune(
-        &mut self,
-        bench: &mut Bench,
-        problem: &MlpJetProblem,
+/// Validation against the f64 reference on a reduced point count, and bitwise repeatability
+/// at the full one.
+impl PinnFamily for MlpJetBackward {
+    type Eval<'a> = backward::TrainBench<'a>;
+
+    fn evaluator<'a>(
+        device: &'a Device,
+        compiler: &'a Compiler,
+        bench: &'a mut Bench,
+        problem: &MlpJetBackwardProblem,
         seed: u64,
-        opts: &TuneOptions,
-    ) -> RtResult<Tuned> {
-        let floor = fp32_floor_us(MlpJet::flops(problem));
-        let mut b = jet::JetBench::new(self.device, self.compiler, bench, *problem, seed)?;
-        let result = search_family::<MlpJet, _>(problem, &self.limits, NO_FLOOR_US, &mut b, opts)?;
-        Ok(Tuned {
-            entry: entry_of::<MlpJet>(problem, result, floor, None, Vec::new()),
-            notes: vec![PEER_NOTE.into()],
-        })
+    ) -> RtResult<backward::TrainBench<'a>> {
+        backward::TrainBench::new(device, compiler, bench, *problem, seed)
     }
 
-    fn line(&self, p: &MlpJetProblem, entry: &Entry) -> String {
-        line(&self.describe(p), MlpJet::flops(p), entry)
+    fn describe(p: &MlpJetBackwardProblem) -> String {
+        format!("{} {:?}", net(p.d, p.width, p.depth, p.p, p.points), p.loss)
     }
 }
 
-/// `mlp_jet_backward`'s tuner: validation against the f64 reference on a reduced point count
-/// and bitwise repeatability at the full one, no baseline.
-struct TrainTuner<'d> {
+/// A PINN family's tuner: its evaluator, no baseline.
+struct PinnTuner<'d, F> {
     device: &'d Device,
     compiler: &'d Compiler,
     limits: kiln_codegen::DeviceLimits,
+    family: PhantomData<F>,
 }
 
-impl ProblemTuner for TrainTuner<'_> {
-    type Problem = MlpJetBackwardProblem;
+impl<F: PinnFamily> ProblemTuner for PinnTuner<'_, F> {
+    type Problem = F::Problem;
 
-    fn describe(&self, p: &MlpJetBackwardProblem) -> String {
-        format!("{} {:?}", net(p.d, p.width, p.depth, p.p, p.points), p.loss)
+    fn describe(&self, p: &F::Problem) -> String {
+        F::describe(p)
     }
 
     fn tune(
         &mut self,
         bench: &mut Bench,
-        problem: &MlpJetBackwardProblem,
+        problem: &F::Problem,
         seed: u64,
         opts: &TuneOptions,
     ) -> RtResult<Tuned> {
-        let floor = fp32_floor_us(MlpJetBackward::flops(problem));
-        let mut b = backward::TrainBench::new(self.device, self.compiler, bench, *problem, seed)?;
-        let result =
-            search_family::<MlpJetBackward, _>(problem, &self.limits, NO_FLOOR_US, &mut b, opts)?;
+        let floor = fp32_floor_us(F::flops(problem));
+        let mut b = F::evaluator(self.device, self.compiler, bench, problem, seed)?;
+        let result = search_family::<F, _>(problem, &self.limits, NO_FLOOR_US, &mut b, opts)?;
         Ok(Tuned {
-            entry: entry_of::<MlpJetBackward>(problem, result, floor, None, Vec::new()),
+            entry: entry_of::<F>(problem, result, floor, None, Vec::new()),
             notes: vec![PEER_NOTE.into()],
         })
     }
 
-    fn line(&self, p: &MlpJetBackwardProblem, entry: &Entry) -> String {
-        line(&self.describe(p), MlpJetBackward::flops(p), entry)
+    fn line(&self, p: &F::Problem, entry: &Entry) -> String {
+        line(&F::describe(p), F::flops(p), entry)
     }
 }
 
@@ -269,45 +290,45 @@ fn line(problem: &str, flops: f64, entry: &Entry) -> String {
     )
 }
 
-/// Tune `mlp_jet` for each problem (no baseline is stored: the PyTorch peer runs outside the
-/// process, and each problem's report notes so).
-pub fn tune_mlp_jet(
+/// Tune a PINN family (`mlp_jet` or `mlp_jet_backward`) for each problem. No baseline is
+/// stored: the PyTorch peer runs outside the process, and each problem's report notes so.
+pub fn tune_pinn<F: PinnFamily>(
     device: &Device,
     compiler: &Compiler,
-    problems: &[MlpJetProblem],
+    problems: &[F::Problem],
     opts: &TuneOptions,
 ) -> RtResult<TuneReport> {
     let family = FamilyId {
-        name: MlpJet::NAME,
-        template: MlpJet::TEMPLATE,
+        name: F::NAME,
+        template: F::TEMPLATE,
     };
     run_tuning(device, compiler, family, problems, opts, || {
-        Ok(JetTuner {
+        Ok(PinnTuner::<F> {
             device,
             compiler,
             limits: device.info.limits(),
+            family: PhantomData,
         })
     })
 }
 
-/// Tune `mlp_jet_backward` for each problem (no baseline stored, as for `mlp_jet`).
-pub fn tune_mlp_jet_backward(
-    device: &Device,
-    compiler: &Compiler,
-    problems: &[MlpJetBackwardProblem],
-    opts: &TuneOptions,
-) -> RtResult<TuneReport> {
-    let family = FamilyId {
-        name: MlpJetBackward::NAME,
-        template: MlpJetBackward::TEMPLATE,
-    };
-    run_tuning(device, compiler, family, problems, opts, || {
-        Ok(TrainTuner {
-            device,
-            compiler,
-            limits: device.info.limits(),
-        })
-    })
+/// max |got - want| / max |want| over a stream or tensor (infinite for a NaN; 0 when empty).
+pub fn max_rel<G: Copy + Into<f64>>(got: &[G], want: &[f64]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (g, w) in got.iter().zip(want) {
+        let e = ((*g).into() - w).abs();
+        num = if e.is_nan() {
+            f64::INFINITY
+        } else {
+            num.max(e)
+        };
+        den = den.max(w.abs());
+    }
+    if got.is_empty() {
+        0.0
+    } else {
+        num / den.max(1e-30)
+    }
 }
 
 /// `default` first, then every other config of `candidates` in their order: what a bench
@@ -363,10 +384,10 @@ mod tests {
 
     #[test]
     fn relative_errors_fail_nan_and_ignore_empty_streams() {
-        assert_eq!(jet::rel(&[1.0, 2.0], &[1.0, 2.5]), 0.2);
-        assert!(jet::rel(&[f64::NAN], &[1.0]).is_infinite());
-        assert_eq!(jet::rel(&[], &[]), 0.0);
-        assert!(backward::rel(&[f32::NAN], &[1.0]).is_infinite());
+        assert_eq!(max_rel(&[1.0, 2.0], &[1.0, 2.5]), 0.2);
+        assert!(max_rel(&[f64::NAN], &[1.0]).is_infinite());
+        assert_eq!(max_rel::<f64>(&[], &[]), 0.0);
+        assert!(max_rel(&[f32::NAN], &[1.0]).is_infinite());
         assert!(backward::worst(&[1e-6, f64::NAN]).is_infinite());
         assert_eq!(backward::worst(&[1e-6, 3e-6]), 3e-6);
     }

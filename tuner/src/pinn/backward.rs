@@ -18,7 +18,7 @@ use kiln_runtime::{Device, Result};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-use super::{prepare_each, Timed, TimingError};
+use super::{max_rel, prepare_each, Timed, TimingError};
 use crate::search::{prepared_mut, time_candidate, Evaluator, Failure, Prepared};
 
 /// Host inputs of one training-step call. `a, b, c` are `f, target, weight` (residual head)
@@ -234,21 +234,6 @@ pub fn reference(inputs: &TrainInputs) -> LossGrads {
     out
 }
 
-/// max |got - want| / max |want| (infinite for a NaN).
-pub fn rel(got: &[f32], want: &[f64]) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (g, w) in got.iter().zip(want) {
-        let e = (*g as f64 - w).abs();
-        num = if e.is_nan() {
-            f64::INFINITY
-        } else {
-            num.max(e)
-        };
-        den = den.max(w.abs());
-    }
-    num / den.max(1e-30)
-}
-
 /// Host inputs of one case and, when checked, the f64 reference's loss and gradient.
 pub struct TrainCase {
     pub inputs: TrainInputs,
@@ -281,12 +266,12 @@ impl TrainCase {
         let mut errs = Vec::new();
         for (l, &(w_at, b_at)) in offsets.iter().enumerate() {
             let fan_out = if l == p.depth as usize { p.p } else { p.width } as usize;
-            errs.push(rel(&grads[w_at..b_at], &self.want.grads[w_at..b_at]));
+            errs.push(max_rel(&grads[w_at..b_at], &self.want.grads[w_at..b_at]));
             let b = b_at..b_at + fan_out;
-            errs.push(rel(&grads[b.clone()], &self.want.grads[b]));
+            errs.push(max_rel(&grads[b.clone()], &self.want.grads[b]));
         }
         let loss_err = match p.loss {
-            Loss::LaplacianResidual => rel(&[loss], &[self.want.loss]),
+            Loss::LaplacianResidual => max_rel(&[loss], &[self.want.loss]),
             Loss::Cotangents => 0.0,
         };
         (errs, loss_err)

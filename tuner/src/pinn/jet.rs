@@ -12,7 +12,7 @@ use kiln_runtime::measure::{Bench, MeasureOptions, Measurement};
 use kiln_runtime::{Device, Result};
 use rand::{Rng, SeedableRng};
 
-use super::{prepare_each, Timed, TimingError};
+use super::{max_rel, prepare_each, Timed, TimingError};
 use crate::search::{prepared_mut, time_candidate, Evaluator, Failure, Prepared};
 
 /// Host inputs of one call: points uniform in (-1, 1)^d and an Xavier-initialised net
@@ -175,9 +175,9 @@ impl JetCase {
         let want = reference_points(&p, &inputs.x, &inputs.params, &checked);
         let f32_jets = reference_points_f32(&p, &inputs.x, &inputs.params, &checked);
         let floor = [
-            rel(&f32_jets.u, &want.u),
-            rel(&f32_jets.grad, &want.grad),
-            rel(&f32_jets.second, &want.second),
+            max_rel(&f32_jets.u, &want.u),
+            max_rel(&f32_jets.grad, &want.grad),
+            max_rel(&f32_jets.second, &want.second),
         ];
         let tols = [TOL_FIRST, TOL_FIRST, TOL_SECOND];
         let bound = [0, 1, 2].map(|s| tols[s].max(FLOOR_FACTOR * floor[s]));
@@ -208,7 +208,7 @@ impl JetCase {
                 .iter()
                 .flat_map(|&pt| got[s][pt * w..(pt + 1) * w].iter().map(|&v| v as f64))
                 .collect();
-            errs[s] = rel(&at_checked, wants[s]);
+            errs[s] = max_rel(&at_checked, wants[s]);
         }
         (errs, bad)
     }
@@ -216,25 +216,6 @@ impl JetCase {
     /// Whether `errs` (from [`JetCase::compare`]) are within the bounds; a NaN fails.
     pub fn within(&self, errs: &[f64; 3]) -> bool {
         (0..3).all(|s| errs[s] <= self.bound[s])
-    }
-}
-
-/// max |got - want| / max |want| (infinite for a NaN; 0 for empty streams).
-pub fn rel(got: &[f64], want: &[f64]) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (g, w) in got.iter().zip(want) {
-        let e = (g - w).abs();
-        num = if e.is_nan() {
-            f64::INFINITY
-        } else {
-            num.max(e)
-        };
-        den = den.max(w.abs());
-    }
-    if got.is_empty() {
-        0.0
-    } else {
-        num / den.max(1e-30)
     }
 }
 
