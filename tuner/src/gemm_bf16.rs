@@ -14,7 +14,7 @@ use kiln_runtime::{Device, Result};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-use crate::search::{prepared_mut, time_candidate, Evaluator, Failure, Prepared};
+use crate::search::{config_key, prepared_mut, time_candidate, Evaluator, Failure, Prepared};
 
 /// Relative (norm-wise) error a BF16-output GEMM may show against the reference.
 pub const TOLERANCE: f64 = 1e-2;
@@ -45,10 +45,6 @@ pub fn rel_err(out: &[bf16], reference: &[f64]) -> (f64, bool) {
         den += r * r;
     }
     ((num / den.max(1e-300)).sqrt(), bad)
-}
-
-fn key(c: &GemmBf16Config) -> String {
-    serde_json::to_string(c).expect("configs serialise")
 }
 
 impl<'a> GemmBf16Bench<'a> {
@@ -161,9 +157,9 @@ impl<'a> GemmBf16Bench<'a> {
     /// Steady-state time per launch of `config`, back to back over rotated inputs.
     pub fn time_steady(&mut self, config: &GemmBf16Config, reps: usize) -> Result<Measurement> {
         let per = self.ensure_rotation()?;
-        let (kernel, ws) = self.kernels.get_mut(&key(config)).ok_or_else(|| {
+        let (kernel, ws) = self.kernels.get_mut(&config_key(config)).ok_or_else(|| {
             kiln_runtime::RuntimeError::IllegalConfig {
-                config: key(config),
+                config: config_key(config),
                 problem: format!("{:?}", self.problem),
                 reason: "not prepared".into(),
             }
@@ -246,7 +242,7 @@ impl Evaluator<GemmBf16Config> for GemmBf16Bench<'_> {
                     .workspace(self.device, &problem)
                     .map_err(Failure::launch_failed)?;
                 let err = self.validate(&kernel, &mut ws)?;
-                self.kernels.insert(key(c), (kernel, ws));
+                self.kernels.insert(config_key(c), (kernel, ws));
                 Ok(Prepared {
                     max_rel_err: err,
                     registers: Some(k.resources.registers),

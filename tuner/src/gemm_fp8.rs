@@ -23,7 +23,7 @@ use crate::baseline::{
     CublasLtFp8, Fp8Scaling, LtFailure, CUBLASLT_FP8_BLOCK, CUBLASLT_FP8_ROWWISE,
     CUBLASLT_FP8_ROWWISE_BLOCK_FAILED, CUBLASLT_FP8_ROWWISE_FALLBACK,
 };
-use crate::search::{prepared_mut, time_candidate, Evaluator, Failure, Prepared};
+use crate::search::{config_key, prepared_mut, time_candidate, Evaluator, Failure, Prepared};
 
 mod inputs;
 pub use inputs::{
@@ -136,10 +136,6 @@ pub struct GemmFp8Bench<'a> {
     kernels: HashMap<String, (GemmFp8Kernel, GemmFp8Workspace)>,
     /// Copies of (X, W) spanning more than 3x L2, for steady-state timing.
     rotation: Vec<(CudaSlice<u8>, CudaSlice<u8>)>,
-}
-
-fn key(c: &GemmFp8Config) -> String {
-    serde_json::to_string(c).expect("configs serialise")
 }
 
 fn illegal(p: &GemmFp8Problem, reason: String) -> RuntimeError {
@@ -318,8 +314,8 @@ impl<'a> GemmFp8Bench<'a> {
         let problem = self.problem;
         let (kernel, ws) = self
             .kernels
-            .get_mut(&key(config))
-            .ok_or_else(|| illegal(&problem, format!("{} was not prepared", key(config))))?;
+            .get_mut(&config_key(config))
+            .ok_or_else(|| illegal(&problem, format!("{} was not prepared", config_key(config))))?;
         let stream = self.device.stream.clone();
         let (rot, sx, sw, y) = (&self.rotation, &self.sx, &self.sw, &mut self.y);
         let opts = MeasureOptions {
@@ -474,7 +470,7 @@ impl Evaluator<GemmFp8Config> for GemmFp8Bench<'_> {
                     .workspace(self.device, &problem)
                     .map_err(Failure::launch_failed)?;
                 let err = self.validate(&kernel, &mut ws)?;
-                self.kernels.insert(key(c), (kernel, ws));
+                self.kernels.insert(config_key(c), (kernel, ws));
                 Ok(Prepared {
                     max_rel_err: err,
                     registers: Some(k.resources.registers),

@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use crate::roofline;
-use crate::search::{prepared_mut, time_candidate, Evaluator, Failure, Prepared};
+use crate::search::{config_key, prepared_mut, time_candidate, Evaluator, Failure, Prepared};
 use crate::tune::{entry_of, search_family, ProblemTuner, TuneOptions, Tuned};
 
 /// Norm-wise relative error allowed per checked sequence (fp32 accumulation, P rounded to
@@ -309,10 +309,6 @@ fn layout_of(table: &Option<(CudaSlice<i32>, u32)>, context: u32) -> MfaKvLayout
     }
 }
 
-fn key(c: &MfaDecodeConfig) -> String {
-    serde_json::to_string(c).expect("configs serialise")
-}
-
 /// One problem's inputs on the device, the reference of its checked sequences, and the
 /// kernels prepared for it.
 pub struct MfaDecodeBench<'a> {
@@ -505,7 +501,7 @@ impl Evaluator<MfaDecodeConfig> for MfaDecodeBench<'_> {
                     .workspace(self.device, &p)
                     .map_err(Failure::launch_failed)?;
                 let err = self.validate(&kernel, &mut ws)?;
-                self.kernels.insert(key(c), (kernel, ws));
+                self.kernels.insert(config_key(c), (kernel, ws));
                 Ok(Prepared {
                     max_rel_err: err,
                     registers: self.loaded.get(&entry).map(|(_, r)| *r),

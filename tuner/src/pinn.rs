@@ -20,7 +20,7 @@ use kiln_runtime::{Device, Result as RtResult, RuntimeError};
 use rayon::prelude::*;
 
 use crate::roofline;
-use crate::search::{Evaluator, Failure};
+use crate::search::{config_key, Evaluator, Failure};
 use crate::tune::{
     entry_of, run_tuning, search_family, FamilyId, ProblemTuner, TuneOptions, TuneReport, Tuned,
 };
@@ -100,8 +100,7 @@ pub fn precompile<F: Family>(
     let errors: Vec<String> = work
         .par_iter()
         .filter_map(|(p, c)| {
-            kiln_codegen::render::render::<F>(p, c)
-                .and_then(|src| compiler.compile(&src, &CompileOptions::default()))
+            compile_one::<F>(compiler, p, c)
                 .err()
                 .map(|e| format!("{}: {e}", F::entry(p, c)))
         })
@@ -113,9 +112,14 @@ pub fn precompile<F: Family>(
     }
 }
 
-/// A config's key in an evaluator's map of prepared kernels: its canonical JSON.
-pub(crate) fn key<C: serde::Serialize>(c: &C) -> String {
-    serde_json::to_string(c).expect("configs serialise")
+/// Render `c` for `p` and compile it (through the cache).
+fn compile_one<F: Family>(
+    compiler: &Compiler,
+    p: &F::Problem,
+    c: &F::Config,
+) -> kiln_codegen::Result<CompiledKernel> {
+    kiln_codegen::render::render::<F>(p, c)
+        .and_then(|src| compiler.compile(&src, &CompileOptions::default()))
 }
 
 /// Compile each of `configs` for `p` in parallel (through the cache): the compiled kernel, or
@@ -128,12 +132,10 @@ pub(crate) fn compile_all<F: Family>(
     configs
         .par_iter()
         .map(|c| {
-            kiln_codegen::render::render::<F>(p, c)
-                .and_then(|src| compiler.compile(&src, &CompileOptions::default()))
-                .map_err(|e| Failure {
-                    outcome: "compile_failed",
-                    reason: e.to_string(),
-                })
+            compile_one::<F>(compiler, p, c).map_err(|e| Failure {
+                outcome: "compile_failed",
+                reason: e.to_string(),
+            })
         })
         .collect()
 }
@@ -155,7 +157,7 @@ pub(crate) fn prepare_each<F: Family, K>(
         .map(|(c, compiled)| {
             let compiled = compiled?;
             let (err, state) = load(c, &compiled)?;
-            kernels.insert(key(c), state);
+            kernels.insert(config_key(c), state);
             Ok(crate::search::Prepared {
                 max_rel_err: err,
                 registers: Some(compiled.resources.registers),

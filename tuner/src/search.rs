@@ -48,14 +48,19 @@ pub trait Evaluator<C> {
     fn time(&mut self, config: &C, reps: usize) -> Result<Measurement, Failure>;
 }
 
-/// The prepared state of `config` in a family bench's map (keyed by the config's canonical
-/// JSON), or the failure `time` reports for a config that was never prepared.
+/// A config's key in the search's records and the family benches' maps of prepared kernels:
+/// its canonical JSON.
+pub fn config_key<C: Serialize>(c: &C) -> String {
+    serde_json::to_string(c).expect("configs serialise")
+}
+
+/// The prepared state of `config` in a family bench's map (keyed by [`config_key`]), or the
+/// failure `time` reports for a config that was never prepared.
 pub fn prepared_mut<'m, C: Serialize, K>(
     map: &'m mut std::collections::HashMap<String, K>,
     config: &C,
 ) -> Result<&'m mut K, Failure> {
-    let key = serde_json::to_string(config).expect("configs serialise");
-    map.get_mut(&key)
+    map.get_mut(&config_key(config))
         .ok_or_else(|| Failure::launch_failed("not prepared"))
 }
 
@@ -129,7 +134,7 @@ where
     C: Clone + Serialize,
     E: Evaluator<C>,
 {
-    let key = |c: &C| serde_json::to_string(c).expect("configs serialise");
+    let key = config_key::<C>;
     let mut ranked = candidates;
     // Stable: equal estimates keep the space's order.
     ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
