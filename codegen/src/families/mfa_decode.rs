@@ -84,9 +84,10 @@ pub struct MfaDecodeConfig {
     /// Most KV positions one CTA handles; `splits = ceil(context / split_tokens)`.
     pub split_tokens: u32,
     /// Tensor cores through wgmma (sm_90a) instead of mma.sync: a warp group's QK^T and PV are
-    /// m64nNk16 wgmma's reading K and V from shared memory once per warp group (mma.sync
-    /// reads them once per warp, 4x), P from registers. An FP8 cache's tiles are widened to
-    /// f16 once per CTA into shared-memory tiles the wgmma's read.
+    /// wgmma's reading K and V from shared memory once per warp group (mma.sync reads them
+    /// once per warp, 4x), P from registers. With an FP8 cache QK^T is e4m3 wgmma straight on
+    /// the landed K tile (Q staged as an e4m3 hi + lo pair), and each V tile is widened to f16
+    /// once per CTA into a shared-memory tile the PV wgmma's read.
     #[serde(default)]
     pub wgmma: bool,
 }
@@ -122,6 +123,8 @@ pub const MAX_CONTEXT: u32 = 1 << 24;
 pub const MAX_BATCH: u32 = 65535;
 
 const Q_BYTES: u32 = HEADS * HEAD_DIM * 2;
+/// FP8 on wgmma: one fp32 scale per query row (Q's e4m3 hi + lo pair is in its units).
+const Q_SCALE_BYTES: u32 = HEADS * 4;
 /// Group merge buffer (8 warps): 4 warps x 32 n8 tiles x 32 lanes x float4, then m/l per lane.
 const MERGE_BYTES: u32 = 4 * 32 * 32 * 16 + 4 * 32 * 16;
 /// The bf16 output tile staged for coalesced stores.
@@ -199,25 +202,33 @@ impl MfaDecodeConfig {
     pub fn group_tokens(&self) -> u32 {
         self.tile_kv / self.groups().max(1)
     }
-    /// Bytes of one pipeline stage: a K and a V tile, plus their scales for FP8.
+    /// Bytes of one pipeline stage: a K and a V tile, plus their scales for FP8. An FP8 wgmma
+    /// stage is padded to 1024 bytes, since the QK^T wgmma's read its K tile where it lands
+    /// (128-byte-swizzle atoms start on 1024 bytes).
     pub fn stage_bytes(&self, dtype: KvDtype) -> u32 {
         let scales = if dtype.is_fp8() { self.tile_kv * 4 } else { 0 };
-        2 * (self.tile_kv * dtype.row_bytes() + scales)
+        let bytes = 2 * (self.tile_kv * dtype.row_bytes() + scales);
+        if self.wgmma && dtype.is_fp8() {
+            bytes.next_multiple_of(1024)
+        } else {
+            bytes
+        }
     }
-    /// Bytes of the f16 K and V tiles an FP8 wgmma config widens into (0 otherwise).
+    /// Bytes of the f16 V tile an FP8 wgmma config widens into (0 otherwise).
     pub fn wide_bytes(&self, dtype: KvDtype) -> u32 {
         if self.wgmma && dtype.is_fp8() {
-            2 * self.tile_kv * KvDtype::Bf16.row_bytes()
+            self.tile_kv * KvDtype::Bf16.row_bytes()
         } else {
             0
         }
     }
-    /// Dynamic shared memory: Q + the pipeline (+ the widened tiles, 1024-byte aligned), or
-    /// the group-merge, output-staging or combine buffers (which reuse it) when those are larger.
+    /// Dynamic shared memory: Q + the pipeline (+ for FP8 on wgmma the widened V tile,
+    /// 1024-byte aligned, and Q's 64 row scales), or the group-merge, output-staging or
+    /// combine buffers (which reuse it) when those are larger.
     pub fn smem_bytes(&self, dtype: KvDtype) -> u32 {
         let stages = Q_BYTES + self.stages * self.stage_bytes(dtype);
         let pipeline = if self.wide_bytes(dtype) > 0 {
-            stages.next_multiple_of(1024) + self.wide_bytes(dtype)
+            stages.next_multiple_of(1024) + self.wide_bytes(dtype) + Q_SCALE_BYTES
         } else {
             stages
         };

@@ -271,16 +271,18 @@ fn smem_per_dtype() {
         c(32, 2, 8).stage_bytes(KvDtype::Fp8e4m3),
         2 * (32 * 256 + 32 * 4)
     );
-    // wgmma on an FP8 cache adds f16 K and V tiles (1024-byte aligned) after the stages; a
-    // BF16 cache's tiles are read where they land.
+    // wgmma on an FP8 cache pads each stage to 1024 bytes (QK^T reads K where it lands) and
+    // adds an f16 V tile (1024-byte aligned) and Q's 64 row scales after the stages; a BF16
+    // cache's tiles are read where they land.
     let w = |tile_kv, stages, warps| MfaDecodeConfig {
         wgmma: true,
         ..c(tile_kv, stages, warps)
     };
-    assert_eq!(w(32, 2, 4).wide_bytes(KvDtype::Fp8e4m3), 2 * 32 * 512);
+    assert_eq!(w(32, 2, 4).wide_bytes(KvDtype::Fp8e4m3), 32 * 512);
+    assert_eq!(w(32, 2, 4).stage_bytes(KvDtype::Fp8e4m3), 17 * 1024);
     assert_eq!(
         w(32, 2, 4).smem_bytes(KvDtype::Fp8e4m3),
-        (32768u32 + 2 * (2 * (32 * 256 + 32 * 4))).next_multiple_of(1024) + 2 * 32 * 512
+        32768u32 + 2 * 17 * 1024 + 32 * 512 + 64 * 4
     );
     assert_eq!(w(32, 2, 4).wide_bytes(KvDtype::Bf16), 0);
     assert_eq!(
@@ -288,6 +290,8 @@ fn smem_per_dtype() {
         c(64, 2, 4).smem_bytes(KvDtype::Bf16)
     );
     assert!(MfaDecode::check_problem(&prob(1, 64, KvDtype::Fp8e4m3, 0), &w(64, 3, 8)).is_ok());
+    // With one f16 tile instead of two, 4 stages of 64 FP8 tokens fit as well.
+    assert!(MfaDecode::check_problem(&prob(1, 64, KvDtype::Fp8e4m3, 0), &w(64, 4, 8)).is_ok());
 }
 
 #[test]

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Re-tune the FP8 problems of step3-mfa (B=128 L=4K contiguous and paged 16, B=1 L=4K) timing
+# every legal config (--shortlist 1000, past the size of the space) instead of the estimate's
+# 32, starting from the committed artifact (the BF16 entries are kept). The artifact comes back
+# as $OUT/mfa_decode.json, the tune report as $KILN_GPU_REPORT/retune_mfa_fp8.json; run
+# benchmfa after it with KILN_MFA_TUNED=/tmp/kiln-retune-mfa-fp8 to time what it wrote.
+set -uo pipefail
+dir=/tmp/kiln-retune-mfa-fp8
+rm -rf "$dir" && mkdir -p "$dir" && cp -r tuned/. "$dir/"
+cat > "$dir/problems.json" <<'JSON'
+[{"batch":128,"context":4096,"heads":64,"head_dim":256,"kv_dtype":"fp8e4m3","page_size":0},
+ {"batch":128,"context":4096,"heads":64,"head_dim":256,"kv_dtype":"fp8e4m3","page_size":16},
+ {"batch":1,"context":4096,"heads":64,"head_dim":256,"kv_dtype":"fp8e4m3","page_size":0}]
+JSON
+./kiln tune --family mfa_decode --problems "$dir/problems.json" --force --shortlist 1000 \
+  --tuned-dir "$dir" --json "$KILN_GPU_REPORT/retune_mfa_fp8.json"
+rc=$?
+cp "$dir"/*/mfa_decode.json "$OUT/mfa_decode.json" 2>/dev/null
+exit $rc
