@@ -552,13 +552,16 @@ fn mfa_decode_large_ragged() {
     let configs_for = |p: &MfaDecodeProblem| -> Vec<MfaDecodeConfig> {
         let d = MfaDecode::default_config(p);
         let mut v = vec![d.clone()];
-        for (tile_kv, stages, warps, wgmma) in [
-            (16, 4, 4, false),
-            (32, 4, 4, false),
-            (64, 2, 4, false),
-            (128, 2, 8, false),
-            (32, 2, 4, true),
-            (64, 3, 8, true),
+        for (tile_kv, stages, warps, wgmma, ws) in [
+            (16, 4, 4, false, false),
+            (32, 4, 4, false, false),
+            (64, 2, 4, false, false),
+            (128, 2, 8, false, false),
+            (32, 2, 4, true, false),
+            (64, 3, 8, true, false),
+            (32, 4, 8, true, true),
+            (64, 2, 8, true, true),
+            (32, 3, 4, true, true),
         ] {
             for split_tokens in [d.split_tokens, (d.split_tokens * 4).min(1 << 24)] {
                 let c = MfaDecodeConfig {
@@ -567,6 +570,7 @@ fn mfa_decode_large_ragged() {
                     warps,
                     split_tokens,
                     wgmma,
+                    ws,
                 };
                 if MfaDecode::check_config(&c, &limits).is_ok()
                     && MfaDecode::check_problem(p, &c).is_ok()
@@ -698,13 +702,14 @@ fn mfa_decode_bench() {
             (128, 3, 8),
         ] {
             let split_tokens = d.split_tokens.max(tile_kv);
-            for wgmma in [false, true] {
+            for (wgmma, ws) in [(false, false), (true, false), (true, true)] {
                 push(MfaDecodeConfig {
                     tile_kv,
                     stages,
                     warps,
                     split_tokens,
                     wgmma,
+                    ws,
                 });
             }
         }
@@ -716,6 +721,7 @@ fn mfa_decode_bench() {
             warps: 4,
             split_tokens: (d.split_tokens / 2).max(16),
             wgmma: false,
+            ws: false,
         });
         for wgmma in [false, true] {
             push(MfaDecodeConfig {
@@ -724,6 +730,7 @@ fn mfa_decode_bench() {
                 warps: 4,
                 split_tokens: (d.split_tokens / 2).max(32),
                 wgmma,
+                ws: false,
             });
         }
         v
@@ -993,7 +1000,7 @@ fn mfa_decode_trace() {
 
 /// One shape, one config, a few launches: the target of an `ncu` profile (the GPU script runs
 /// it under Nsight Compute). KILN_MFA_SHAPE = "batch,context,bf16|fp8[,page]" (default
-/// "128,4096,bf16"); KILN_MFA_CONFIG = "tile,stages,warps,split_tokens[,wgmma 0/1]" (default: the
+/// "128,4096,bf16"); KILN_MFA_CONFIG = "tile,stages,warps,split_tokens[,wgmma 0/1[,ws 0/1]]" (default: the
 /// family's default config).
 #[test]
 #[ignore = "needs an NVIDIA GPU: scripts/gpu-bundle.sh, then .gpu/gpu-run.sh"]
@@ -1018,6 +1025,7 @@ fn mfa_decode_one_shape() {
                 warps: n[2],
                 split_tokens: n[3],
                 wgmma: n.get(4).is_some_and(|&w| w != 0),
+                ws: n.get(5).is_some_and(|&w| w != 0),
             }
         }
         Err(_) => MfaDecode::default_config(&p),

@@ -90,6 +90,11 @@ pub struct MfaDecodeConfig {
     /// once per CTA into a shared-memory tile the PV wgmma's read.
     #[serde(default)]
     pub wgmma: bool,
+    /// Warp specialisation (FP8 on wgmma only): a producer warp group (128 more threads) copies
+    /// the tiles and widens V; the `warps` consumer warps only compute, a warp group taking
+    /// whole tiles in turn.
+    #[serde(default)]
+    pub ws: bool,
 }
 
 /// Query heads the kernel is written for.
@@ -125,6 +130,14 @@ pub const MAX_BATCH: u32 = 65535;
 const Q_BYTES: u32 = HEADS * HEAD_DIM * 2;
 /// FP8 on wgmma: one fp32 scale per query row (Q's e4m3 hi + lo pair is in its units).
 const Q_SCALE_BYTES: u32 = HEADS * 4;
+/// Warp specialisation: the mbarriers (full and kempty per stage, vempty per f16 slot).
+const WS_BAR_BYTES: u32 = 128;
+/// Warp specialisation: f16 V slots the producer widens into.
+const WS_WIDE_SLOTS: u32 = 2;
+/// Warp specialisation: registers a producer thread keeps (setmaxnreg.dec) and a consumer
+/// thread gets (setmaxnreg.inc) with two consumer warp groups: 128 x 48 + 256 x 232 = 65536.
+const WS_PRODUCER_REGISTERS: u32 = 48;
+const WS_CONSUMER_REGISTERS: u32 = 232;
 /// Group merge buffer (8 warps): 4 warps x 32 n8 tiles x 32 lanes x float4, then m/l per lane.
 const MERGE_BYTES: u32 = 4 * 32 * 32 * 16 + 4 * 32 * 16;
 /// The bf16 output tile staged for coalesced stores.
@@ -191,16 +204,33 @@ impl MfaDecodeProblem {
 }
 
 impl MfaDecodeConfig {
+    /// Threads of a CTA: the computing warps, plus a producer warp group with `ws`.
     pub fn threads(&self) -> u32 {
+        32 * self.warps + if self.ws { 128 } else { 0 }
+    }
+    /// The computing (consumer) threads.
+    pub fn compute_threads(&self) -> u32 {
         32 * self.warps
     }
-    /// Warp groups; each takes its own slice of every tile.
+    /// Warps that copy tiles: the producer warp group with `ws`, else every warp.
+    pub fn loader_warps(&self) -> u32 {
+        if self.ws {
+            4
+        } else {
+            self.warps
+        }
+    }
+    /// Warp groups; each takes its own slice of every tile (with `ws`, whole tiles in turn).
     pub fn groups(&self) -> u32 {
         self.warps / 4
     }
     /// Tokens of a tile one warp group computes.
     pub fn group_tokens(&self) -> u32 {
-        self.tile_kv / self.groups().max(1)
+        if self.ws {
+            self.tile_kv
+        } else {
+            self.tile_kv / self.groups().max(1)
+        }
     }
     /// Bytes of one pipeline stage: a K and a V tile, plus their scales for FP8. An FP8 wgmma
     /// stage is padded to 1024 bytes, since the QK^T wgmma's read its K tile where it lands
@@ -214,21 +244,24 @@ impl MfaDecodeConfig {
             bytes
         }
     }
-    /// Bytes of the f16 V tile an FP8 wgmma config widens into (0 otherwise).
+    /// Bytes of the f16 V tiles an FP8 wgmma config widens into (one, or with `ws` one per
+    /// slot; 0 otherwise).
     pub fn wide_bytes(&self, dtype: KvDtype) -> u32 {
         if self.wgmma && dtype.is_fp8() {
-            self.tile_kv * KvDtype::Bf16.row_bytes()
+            let slots = if self.ws { WS_WIDE_SLOTS } else { 1 };
+            slots * self.tile_kv * KvDtype::Bf16.row_bytes()
         } else {
             0
         }
     }
-    /// Dynamic shared memory: Q + the pipeline (+ for FP8 on wgmma the widened V tile,
-    /// 1024-byte aligned, and Q's 64 row scales), or the group-merge, output-staging or
-    /// combine buffers (which reuse it) when those are larger.
+    /// Dynamic shared memory: Q + the pipeline (+ for FP8 on wgmma the widened V tiles,
+    /// 1024-byte aligned, Q's 64 row scales and with `ws` the mbarriers), or the group-merge,
+    /// output-staging or combine buffers (which reuse it) when those are larger.
     pub fn smem_bytes(&self, dtype: KvDtype) -> u32 {
         let stages = Q_BYTES + self.stages * self.stage_bytes(dtype);
         let pipeline = if self.wide_bytes(dtype) > 0 {
-            stages.next_multiple_of(1024) + self.wide_bytes(dtype) + Q_SCALE_BYTES
+            let bars = if self.ws { WS_BAR_BYTES } else { 0 };
+            stages.next_multiple_of(1024) + self.wide_bytes(dtype) + Q_SCALE_BYTES + bars
         } else {
             stages
         };
@@ -316,6 +349,7 @@ fn two_ctas_per_sm(p: &MfaDecodeProblem, c: MfaDecodeConfig) -> MfaDecodeConfig 
         warps: 4,
         split_tokens: (c.split_tokens / 2).max(32),
         wgmma: false,
+        ws: false,
     };
     let ctas = p.batch as u64 * splits(p, &alt) as u64;
     let fits = ctas <= 2 * DeviceLimits::HOPPER.sms as u64
@@ -368,6 +402,7 @@ fn default_kernels(dtype: KvDtype) -> Vec<MfaDecodeConfig> {
         warps,
         split_tokens: MAX_CONTEXT,
         wgmma: false,
+        ws: false,
     };
     match dtype {
         KvDtype::Bf16 => vec![k(64, 2, 4), k(64, 3, 8), k(32, 3, 8)],
@@ -388,13 +423,14 @@ impl Family for MfaDecode {
             for stages in [2, 3, 4] {
                 for warps in [4, 8] {
                     for split_tokens in SPLIT_CHOICES {
-                        for wgmma in [false, true] {
+                        for (wgmma, ws) in [(false, false), (true, false), (true, true)] {
                             out.push(MfaDecodeConfig {
                                 tile_kv,
                                 stages,
                                 warps,
                                 split_tokens,
                                 wgmma,
+                                ws,
                             });
                         }
                     }
@@ -427,14 +463,18 @@ impl Family for MfaDecode {
         })?;
         // Loader: every warp copies the same number of rows, an even number (fp8 copies two
         // 256-byte rows per warp instruction), at most one per lane.
-        let rows = c.tile_kv / c.warps;
+        let lw = c.loader_warps();
+        let rows = c.tile_kv / lw;
         illegal(
-            c.tile_kv % c.warps != 0 || rows % 2 != 0 || rows > 32,
-            || format!("{} rows over {} warps", c.tile_kv, c.warps),
+            c.tile_kv % lw != 0 || rows % 2 != 0 || rows > 32,
+            || format!("{} rows over {lw} loader warps", c.tile_kv),
         )?;
+        // Warp specialisation is written for the wgmma kernel (its FP8 path: checked per
+        // problem).
+        illegal(c.ws && !c.wgmma, || "ws needs wgmma".to_string())?;
         // wgmma: a warp group's slice of a tile is the n of its QK^T wgmma (32 or 64 tokens
         // here: 16 would issue twice the wgmma's per byte; an FP8 cache's 128-token tiles
-        // have no room for their 128 KB of f16 tiles).
+        // have no room for their 64 KB f16 V tile next to two stages).
         illegal(c.wgmma && c.tile_kv != 32 && c.tile_kv != 64, || {
             format!("wgmma needs 32- or 64-token tiles, not {}", c.tile_kv)
         })?;
@@ -474,6 +514,10 @@ impl Family for MfaDecode {
     }
 
     fn check_problem(p: &MfaDecodeProblem, c: &MfaDecodeConfig) -> Result<(), Illegal> {
+        // The producer widens FP8 V tiles; a BF16 cache has nothing for it to do but copy.
+        illegal(c.ws && !p.kv_dtype.is_fp8(), || {
+            "ws (warp specialisation) is written for an FP8 cache".to_string()
+        })?;
         // Shared memory for this problem's KV dtype fits a Hopper SM's opt-in limit.
         let smem = c.smem_bytes(p.kv_dtype);
         let limit = DeviceLimits::HOPPER.max_dynamic_smem_per_block;
@@ -545,12 +589,12 @@ impl Family for MfaDecode {
             "head_dim": HEAD_DIM,
             "k_steps": HEAD_DIM / 16,
             "warps": c.warps,
-            "threads": c.threads(),
+            "threads": c.compute_threads(),
             "groups": c.groups(),
             "tile_n": c.tile_kv,
             "group_n": c.group_tokens(),
             "stages": c.stages,
-            "rows_per_warp": c.tile_kv / c.warps,
+            "rows_per_warp": c.tile_kv / c.loader_warps(),
             "row_bytes": row_bytes,
             "chunks_per_row": row_bytes / 16,
             "q_bytes": Q_BYTES,
@@ -567,8 +611,21 @@ impl Family for MfaDecode {
             "combine_data_offset": COMBINE_DATA_OFFSET,
             "scale_log2": format!("{scale_log2:.9e}f"),
         });
-        match vars {
-            Value::Object(map) => map,
+        // Warp specialisation (a second object: json! of one this size hits the macro
+        // recursion limit).
+        let ws_vars = json!({
+            "ws": c.ws,
+            // Three warp groups: the producer gives registers to the consumers.
+            "ws_setmaxnreg": c.ws && c.warps == 8,
+            "producer_registers": WS_PRODUCER_REGISTERS,
+            "consumer_registers": WS_CONSUMER_REGISTERS,
+            "launch_threads": c.threads(),
+        });
+        match (vars, ws_vars) {
+            (Value::Object(mut map), Value::Object(more)) => {
+                map.extend(more);
+                map
+            }
             _ => unreachable!("json! of an object literal"),
         }
     }
@@ -582,7 +639,13 @@ impl Family for MfaDecode {
             c.stages,
             c.warps,
             p.kv_dtype.tag(),
-            if c.wgmma { "_wgmma" } else { "" },
+            if c.ws {
+                "_wgmma_ws"
+            } else if c.wgmma {
+                "_wgmma"
+            } else {
+                ""
+            },
             if p.paged() { "paged" } else { "contig" }
         )
     }
@@ -745,10 +808,12 @@ impl Family for MfaDecode {
         // the mma.sync ones at B=128 L=4K, so ~1.7x); 4 warps of mma.sync issue less densely
         // than 8 (a wgmma warp group is issued as one).
         let flops_token = 4.0 * HEADS as f64 * HEAD_DIM as f64;
-        let widen = match (p.kv_dtype.is_fp8(), c.wgmma) {
-            (false, _) => 1.0,
-            (true, false) => 1.8,
-            (true, true) => 1.7,
+        let widen = match (p.kv_dtype.is_fp8(), c.wgmma, c.ws) {
+            (false, _, _) => 1.0,
+            (true, false, _) => 1.8,
+            (true, true, false) => 1.7,
+            // The producer widens off the consumers' chain (a guess until measured).
+            (true, true, true) => 1.2,
         };
         let density = if c.warps == 8 || c.wgmma { 1.0 } else { 0.85 };
         let cta_flops = MMA_FLOPS / sms * density / sharing;

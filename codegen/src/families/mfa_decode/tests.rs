@@ -55,7 +55,11 @@ fn legal_space_is_large_enough_and_small_enough() {
     assert!(!legal
         .iter()
         .any(|c| c.wgmma && !(c.tile_kv == 32 || c.tile_kv == 64)));
-    assert!(legal.len() <= 400, "{} legal configs", legal.len());
+    // Warp specialisation: on wgmma only, with one or two consumer warp groups.
+    assert!(legal.iter().all(|c| !c.ws || c.wgmma));
+    assert!(legal.iter().any(|c| c.ws && c.warps == 4));
+    assert!(legal.iter().any(|c| c.ws && c.warps == 8));
+    assert!(legal.len() <= 500, "{} legal configs", legal.len());
 }
 
 #[test]
@@ -74,8 +78,13 @@ fn variants_cover_every_kernel_once_per_branch() {
     assert_eq!(per_branch("_bf16_contig"), per_branch("_bf16_paged"));
     assert_eq!(per_branch("_fp8_contig"), per_branch("_fp8_paged"));
     assert!(per_branch("_fp8_contig") > per_branch("_bf16_contig"));
+    // Warp specialisation is FP8 only.
+    assert!(per_branch("_ws_") > 0);
+    assert!(!variants
+        .iter()
+        .any(|v| v.entry.contains("_ws_") && v.entry.contains("_bf16")));
     assert!(
-        variants.len() <= 112,
+        variants.len() <= 128,
         "{} variants to compile",
         variants.len()
     );
@@ -259,6 +268,7 @@ fn smem_per_dtype() {
         warps,
         split_tokens: 4096,
         wgmma: false,
+        ws: false,
     };
     // 64-token BF16 tiles: 3 stages fit (32 KB of Q + 3 x 64 KB), 4 do not.
     assert_eq!(c(64, 3, 8).smem_bytes(KvDtype::Bf16), 32768 + 3 * 65536);
@@ -302,6 +312,7 @@ fn workspace_and_counters() {
         warps: 8,
         split_tokens: 64,
         wgmma: false,
+        ws: false,
     };
     let p = prob(2, 4096, KvDtype::Bf16, 0);
     assert_eq!(splits(&p, &c), 64);
