@@ -3,6 +3,8 @@
 # GPU tests, then tuning and benchmarks when asked for. Everything lands in
 # $OUT as summary.json (one JSON object) and log.txt.
 #   KILN_STEPS="tests tune bench export ceilings"   (default) which steps to run
+#   KILN_STEP_TIMEOUT=seconds (default 900): a step still running then is killed and fails,
+#   so a hung kernel costs one step, not the whole call
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 OUT="${OUT:-/tmp/kiln-out}"
@@ -27,13 +29,13 @@ for s in $steps; do
     tests)
       step "gpu tests"
       # KILN_TEST_FILTER: run only the GPU tests whose name contains it.
-      ( cd "$here" && ./gpu-tests --ignored --test-threads=1 ${KILN_TEST_FILTER:-} 2>&1 ) | tee -a "$log"
+      ( cd "$here" && timeout "${KILN_STEP_TIMEOUT:-900}" ./gpu-tests --ignored --test-threads=1 ${KILN_TEST_FILTER:-} 2>&1 ) | tee -a "$log"
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
       ;;
     *)
       if [ -x "$here/steps/$s.sh" ]; then
         step "$s"
-        ( cd "$here" && "./steps/$s.sh" 2>&1 ) | tee -a "$log"
+        ( cd "$here" && timeout "${KILN_STEP_TIMEOUT:-900}" "./steps/$s.sh" 2>&1 ) | tee -a "$log"
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
       else
         echo "unknown step $s" | tee -a "$log"; status=1

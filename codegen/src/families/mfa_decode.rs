@@ -135,9 +135,12 @@ const WS_BAR_BYTES: u32 = 128;
 /// Warp specialisation: f16 V slots the producer widens into.
 const WS_WIDE_SLOTS: u32 = 2;
 /// Warp specialisation: registers a producer thread keeps (setmaxnreg.dec) and a consumer
-/// thread gets (setmaxnreg.inc) with two consumer warp groups: 128 x 48 + 256 x 232 = 65536.
+/// thread gets (setmaxnreg.inc) with two consumer warp groups. They must fit the CTA's
+/// allocation at launch, 384 x 168 = 64512 (168: the most 384 threads get, in steps of 8):
+/// 128 x 48 + 256 x 224 = 63488. A larger ask blocks setmaxnreg.inc forever (run 3 of
+/// 2026-11-30 hung on 48 + 232: 1024 registers short). The producer spills below 48.
 const WS_PRODUCER_REGISTERS: u32 = 48;
-const WS_CONSUMER_REGISTERS: u32 = 232;
+const WS_CONSUMER_REGISTERS: u32 = 224;
 /// Group merge buffer (8 warps): 4 warps x 32 n8 tiles x 32 lanes x float4, then m/l per lane.
 const MERGE_BYTES: u32 = 4 * 32 * 32 * 16 + 4 * 32 * 16;
 /// The bf16 output tile staged for coalesced stores.
