@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Shared by the Nsight Compute steps (ncufp8.sh, ncupinn.sh), not a step of its own:
+# Shared by the Nsight Compute steps (ncufp8.sh, ncupinn.sh, ncumfa.sh), not a step of its own:
 #   _ncu_kernel.sh NCU REPORT PREFIX REGEX command...
 # runs the command with Nsight Compute profiling the 4th launch of the kernels REGEX matches
 # (full set, clocks left alone) into REPORT.ncu-rep, and writes $OUT/PREFIX_run.txt (the
