@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Re-tune the FP8 problems of step3-mfa (B=128 L=4K contiguous and paged 16, B=1 L=4K) timing
 # every legal config (--shortlist 1000, past the size of the space) instead of the estimate's
-# 32, starting from the committed artifact (the BF16 entries are kept). The artifact comes back
-# as $OUT/mfa_decode.json, the tune report as $KILN_GPU_REPORT/retune_mfa_fp8.json; run
-# benchmfa after it with KILN_MFA_TUNED=/tmp/kiln-retune-mfa-fp8 to time what it wrote.
+# 32, starting from the committed artifact, or from the tuned folder KILN_MFA_RETUNE_FROM
+# names (e.g. /tmp/kiln-tuned-mfa after tunemfa); the BF16 entries are kept. The artifact
+# comes back as $OUT/mfa_decode.json, the tune report as $KILN_GPU_REPORT/retune_mfa_fp8.json;
+# run benchmfa after it with KILN_MFA_TUNED=/tmp/kiln-retune-mfa-fp8 to time what it wrote.
 set -uo pipefail
 dir=/tmp/kiln-retune-mfa-fp8
-rm -rf "$dir" && mkdir -p "$dir" && cp -r tuned/. "$dir/"
+rm -rf "$dir" && mkdir -p "$dir" && cp -r "${KILN_MFA_RETUNE_FROM:-tuned}/." "$dir/"
 cat > "$dir/problems.json" <<'JSON'
 [{"batch":128,"context":4096,"heads":64,"head_dim":256,"kv_dtype":"fp8e4m3","page_size":0},
  {"batch":128,"context":4096,"heads":64,"head_dim":256,"kv_dtype":"fp8e4m3","page_size":16},

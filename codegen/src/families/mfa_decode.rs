@@ -394,10 +394,13 @@ fn with_wgmma(p: &MfaDecodeProblem, c: MfaDecodeConfig) -> MfaDecodeConfig {
 
 /// Kernels the default config chooses from (its split size is then estimated): the measured
 /// best of each regime first (run 3 on the H200: 64-token tiles, 2 stages, 4 warps for
-/// unsplit BF16; 128-token tiles, 3 stages for FP8), then 8 warps on 64- and 32-token tiles
-/// (and for FP8 4 warps on 16-token tiles) for short chunks, where a CTA's latency is its
-/// tile's compute. BF16 16-token tiles are out: the model picked them for B=1 L=32K, B=8 L=4K
-/// and B=32 L=1K, where run 18 measured them 12-18% slower than 64-token tiles.
+/// unsplit BF16; for FP8 the warp-specialised wgmma kernel on 64-token tiles, 3 stages, two
+/// consumer warp groups: runs 6-7 of 2026-11-30 measured it fastest at B=128 L=4K, contiguous
+/// and paged, 102 and 119 us against 143 and 166 for the 128-token mma.sync kernel), then
+/// 8 warps on 64- and 32-token tiles (and for FP8 4 warps on 16-token tiles) for short chunks,
+/// where a CTA's latency is its tile's compute. BF16 16-token tiles are out: the model picked
+/// them for B=1 L=32K, B=8 L=4K and B=32 L=1K, where run 18 measured them 12-18% slower than
+/// 64-token tiles.
 fn default_kernels(dtype: KvDtype) -> Vec<MfaDecodeConfig> {
     let k = |tile_kv, stages, warps| MfaDecodeConfig {
         tile_kv,
@@ -407,9 +410,20 @@ fn default_kernels(dtype: KvDtype) -> Vec<MfaDecodeConfig> {
         wgmma: false,
         ws: false,
     };
+    let ws = |tile_kv, stages, warps| MfaDecodeConfig {
+        wgmma: true,
+        ws: true,
+        ..k(tile_kv, stages, warps)
+    };
     match dtype {
         KvDtype::Bf16 => vec![k(64, 2, 4), k(64, 3, 8), k(32, 3, 8)],
-        KvDtype::Fp8e4m3 => vec![k(128, 3, 8), k(64, 4, 8), k(32, 4, 8), k(16, 4, 4)],
+        KvDtype::Fp8e4m3 => vec![
+            ws(64, 3, 8),
+            k(128, 3, 8),
+            k(64, 4, 8),
+            k(32, 4, 8),
+            k(16, 4, 4),
+        ],
     }
 }
 

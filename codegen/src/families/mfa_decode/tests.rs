@@ -195,7 +195,7 @@ fn default_config_is_legal_for_many_problems() {
         }
     }
     // B = 1 spreads a 4K context over many CTAs of short tiles; B = 128 needs two CTAs per
-    // SM (32-token tiles, two splits; run 17) and FP8 its 128-token tiles unsplit.
+    // SM (32-token tiles, two splits; run 17) and FP8 the warp-specialised kernel unsplit.
     let one = prob(1, 4096, KvDtype::Bf16, 0);
     let c = MfaDecode::default_config(&one);
     assert!(splits(&one, &c) >= 32, "{c:?}");
@@ -209,8 +209,8 @@ fn default_config_is_legal_for_many_problems() {
     let many8 = prob(128, 4096, KvDtype::Fp8e4m3, 0);
     let c = MfaDecode::default_config(&many8);
     assert_eq!(
-        (c.tile_kv, c.stages, c.warps, splits(&many8, &c)),
-        (128, 3, 8, 1)
+        (c.tile_kv, c.stages, c.warps, c.ws, splits(&many8, &c)),
+        (64, 3, 8, true, 1)
     );
     let mid = prob(8, 4096, KvDtype::Bf16, 16);
     let s = splits(&mid, &MfaDecode::default_config(&mid));
@@ -710,11 +710,11 @@ fn large_bf16_batches_default_to_two_ctas_per_sm() {
     let c = MfaDecode::default_config(&prob(128, 1024, KvDtype::Bf16, 0));
     assert_ne!((c.tile_kv, c.stages), (32, 2), "B=128 L=1K: {c:?}");
     let fp8 = MfaDecode::default_config(&prob(128, 4096, KvDtype::Fp8e4m3, 0));
-    assert_eq!(fp8.tile_kv, 128);
+    assert!(fp8.ws, "{fp8:?}");
 }
 
 #[test]
-fn defaults_use_wgmma_for_bf16_and_for_one_wave_fp8_launches() {
+fn defaults_use_wgmma_for_bf16_and_warp_specialised_wgmma_for_fp8() {
     // BF16: every default with a 32- or 64-token tile runs on wgmma.
     for (b, l) in [(1, 4096), (8, 65536), (32, 4096), (128, 4096), (128, 65536)] {
         let c = MfaDecode::default_config(&prob(b, l, KvDtype::Bf16, 0));
@@ -723,9 +723,11 @@ fn defaults_use_wgmma_for_bf16_and_for_one_wave_fp8_launches() {
             "B={b} L={l}: {c:?}"
         );
     }
-    // FP8: a single-sequence launch (one wave) does; B=128 L=4K keeps 128-token mma.sync tiles.
-    let one = MfaDecode::default_config(&prob(1, 4096, KvDtype::Fp8e4m3, 0));
-    assert!(one.wgmma, "{one:?}");
-    let big = MfaDecode::default_config(&prob(128, 4096, KvDtype::Fp8e4m3, 0));
-    assert!(!big.wgmma && big.tile_kv == 128, "{big:?}");
+    // FP8: the warp-specialised wgmma kernel, one sequence or 128 (runs 6-7 of 2026-11-30).
+    for b in [1, 128] {
+        for page in [0, 16] {
+            let c = MfaDecode::default_config(&prob(b, 4096, KvDtype::Fp8e4m3, page));
+            assert!(c.wgmma && c.ws, "B={b} page {page}: {c:?}");
+        }
+    }
 }
