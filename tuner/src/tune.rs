@@ -648,10 +648,11 @@ mod tests {
         let limits = kiln_codegen::DeviceLimits::HOPPER;
         // More candidates than the shortlist: some are pruned, the rest fail validation.
         assert!(MlpJetBackward::candidates(&p, &limits).len() > 4);
-        let err = search_family::<MlpJetBackward, _>(&p, &limits, 0.0, &mut Invalid, &opts)
-            .err()
-            .expect("no candidate passes")
-            .to_string();
+        let Err(err) = search_family::<MlpJetBackward, _>(&p, &limits, 0.0, &mut Invalid, &opts)
+        else {
+            panic!("no candidate passes validation, yet the search succeeded");
+        };
+        let err = err.to_string();
         assert!(err.contains("invalid: relative error 1e0"), "{err}");
         assert!(!err.contains("pruned"), "{err}");
     }

@@ -141,6 +141,9 @@ const WS_WIDE_SLOTS: u32 = 2;
 /// 2026-11-30 hung on 48 + 232: 1024 registers short). The producer spills below 48.
 const WS_PRODUCER_REGISTERS: u32 = 48;
 const WS_CONSUMER_REGISTERS: u32 = 224;
+// setmaxnreg takes multiples of 8.
+#[allow(clippy::manual_is_multiple_of)]
+const _: () = assert!(WS_PRODUCER_REGISTERS % 8 == 0 && WS_CONSUMER_REGISTERS % 8 == 0);
 /// Group merge buffer (8 warps): 4 warps x 32 n8 tiles x 32 lanes x float4, then m/l per lane.
 const MERGE_BYTES: u32 = 4 * 32 * 32 * 16 + 4 * 32 * 16;
 /// The bf16 output tile staged for coalesced stores.
@@ -483,10 +486,9 @@ impl Family for MfaDecode {
         // 256-byte rows per warp instruction), at most one per lane.
         let lw = c.loader_warps();
         let rows = c.tile_kv / lw;
-        illegal(
-            c.tile_kv % lw != 0 || rows % 2 != 0 || rows > 32,
-            || format!("{} rows over {lw} loader warps", c.tile_kv),
-        )?;
+        illegal(c.tile_kv % lw != 0 || rows % 2 != 0 || rows > 32, || {
+            format!("{} rows over {lw} loader warps", c.tile_kv)
+        })?;
         // Warp specialisation is written for the wgmma kernel (its FP8 path: checked per
         // problem).
         illegal(c.ws && !c.wgmma, || "ws needs wgmma".to_string())?;

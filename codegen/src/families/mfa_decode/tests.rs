@@ -731,3 +731,38 @@ fn defaults_use_wgmma_for_bf16_and_warp_specialised_wgmma_for_fp8() {
         }
     }
 }
+
+#[test]
+fn ws_register_asks_fit_the_launch_allocation() {
+    // Three warp groups launch with the most registers 384 threads get (in steps of 8); the
+    // producer's setmaxnreg.dec and the consumers' setmaxnreg.inc must fit that pool, or
+    // setmaxnreg.inc waits forever (run 3 of 2026-11-30 hung on 48 + 2 x 232).
+    let ws8 = MfaDecodeConfig {
+        tile_kv: 64,
+        stages: 3,
+        warps: 8,
+        split_tokens: 4096,
+        wgmma: true,
+        ws: true,
+    };
+    let threads = ws8.threads();
+    assert_eq!(threads, 384);
+    let per_thread = (65536 / threads) / 8 * 8;
+    assert_eq!(per_thread, 168);
+    assert!(
+        128 * WS_PRODUCER_REGISTERS + 256 * WS_CONSUMER_REGISTERS <= threads * per_thread,
+        "{} + {} > {}",
+        128 * WS_PRODUCER_REGISTERS,
+        256 * WS_CONSUMER_REGISTERS,
+        threads * per_thread
+    );
+    // .inc may only grow and .dec only shrink a warp's count.
+    assert!((WS_PRODUCER_REGISTERS..=WS_CONSUMER_REGISTERS).contains(&per_thread));
+    // Only two consumer groups ask for setmaxnreg; one group (256 threads) keeps the launch count.
+    let ws4 = MfaDecodeConfig { warps: 4, ..ws8 };
+    let p = prob(128, 4096, KvDtype::Fp8e4m3, 0);
+    let vars = MfaDecode::render_vars(&p, &ws4);
+    assert_eq!(vars["ws_setmaxnreg"], serde_json::json!(false));
+    let vars = MfaDecode::render_vars(&p, &ws8);
+    assert_eq!(vars["ws_setmaxnreg"], serde_json::json!(true));
+}
