@@ -372,7 +372,8 @@ fn two_ctas_per_sm(p: &MfaDecodeProblem, c: MfaDecodeConfig) -> MfaDecodeConfig 
 
 /// The same kernel on wgmma where that is legal (32- and 64-token tiles): always for BF16, for
 /// FP8 only when the launch is one wave of CTAs. (The FP8 default itself is the warp-
-/// specialised wgmma kernel, first in [`default_kernels`]; this applies to the others.) Run 27 on the H200 measured the wgmma build of
+/// specialised wgmma kernel, first in [`default_kernels`]; this applies to the others.)
+/// Run 27 on the H200 measured the wgmma build of
 /// every BF16 default faster than its mma.sync build, 5-25%: B=1 L=4K 14.8 vs 17.8 us, B=8
 /// L=64K 130 vs 147, B=32 L=4K 43.6 vs 54.0, B=128 L=4K 134 vs 151, B=128 L=64K 1875 vs 2141
 /// (4.6 TB/s), paged B=128 L=4K 145 vs 170. FP8 must first widen each tile into f16 shared-
@@ -399,8 +400,8 @@ fn with_wgmma(p: &MfaDecodeProblem, c: MfaDecodeConfig) -> MfaDecodeConfig {
 /// Kernels the default config chooses from (its split size is then estimated): the measured
 /// best of each regime first (run 3 on the H200: 64-token tiles, 2 stages, 4 warps for
 /// unsplit BF16; for FP8 the warp-specialised wgmma kernel on 64-token tiles, 3 stages, two
-/// consumer warp groups: runs 6-7 of 2026-11-30 measured it fastest at B=128 L=4K, contiguous
-/// and paged, 102 and 119 us against 143 and 166 for the 128-token mma.sync kernel), then
+/// consumer warp groups: runs 6-8 of 2026-11-30 measured it fastest at B=128 L=4K, contiguous
+/// and paged, 96 and 110 us in run 8 against 144 and 166 for the 128-token mma.sync kernel), then
 /// 8 warps on 64- and 32-token tiles (and for FP8 4 warps on 16-token tiles) for short chunks,
 /// where a CTA's latency is its tile's compute. BF16 16-token tiles are out: the model picked
 /// them for B=1 L=32K, B=8 L=4K and B=32 L=1K, where run 18 measured them 12-18% slower than
