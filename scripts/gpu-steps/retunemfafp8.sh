@@ -5,16 +5,9 @@
 # names (e.g. /tmp/kiln-tuned-mfa after tunemfa); the BF16 entries are kept. The artifact
 # comes back as $OUT/mfa_decode.json, the tune report as $KILN_GPU_REPORT/retune_mfa_fp8.json;
 # run benchmfa after it with KILN_MFA_TUNED=/tmp/kiln-retune-mfa-fp8 to time what it wrote.
-set -uo pipefail
-dir=/tmp/kiln-retune-mfa-fp8
-rm -rf "$dir" && mkdir -p "$dir" && cp -r "${KILN_MFA_RETUNE_FROM:-tuned}/." "$dir/"
-cat > "$dir/problems.json" <<'JSON'
+exec "$(dirname "$0")/_retune.sh" /tmp/kiln-retune-mfa-fp8 "${KILN_MFA_RETUNE_FROM:-tuned}" \
+  mfa_decode retune_mfa_fp8 <<'JSON'
 [{"batch":128,"context":4096,"heads":64,"head_dim":256,"kv_dtype":"fp8e4m3","page_size":0},
  {"batch":128,"context":4096,"heads":64,"head_dim":256,"kv_dtype":"fp8e4m3","page_size":16},
  {"batch":1,"context":4096,"heads":64,"head_dim":256,"kv_dtype":"fp8e4m3","page_size":0}]
 JSON
-./kiln tune --family mfa_decode --problems "$dir/problems.json" --force --shortlist 1000 \
-  --tuned-dir "$dir" --json "$KILN_GPU_REPORT/retune_mfa_fp8.json"
-rc=$?
-cp "$dir"/*/mfa_decode.json "$OUT/mfa_decode.json" 2>/dev/null
-exit $rc
