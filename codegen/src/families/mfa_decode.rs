@@ -139,7 +139,7 @@ const WS_WIDE_SLOTS: u32 = 2;
 /// allocation at launch, 384 x 168 = 64512 (168: the most 384 threads get, in steps of 8):
 /// 128 x 48 + 256 x 224 = 63488. A larger ask blocks setmaxnreg.inc forever (run 3 of
 /// 2026-11-30 hung on 48 + 232: 1024 registers short). The producer spills below 48.
-const WS_PRODUCER_REGISTERS: u32 = 48;
+const WS_PRODUCER_REGISTERS: u32 = 56;
 const WS_CONSUMER_REGISTERS: u32 = 224;
 // setmaxnreg takes multiples of 8.
 #[allow(clippy::manual_is_multiple_of)]
