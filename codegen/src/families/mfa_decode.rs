@@ -130,10 +130,11 @@ pub const MAX_BATCH: u32 = 65535;
 const Q_BYTES: u32 = HEADS * HEAD_DIM * 2;
 /// FP8 on wgmma: one fp32 scale per query row (Q's e4m3 hi + lo pair is in its units).
 const Q_SCALE_BYTES: u32 = HEADS * 4;
-/// Warp specialisation: the mbarriers (full and kempty per stage, vempty per f16 slot).
-const WS_BAR_BYTES: u32 = 128;
+/// Warp specialisation: the mbarriers, 8 bytes each: full, kempty and vland per stage (at most
+/// 4), vempty per f16 slot.
+const WS_BAR_BYTES: u32 = 8 * (3 * 4 + WS_WIDE_SLOTS);
 /// Warp specialisation: f16 V slots the producer widens into.
-const WS_WIDE_SLOTS: u32 = 2;
+const WS_WIDE_SLOTS: u32 = 3;
 /// Warp specialisation: registers a producer thread keeps (setmaxnreg.dec) and a consumer
 /// thread gets (setmaxnreg.inc) with two consumer warp groups. They must fit the CTA's
 /// allocation at launch, 384 x 168 = 64512 (168: the most 384 threads get, in steps of 8):
@@ -238,17 +239,12 @@ impl MfaDecodeConfig {
             self.tile_kv / self.groups().max(1)
         }
     }
-    /// Bytes of one pipeline stage: a K and a V tile, plus their scales for FP8. An FP8 wgmma
-    /// stage is padded to 1024 bytes, since the QK^T wgmma's read its K tile where it lands
-    /// (128-byte-swizzle atoms start on 1024 bytes).
+    /// Bytes of one pipeline stage: a K and a V tile, plus their scales for FP8. The kernel
+    /// keeps K tiles, V tiles and scales in three rings, so a tile (a multiple of 1024 bytes)
+    /// stays aligned for wgmma without padding.
     pub fn stage_bytes(&self, dtype: KvDtype) -> u32 {
         let scales = if dtype.is_fp8() { self.tile_kv * 4 } else { 0 };
-        let bytes = 2 * (self.tile_kv * dtype.row_bytes() + scales);
-        if self.wgmma && dtype.is_fp8() {
-            bytes.next_multiple_of(1024)
-        } else {
-            bytes
-        }
+        2 * (self.tile_kv * dtype.row_bytes() + scales)
     }
     /// Bytes of the f16 V tiles an FP8 wgmma config widens into (one, or with `ws` one per
     /// slot; 0 otherwise).

@@ -281,19 +281,31 @@ fn smem_per_dtype() {
         c(32, 2, 8).stage_bytes(KvDtype::Fp8e4m3),
         2 * (32 * 256 + 32 * 4)
     );
-    // wgmma on an FP8 cache pads each stage to 1024 bytes (QK^T reads K where it lands) and
-    // adds an f16 V tile (1024-byte aligned) and Q's 64 row scales after the stages; a BF16
+    // wgmma on an FP8 cache adds an f16 V tile (1024-byte aligned) and Q's 64 row scales
+    // after the stages (unpadded: K tiles, V tiles and scales are three rings); a BF16
     // cache's tiles are read where they land.
     let w = |tile_kv, stages, warps| MfaDecodeConfig {
         wgmma: true,
         ..c(tile_kv, stages, warps)
     };
     assert_eq!(w(32, 2, 4).wide_bytes(KvDtype::Fp8e4m3), 32 * 512);
-    assert_eq!(w(32, 2, 4).stage_bytes(KvDtype::Fp8e4m3), 17 * 1024);
+    assert_eq!(w(32, 2, 4).stage_bytes(KvDtype::Fp8e4m3), 2 * (32 * 256 + 32 * 4));
     assert_eq!(
         w(32, 2, 4).smem_bytes(KvDtype::Fp8e4m3),
-        32768u32 + 2 * 17 * 1024 + 32 * 512 + 64 * 4
+        (32768u32 + 2 * 16640).next_multiple_of(1024) + 32 * 512 + 64 * 4
     );
+    // Warp specialisation on 64-token FP8 tiles: 3 stages fit next to the three f16 slots
+    // and the mbarriers, 4 do not.
+    let ws = |tile_kv, stages, warps| MfaDecodeConfig {
+        ws: true,
+        ..w(tile_kv, stages, warps)
+    };
+    assert_eq!(
+        ws(64, 3, 8).smem_bytes(KvDtype::Fp8e4m3),
+        (32768u32 + 3 * 33280).next_multiple_of(1024) + 3 * 32768 + 64 * 4 + 15 * 8
+    );
+    assert!(MfaDecode::check_problem(&prob(1, 64, KvDtype::Fp8e4m3, 0), &ws(64, 3, 8)).is_ok());
+    assert!(MfaDecode::check_problem(&prob(1, 64, KvDtype::Fp8e4m3, 0), &ws(64, 4, 8)).is_err());
     assert_eq!(w(32, 2, 4).wide_bytes(KvDtype::Bf16), 0);
     assert_eq!(
         w(64, 2, 4).smem_bytes(KvDtype::Bf16),
