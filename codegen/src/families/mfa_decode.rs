@@ -133,13 +133,17 @@ const Q_SCALE_BYTES: u32 = HEADS * 4;
 /// Warp specialisation: the mbarriers, 8 bytes each: full, kempty and vland per stage (at most
 /// 4), vempty per f16 slot.
 const WS_BAR_BYTES: u32 = 8 * (3 * 4 + WS_WIDE_SLOTS);
-/// Warp specialisation: f16 V slots the producer widens into.
+/// Warp specialisation: f16 V slots the producer widens into. Three, so that tile kt's slot
+/// was last read by the other consumer group (tile kt - 3), not by this group's previous tile:
+/// with two, widening a group's next tile waited for its last PV (run 7 of 2026-11-30
+/// session 10: 86.2 -> 82.0 us at B=128 L=4K).
 const WS_WIDE_SLOTS: u32 = 3;
 /// Warp specialisation: registers a producer thread keeps (setmaxnreg.dec) and a consumer
 /// thread gets (setmaxnreg.inc) with two consumer warp groups. They must fit the CTA's
 /// allocation at launch, 384 x 168 = 64512 (168: the most 384 threads get, in steps of 8):
-/// 128 x 48 + 256 x 224 = 63488. A larger ask blocks setmaxnreg.inc forever (run 3 of
-/// 2026-11-30 hung on 48 + 232: 1024 registers short). The producer spills below 48.
+/// 128 x 56 + 256 x 224 = 64512, all of it. A larger ask blocks setmaxnreg.inc forever (run 3
+/// of 2026-11-30 hung on 48 + 232: 1024 registers short). The producer spills below 56, the
+/// consumers (up to R221 in use) below 224.
 const WS_PRODUCER_REGISTERS: u32 = 56;
 const WS_CONSUMER_REGISTERS: u32 = 224;
 // setmaxnreg takes multiples of 8.
@@ -396,8 +400,9 @@ fn with_wgmma(p: &MfaDecodeProblem, c: MfaDecodeConfig) -> MfaDecodeConfig {
 /// Kernels the default config chooses from (its split size is then estimated): the measured
 /// best of each regime first (run 3 on the H200: 64-token tiles, 2 stages, 4 warps for
 /// unsplit BF16; for FP8 the warp-specialised wgmma kernel on 64-token tiles, 3 stages, two
-/// consumer warp groups: runs 6-8 of 2026-11-30 measured it fastest at B=128 L=4K, contiguous
-/// and paged, 96 and 110 us in run 8 against 144 and 166 for the 128-token mma.sync kernel), then
+/// consumer warp groups: fastest at B=128 L=4K, contiguous and paged, in every re-tune over all
+/// legal configs since run 6 of 2026-11-30, 81-82 and 111 us in runs 7-8 of session 10 against
+/// 144 and 166 for the 128-token mma.sync kernel), then
 /// 8 warps on 64- and 32-token tiles (and for FP8 4 warps on 16-token tiles) for short chunks,
 /// where a CTA's latency is its tile's compute. BF16 16-token tiles are out: the model picked
 /// them for B=1 L=32K, B=8 L=4K and B=32 L=1K, where run 18 measured them 12-18% slower than

@@ -289,7 +289,10 @@ fn smem_per_dtype() {
         ..c(tile_kv, stages, warps)
     };
     assert_eq!(w(32, 2, 4).wide_bytes(KvDtype::Fp8e4m3), 32 * 512);
-    assert_eq!(w(32, 2, 4).stage_bytes(KvDtype::Fp8e4m3), 2 * (32 * 256 + 32 * 4));
+    assert_eq!(
+        w(32, 2, 4).stage_bytes(KvDtype::Fp8e4m3),
+        2 * (32 * 256 + 32 * 4)
+    );
     assert_eq!(
         w(32, 2, 4).smem_bytes(KvDtype::Fp8e4m3),
         (32768u32 + 2 * 16640).next_multiple_of(1024) + 32 * 512 + 64 * 4
