@@ -142,8 +142,8 @@ const WS_WIDE_SLOTS: u32 = 3;
 /// thread gets (setmaxnreg.inc) with two consumer warp groups. They must fit the CTA's
 /// allocation at launch, 384 x 168 = 64512 (168: the most 384 threads get, in steps of 8):
 /// 128 x 56 + 256 x 224 = 64512, all of it. A larger ask blocks setmaxnreg.inc forever (run 3
-/// of 2026-11-30 hung on 48 + 232: 1024 registers short). The producer spills below 56, the
-/// consumers (up to R221 in use) below 224.
+/// of 2026-11-30 hung on 48 + 232: 1024 registers short). The producer spills below 56 (checked
+/// at 48 in session 10); the consumers use 222 of their 224 (R0-R221).
 const WS_PRODUCER_REGISTERS: u32 = 56;
 const WS_CONSUMER_REGISTERS: u32 = 224;
 // setmaxnreg takes multiples of 8.
