@@ -2,9 +2,12 @@
 //! random nets (Xavier, gain 1 or 2), points, sources, data terms and cotangents per run
 //! (KILN_SEED reproduces); the gradient, the loss and the kernel's partial arenas are
 //! poisoned with NaN before every launch. Each parameter tensor (every W_l and b_l) is compared
-//! with the f64 CPU reference over all points: relative error = max |got - ref| / max |ref| over
-//! the tensor, within TOL (the gradient of a loss built on second derivatives: the
-//! second-derivative tolerance), the loss likewise; a NaN fails.
+//! with the f64 CPU reference over all points: relative error = max |got - ref| over the larger
+//! of max |ref| and the largest sum over points of |a point's term| in the tensor (a gradient
+//! entry is a sum over points, and fp32 cannot resolve it more finely than its terms' scale,
+//! however much they cancel: `TrainCase::compare`), within TOL (the gradient of a loss built on
+//! second derivatives: the second-derivative tolerance); the loss (a sum of squares) by plain
+//! relative error; a NaN fails.
 //!
 //! * `mlp_jet_backward_every_config_small`: every legal config of nets covering both heads
 //!   (with and without the data term, a missing cotangent), widths 32..128, depths 2..8, d up

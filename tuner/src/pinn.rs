@@ -333,6 +333,31 @@ pub fn max_rel<G: Copy + Into<f64>>(got: &[G], want: &[f64]) -> f64 {
     }
 }
 
+/// [`max_rel`] for entries that are sums over points: max |got - want| over the larger of
+/// max |want| and max `scale`, where `scale[i]` is the sum of the absolute values of the terms
+/// `want[i]` adds up. fp32 arithmetic cannot get such an entry closer than its rounding at
+/// that scale, however much the terms cancel (a 859-fold cancelling bias gradient failed a
+/// plain relative check at fp32 rounding, run 10 of 2026-11-30 session 10). A missing or
+/// wrong term still shows at its own size against the scale. Infinite for a NaN.
+pub fn max_rel_scaled<G: Copy + Into<f64>>(got: &[G], want: &[f64], scale: &[f64]) -> f64 {
+    assert_eq!(want.len(), scale.len(), "one scale per entry");
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for ((g, w), s) in got.iter().zip(want).zip(scale) {
+        let e = ((*g).into() - w).abs();
+        num = if e.is_nan() {
+            f64::INFINITY
+        } else {
+            num.max(e)
+        };
+        den = den.max(w.abs()).max(*s);
+    }
+    if got.is_empty() {
+        0.0
+    } else {
+        num / den.max(1e-30)
+    }
+}
+
 /// `default` first, then every other config of `candidates` in their order: what a bench
 /// times when it reports the default beside the best candidate.
 pub fn default_first<C: PartialEq + Clone>(default: &C, candidates: &[C]) -> Vec<C> {
@@ -387,6 +412,12 @@ mod tests {
     #[test]
     fn relative_errors_fail_nan_and_ignore_empty_streams() {
         assert_eq!(max_rel(&[1.0, 2.0], &[1.0, 2.5]), 0.2);
+        // A cancelling sum: the error against its terms' scale, not its own size.
+        assert!((max_rel_scaled(&[1e-3 + 1e-6], &[1e-3], &[1.0]) - 1e-6).abs() < 1e-15);
+        assert!(max_rel_scaled(&[1e-3 + 1e-6], &[1e-3], &[1.0]) < max_rel(&[1e-3 + 1e-6], &[1e-3]));
+        // Without cancellation (scale = |want|) it is max_rel.
+        assert_eq!(max_rel_scaled(&[1.0, 2.0], &[1.0, 2.5], &[1.0, 2.5]), 0.2);
+        assert!(max_rel_scaled(&[f32::NAN], &[1.0], &[1.0]).is_infinite());
         assert!(max_rel(&[f64::NAN], &[1.0]).is_infinite());
         assert_eq!(max_rel::<f64>(&[], &[]), 0.0);
         assert!(max_rel(&[f32::NAN], &[1.0]).is_infinite());

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use kiln_codegen::families::mlp_jet::{init_params, layer_offsets};
-use kiln_codegen::families::mlp_jet_backward::reference::{loss_and_grads, Head, LossGrads};
+use kiln_codegen::families::mlp_jet_backward::reference::{loss_grads_and_scale, Head, LossGrads};
 use kiln_codegen::families::mlp_jet_backward::{
     Loss, MlpJetBackward, MlpJetBackwardConfig, MlpJetBackwardProblem,
 };
@@ -18,7 +18,7 @@ use kiln_runtime::{Device, Result};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-use super::{max_rel, prepare_each, Timed, TimingError};
+use super::{max_rel, max_rel_scaled, prepare_each, Timed, TimingError};
 use crate::search::{prepared_mut, time_candidate, Evaluator, Failure, Prepared};
 
 /// Host inputs of one training-step call. `a, b, c` are `f, target, weight` (residual head)
@@ -207,9 +207,10 @@ pub fn time_configs(
 /// Gradients and loss (built on the Laplacian): the second-derivative tolerance.
 pub const TOL: f64 = 1e-4;
 
-/// The f64 reference of `inputs` over every point: chunks of 16 points in parallel, summed in
-/// chunk order.
-pub fn reference(inputs: &TrainInputs) -> LossGrads {
+/// The f64 reference of `inputs` over every point (chunks of 16 points in parallel, summed in
+/// chunk order), and per parameter the sum over the points of |each point's contribution| (the
+/// scale [`TrainCase::compare`] measures the gradient's error against).
+pub fn reference(inputs: &TrainInputs) -> (LossGrads, Vec<f64>) {
     let n = inputs.problem.points as usize;
     let chunks: Vec<Vec<usize>> = (0..n)
         .collect::<Vec<_>>()
@@ -217,27 +218,33 @@ pub fn reference(inputs: &TrainInputs) -> LossGrads {
         .map(|c| c.to_vec())
         .collect();
     let head = inputs.head();
-    let parts: Vec<LossGrads> = chunks
+    let parts: Vec<(LossGrads, Vec<f64>)> = chunks
         .par_iter()
-        .map(|w| loss_and_grads(&inputs.problem, &inputs.x, &inputs.params, &head, w))
+        .map(|w| loss_grads_and_scale(&inputs.problem, &inputs.x, &inputs.params, &head, w))
         .collect();
     let mut out = LossGrads {
         loss: 0.0,
         grads: vec![0.0; inputs.params.len()],
     };
-    for part in parts {
+    let mut scale = vec![0.0; inputs.params.len()];
+    for (part, part_scale) in parts {
         out.loss += part.loss;
         for (o, g) in out.grads.iter_mut().zip(&part.grads) {
             *o += g;
         }
+        for (o, s) in scale.iter_mut().zip(&part_scale) {
+            *o += s;
+        }
     }
-    out
+    (out, scale)
 }
 
-/// Host inputs of one case and, when checked, the f64 reference's loss and gradient.
+/// Host inputs of one case and, when checked, the f64 reference's loss and gradient, and the
+/// scale of each gradient entry's terms (empty when not checked).
 pub struct TrainCase {
     pub inputs: TrainInputs,
     pub want: LossGrads,
+    pub scale: Vec<f64>,
 }
 
 impl TrainCase {
@@ -250,25 +257,42 @@ impl TrainCase {
         check: bool,
     ) -> TrainCase {
         let inputs = TrainInputs::random(rng, p, full, gain);
-        let want = if check {
+        let (want, scale) = if check {
             reference(&inputs)
         } else {
-            LossGrads::default()
+            (LossGrads::default(), Vec::new())
         };
-        TrainCase { inputs, want }
+        TrainCase {
+            inputs,
+            want,
+            scale,
+        }
     }
 
-    /// Relative error of each tensor (W_0, b_0, W_1, ...) and of the loss (residual head;
-    /// 0 for cotangents).
+    /// Relative error of each tensor (W_0, b_0, W_1, ...): against the larger of the
+    /// tensor's values and the scale of the per-point terms they sum ([`max_rel_scaled`]);
+    /// and of the loss (residual head, a sum of squares: plain relative error; 0 for
+    /// cotangents). Only for a checked case.
     pub fn compare(&self, grads: &[f32], loss: f32) -> (Vec<f64>, f64) {
         let p = &self.inputs.problem;
+        assert_eq!(
+            self.scale.len(),
+            self.want.grads.len(),
+            "compare needs a checked case"
+        );
         let offsets = layer_offsets(p.d, p.width, p.depth, p.p);
         let mut errs = Vec::new();
+        let rel = |r: std::ops::Range<usize>| {
+            max_rel_scaled(
+                &grads[r.clone()],
+                &self.want.grads[r.clone()],
+                &self.scale[r],
+            )
+        };
         for (l, &(w_at, b_at)) in offsets.iter().enumerate() {
             let fan_out = if l == p.depth as usize { p.p } else { p.width } as usize;
-            errs.push(max_rel(&grads[w_at..b_at], &self.want.grads[w_at..b_at]));
-            let b = b_at..b_at + fan_out;
-            errs.push(max_rel(&grads[b.clone()], &self.want.grads[b]));
+            errs.push(rel(w_at..b_at));
+            errs.push(rel(b_at..b_at + fan_out));
         }
         let loss_err = match p.loss {
             Loss::LaplacianResidual => max_rel(&[loss], &[self.want.loss]),
@@ -451,5 +475,56 @@ impl Evaluator<MlpJetBackwardConfig> for TrainBench<'_> {
         time_candidate(self.bench, reps, || {
             buffers.launch(device, kernel, inputs, partial)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `compare` on the CPU: the reference rounded to fp32 passes, an error of 1e-3 of an
+    /// entry's term scale fails, and a cancelling entry is judged against its terms' scale.
+    #[test]
+    fn compare_judges_each_tensor_against_its_terms_scale() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let p = MlpJetBackwardProblem {
+            d: 2,
+            width: 32,
+            depth: 2,
+            p: 1,
+            points: 65,
+            loss: Loss::LaplacianResidual,
+        };
+        let case = TrainCase::new(&mut rng, p, true, 1.0, true);
+        assert_eq!(case.scale.len(), case.want.grads.len());
+        let rounded: Vec<f32> = case.want.grads.iter().map(|&g| g as f32).collect();
+        let (errs, loss_err) = case.compare(&rounded, case.want.loss as f32);
+        assert!(
+            worst(&errs) <= 1e-6 && loss_err <= 1e-6,
+            "{errs:?} {loss_err}"
+        );
+        // Some entry's terms cancel (random signs over points).
+        let k = (0..case.scale.len())
+            .max_by(|&a, &b| {
+                let r = |i: usize| case.scale[i] / case.want.grads[i].abs().max(1e-300);
+                r(a).total_cmp(&r(b))
+            })
+            .unwrap();
+        assert!(case.scale[k] > 4.0 * case.want.grads[k].abs());
+        // An error at fp32 rounding of the scale passes, however small the entry itself.
+        let mut near = rounded.clone();
+        near[k] = (case.want.grads[k] + 1e-6 * case.scale[k]) as f32;
+        let (errs, _) = case.compare(&near, case.want.loss as f32);
+        assert!(worst(&errs) <= 2e-6, "{errs:?}");
+        // An error of 1e-3 of that entry's scale fails; it would fail a plain relative check
+        // by more.
+        let mut off = rounded.clone();
+        off[k] += (1e-3 * case.scale[k]) as f32;
+        let (errs, _) = case.compare(&off, case.want.loss as f32);
+        assert!(worst(&errs) > TOL, "{errs:?}");
+        // A NaN fails.
+        let mut nan = rounded;
+        nan[0] = f32::NAN;
+        assert!(worst(&case.compare(&nan, case.want.loss as f32).0).is_infinite());
     }
 }

@@ -180,6 +180,35 @@ pub fn loss_and_grads_f64(
     head: &Head<'_>,
     which: &[usize],
 ) -> LossGrads {
+    accumulate(p, x, params, head, which, None)
+}
+
+/// [`loss_and_grads`] and, per parameter, the sum over the points `which` of the absolute
+/// value of each point's contribution to its gradient: the scale at which a sum over points
+/// carries rounding error (the gradient itself can be far smaller when the terms cancel).
+pub fn loss_grads_and_scale(
+    p: &MlpJetBackwardProblem,
+    x: &[f32],
+    params: &[f32],
+    head: &Head<'_>,
+    which: &[usize],
+) -> (LossGrads, Vec<f64>) {
+    let params: Vec<f64> = params.iter().map(|&v| v as f64).collect();
+    let mut scale = vec![0.0; params.len()];
+    let out = accumulate(p, x, &params, head, which, Some(&mut scale));
+    (out, scale)
+}
+
+/// The body of [`loss_and_grads_f64`]; with `abs_sums`, each point's gradient goes through a
+/// buffer of its own so that its absolute value can be added there too.
+fn accumulate(
+    p: &MlpJetBackwardProblem,
+    x: &[f32],
+    params: &[f64],
+    head: &Head<'_>,
+    which: &[usize],
+    mut abs_sums: Option<&mut Vec<f64>>,
+) -> LossGrads {
     let (d, np) = (p.d as usize, p.p as usize);
     assert_eq!(head.loss(), p.loss, "the head serves the problem's loss");
     assert!(x.len() >= p.points as usize * d, "x is [points, d]");
@@ -192,10 +221,21 @@ pub fn loss_and_grads_f64(
         loss: 0.0,
         grads: vec![0.0; params.len()],
     };
+    let mut one = if abs_sums.is_some() {
+        vec![0.0; params.len()]
+    } else {
+        Vec::new()
+    };
     for &n in which {
         let xv: Vec<f64> = x[n * d..(n + 1) * d].iter().map(|&v| v as f64).collect();
         let at = |v: &[f32], i: usize| v.get(i).map_or(0.0, |&v| v as f64);
-        let loss = point(p, &xv, params, &mut out.grads, |y: &Jet| match *head {
+        let grads = if abs_sums.is_some() {
+            one.fill(0.0);
+            &mut one
+        } else {
+            &mut out.grads
+        };
+        let loss = point(p, &xv, params, grads, |y: &Jet| match *head {
             Head::Cotangents { u, grad, lap } => {
                 let bar = Jet {
                     v: (0..np).map(|o| at(u, n * np + o)).collect(),
@@ -223,6 +263,12 @@ pub fn loss_and_grads_f64(
             }
         });
         out.loss += loss;
+        if let Some(sc) = abs_sums.as_deref_mut() {
+            for ((g, s), v) in out.grads.iter_mut().zip(sc.iter_mut()).zip(&one) {
+                *g += v;
+                *s += v.abs();
+            }
+        }
     }
     out
 }
@@ -320,6 +366,36 @@ mod tests {
             scale = scale.max(grads[k].abs());
         }
         err / scale
+    }
+
+    #[test]
+    fn the_scale_sums_each_points_absolute_contribution() {
+        for p in [
+            net(2, 32, 2, 1, 9, Loss::LaplacianResidual),
+            net(3, 32, 3, 2, 7, Loss::Cotangents),
+        ] {
+            let inp = inputs(&p, 11);
+            let h = head(&p, &inp, true);
+            let all: Vec<usize> = (0..p.points as usize).collect();
+            let plain = loss_and_grads(&p, &inp.x, &inp.params, &h, &all);
+            let (out, scale) = loss_grads_and_scale(&p, &inp.x, &inp.params, &h, &all);
+            assert!((out.loss - plain.loss).abs() <= 1e-12 * plain.loss.abs().max(1.0));
+            let mut by_point = vec![0.0; scale.len()];
+            for n in 0..p.points as usize {
+                let one = loss_and_grads(&p, &inp.x, &inp.params, &h, &[n]);
+                for (s, g) in by_point.iter_mut().zip(&one.grads) {
+                    *s += g.abs();
+                }
+            }
+            for k in 0..scale.len() {
+                assert!((out.grads[k] - plain.grads[k]).abs() <= 1e-12 * scale[k].max(1e-300));
+                assert!((scale[k] - by_point[k]).abs() <= 1e-12 * scale[k].max(1e-300));
+                assert!(scale[k] >= out.grads[k].abs());
+            }
+            // Random signs over points: some entry's terms cancel, so the scale is not
+            // merely |gradient|.
+            assert!((0..scale.len()).any(|k| scale[k] > 1.5 * out.grads[k].abs()));
+        }
     }
 
     #[test]
