@@ -316,21 +316,7 @@ pub fn tune_pinn<F: PinnFamily>(
 
 /// max |got - want| / max |want| over a stream or tensor (infinite for a NaN; 0 when empty).
 pub fn max_rel<G: Copy + Into<f64>>(got: &[G], want: &[f64]) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (g, w) in got.iter().zip(want) {
-        let e = ((*g).into() - w).abs();
-        num = if e.is_nan() {
-            f64::INFINITY
-        } else {
-            num.max(e)
-        };
-        den = den.max(w.abs());
-    }
-    if got.is_empty() {
-        0.0
-    } else {
-        num / den.max(1e-30)
-    }
+    worst_over(got.iter().zip(want).map(|(g, w)| ((*g).into(), *w, 0.0)))
 }
 
 /// [`max_rel`] for entries that are sums over points: max |got - want| over the larger of
@@ -341,20 +327,32 @@ pub fn max_rel<G: Copy + Into<f64>>(got: &[G], want: &[f64]) -> f64 {
 /// wrong term still shows at its own size against the scale. Infinite for a NaN.
 pub fn max_rel_scaled<G: Copy + Into<f64>>(got: &[G], want: &[f64], scale: &[f64]) -> f64 {
     assert_eq!(want.len(), scale.len(), "one scale per entry");
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for ((g, w), s) in got.iter().zip(want).zip(scale) {
-        let e = ((*g).into() - w).abs();
+    worst_over(
+        got.iter()
+            .zip(want)
+            .zip(scale)
+            .map(|((g, w), s)| ((*g).into(), *w, *s)),
+    )
+}
+
+/// max |got - want| / max(|want|, scale) over (got, want, scale) entries: infinite for a NaN,
+/// 0 when there are none.
+fn worst_over(entries: impl Iterator<Item = (f64, f64, f64)>) -> f64 {
+    let (mut num, mut den, mut any) = (0.0f64, 0.0f64, false);
+    for (g, w, s) in entries {
+        any = true;
+        let e = (g - w).abs();
         num = if e.is_nan() {
             f64::INFINITY
         } else {
             num.max(e)
         };
-        den = den.max(w.abs()).max(*s);
+        den = den.max(w.abs()).max(s);
     }
-    if got.is_empty() {
-        0.0
-    } else {
+    if any {
         num / den.max(1e-30)
+    } else {
+        0.0
     }
 }
 

@@ -130,9 +130,11 @@ pub const MAX_BATCH: u32 = 65535;
 const Q_BYTES: u32 = HEADS * HEAD_DIM * 2;
 /// FP8 on wgmma: one fp32 scale per query row (Q's e4m3 hi + lo pair is in its units).
 const Q_SCALE_BYTES: u32 = HEADS * 4;
-/// Warp specialisation: the mbarriers, 8 bytes each: full, kempty and vland per stage (at most
-/// 4), vempty per f16 slot.
-const WS_BAR_BYTES: u32 = 8 * (3 * 4 + WS_WIDE_SLOTS);
+/// Pipeline stages a config may have (see `check_config`).
+const MAX_STAGES: u32 = 4;
+/// Warp specialisation: the mbarriers, 8 bytes each: full, kempty and vland per stage, vempty
+/// per f16 slot.
+const WS_BAR_BYTES: u32 = 8 * (3 * MAX_STAGES + WS_WIDE_SLOTS);
 /// Warp specialisation: f16 V slots the producer widens into. Three, so that tile kt's slot
 /// was last read by the other consumer group (tile kt - 3), not by this group's previous tile:
 /// with two, widening a group's next tile waited for its last PV (run 7 of 2026-11-30
@@ -443,7 +445,7 @@ impl Family for MfaDecode {
     fn space() -> Vec<MfaDecodeConfig> {
         let mut out = Vec::new();
         for tile_kv in TILE_CHOICES {
-            for stages in [2, 3, 4] {
+            for stages in 2..=MAX_STAGES {
                 for warps in [4, 8] {
                     for split_tokens in SPLIT_CHOICES {
                         for (wgmma, ws) in [(false, false), (true, false), (true, true)] {
@@ -475,8 +477,8 @@ impl Family for MfaDecode {
             format!("{} warps is not 4 or 8", c.warps)
         })?;
         // At least double buffering; deeper than 4 stages buys nothing at 16+ KB per tile.
-        illegal(!(2..=4).contains(&c.stages), || {
-            format!("{} stages is not 2, 3 or 4", c.stages)
+        illegal(!(2..=MAX_STAGES).contains(&c.stages), || {
+            format!("{} stages is not 2..={MAX_STAGES}", c.stages)
         })?;
         // A group's slice of a tile is 16..=64 tokens: a whole mma k-step for P V, and at most
         // 32 score registers next to the 128 of the O accumulator.
