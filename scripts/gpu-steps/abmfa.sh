@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A/B of mfa_decode builds in one call: for each of KILN_AB_ROUNDS rounds (default 3), for each
 # kiln binary named in KILN_AB_BINS (files beside this script's parent, default "kiln"), re-tune
-# the FP8 problems of retunemfafp8.sh over every legal config, writing the tune report to
-# $KILN_GPU_REPORT/ab_<binary>_r<round>.json. Interleaving the builds round by round keeps a
+# the FP8 problems of retunemfafp8.sh (_mfa_fp8_problems.json) over every legal config, writing
+# the tune report to $KILN_GPU_REPORT/ab_<binary>_r<round>.json. Interleaving the builds round by round keeps a
 # drift of the GPU's clocks from reading as a difference between them. Every build tunes from
 # an empty folder and compiles into its own cache (the template differs between builds).
 set -uo pipefail
@@ -13,11 +13,7 @@ for r in $(seq 1 "$rounds"); do
   for bin in ${KILN_AB_BINS:-kiln}; do
     dir="/tmp/kiln-ab-$bin"
     rm -rf "$dir" && mkdir -p "$dir"
-    cat >"$dir/problems.json" <<'JSON'
-[{"batch":128,"context":4096,"heads":64,"head_dim":256,"kv_dtype":"fp8e4m3","page_size":0},
- {"batch":128,"context":4096,"heads":64,"head_dim":256,"kv_dtype":"fp8e4m3","page_size":16},
- {"batch":1,"context":4096,"heads":64,"head_dim":256,"kv_dtype":"fp8e4m3","page_size":0}]
-JSON
+    cp "$(dirname "$0")/_mfa_fp8_problems.json" "$dir/problems.json"
     echo "--- round $r: $bin"
     KILN_CACHE="/tmp/kiln-cache-ab-$bin" "$here/$bin" tune --family mfa_decode \
       --problems "$dir/problems.json" --force --shortlist 1000 --tuned-dir "$dir" \
