@@ -2,9 +2,9 @@
 # A/B of mfa_decode builds in one call: for each of KILN_AB_ROUNDS rounds (default 3), for each
 # kiln binary named in KILN_AB_BINS (files beside this script's parent, default "kiln"), re-tune
 # the FP8 problems of retunemfafp8.sh (_mfa_fp8_problems.json) over every legal config, writing
-# the tune report to $KILN_GPU_REPORT/ab_<binary>_r<round>.json. Interleaving the builds round by round keeps a
-# drift of the GPU's clocks from reading as a difference between them. Every build tunes from
-# an empty folder and compiles into its own cache (the template differs between builds).
+# the tune report to $KILN_GPU_REPORT/ab_<binary>_r<round>.json. Interleaving the builds round
+# by round keeps a drift of the GPU's clocks from reading as a difference between them. Every
+# build tunes from an empty folder and compiles into its own cache (the templates differ).
 set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 rounds="${KILN_AB_ROUNDS:-3}"
