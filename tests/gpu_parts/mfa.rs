@@ -552,16 +552,19 @@ fn mfa_decode_large_ragged() {
     let configs_for = |p: &MfaDecodeProblem| -> Vec<MfaDecodeConfig> {
         let d = MfaDecode::default_config(p);
         let mut v = vec![d.clone()];
-        for (tile_kv, stages, warps, wgmma, ws) in [
-            (16, 4, 4, false, false),
-            (32, 4, 4, false, false),
-            (64, 2, 4, false, false),
-            (128, 2, 8, false, false),
-            (32, 2, 4, true, false),
-            (64, 3, 8, true, false),
-            (32, 4, 8, true, true),
-            (64, 2, 8, true, true),
-            (32, 3, 4, true, true),
+        for (tile_kv, stages, warps, wgmma, ws, consumer_widen) in [
+            (16, 4, 4, false, false, false),
+            (32, 4, 4, false, false, false),
+            (64, 2, 4, false, false, false),
+            (128, 2, 8, false, false, false),
+            (32, 2, 4, true, false, false),
+            (64, 3, 8, true, false, false),
+            (32, 4, 8, true, true, false),
+            (64, 2, 8, true, true, false),
+            (32, 3, 4, true, true, false),
+            (64, 4, 8, true, true, true),
+            (32, 3, 8, true, true, true),
+            (64, 2, 4, true, true, true),
         ] {
             for split_tokens in [d.split_tokens, (d.split_tokens * 4).min(1 << 24)] {
                 let c = MfaDecodeConfig {
@@ -571,6 +574,7 @@ fn mfa_decode_large_ragged() {
                     split_tokens,
                     wgmma,
                     ws,
+                    consumer_widen,
                 };
                 if MfaDecode::check_config(&c, &limits).is_ok()
                     && MfaDecode::check_problem(p, &c).is_ok()
@@ -702,7 +706,12 @@ fn mfa_decode_bench() {
             (128, 3, 8),
         ] {
             let split_tokens = d.split_tokens.max(tile_kv);
-            for (wgmma, ws) in [(false, false), (true, false), (true, true)] {
+            for (wgmma, ws, consumer_widen) in [
+                (false, false, false),
+                (true, false, false),
+                (true, true, false),
+                (true, true, true),
+            ] {
                 push(MfaDecodeConfig {
                     tile_kv,
                     stages,
@@ -710,6 +719,7 @@ fn mfa_decode_bench() {
                     split_tokens,
                     wgmma,
                     ws,
+                    consumer_widen,
                 });
             }
         }
@@ -722,6 +732,7 @@ fn mfa_decode_bench() {
             split_tokens: (d.split_tokens / 2).max(16),
             wgmma: false,
             ws: false,
+            consumer_widen: false,
         });
         for wgmma in [false, true] {
             push(MfaDecodeConfig {
@@ -731,6 +742,7 @@ fn mfa_decode_bench() {
                 split_tokens: (d.split_tokens / 2).max(32),
                 wgmma,
                 ws: false,
+                consumer_widen: false,
             });
         }
         v
@@ -1026,6 +1038,7 @@ fn mfa_decode_one_shape() {
                 split_tokens: n[3],
                 wgmma: n.get(4).is_some_and(|&w| w != 0),
                 ws: n.get(5).is_some_and(|&w| w != 0),
+                consumer_widen: n.get(6).is_some_and(|&w| w != 0),
             }
         }
         Err(_) => MfaDecode::default_config(&p),

@@ -33,7 +33,7 @@
 //!   not share them.
 //!
 //! The generated source depends on the problem only through the KV dtype and whether the
-//! cache is paged, and on the config through `tile_kv`, `stages` and `warps`: `split_tokens`
+//! cache is paged, and on the config through everything but `split_tokens`, which
 //! only shapes the grid, so all split choices share one cubin.
 
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,12 @@ pub struct MfaDecodeConfig {
     /// whole tiles in turn.
     #[serde(default)]
     pub ws: bool,
+    /// With `ws`: each consumer warp group widens its own tiles' V into its own f16 slot (one
+    /// per group) after its QK^T, instead of the producer widening every tile into one of
+    /// three slots. Frees the producer (a paged cache's copies keep it busy) and 32 KB of
+    /// shared memory (4 stages fit), at the cost of the widening on the group's own chain.
+    #[serde(default)]
+    pub consumer_widen: bool,
 }
 
 /// Query heads the kernel is written for.
@@ -132,13 +138,13 @@ const Q_BYTES: u32 = HEADS * HEAD_DIM * 2;
 const Q_SCALE_BYTES: u32 = HEADS * 4;
 /// Pipeline stages a config may have (see `check_config`).
 const MAX_STAGES: u32 = 4;
-/// Warp specialisation: the mbarriers, 8 bytes each: full, kempty and vland per stage, vempty
-/// per f16 slot.
-const WS_BAR_BYTES: u32 = 8 * (3 * MAX_STAGES + WS_WIDE_SLOTS);
-/// Warp specialisation: f16 V slots the producer widens into. Three, so that tile kt's slot
-/// was last read by the other consumer group (tile kt - 3), not by this group's previous tile:
-/// with two, widening a group's next tile waited for its last PV (run 7 of 2026-11-30
-/// session 10: 86.2 -> 82.0 us at B=128 L=4K).
+/// Warp specialisation: the mbarriers of one stage, 8 bytes each: full, kempty and vland.
+const WS_BAR_BYTES_PER_STAGE: u32 = 8 * 3;
+/// Warp specialisation with the producer widening: f16 V slots it widens into (each with a
+/// vempty mbarrier). Three, so that tile kt's slot was last read by the other consumer group
+/// (tile kt - 3), not by this group's previous tile: with two, widening a group's next tile
+/// waited for its last PV (run 7 of 2026-11-30 session 10: 86.2 -> 82.0 us at B=128 L=4K).
+/// With `consumer_widen` each group has one slot of its own and no vempty.
 const WS_WIDE_SLOTS: u32 = 3;
 /// Warp specialisation: registers a producer thread keeps (setmaxnreg.dec) and a consumer
 /// thread gets (setmaxnreg.inc) with two consumer warp groups. They must fit the CTA's
@@ -256,20 +262,28 @@ impl MfaDecodeConfig {
     /// slot; 0 otherwise).
     pub fn wide_bytes(&self, dtype: KvDtype) -> u32 {
         if self.wgmma && dtype.is_fp8() {
-            let slots = if self.ws { WS_WIDE_SLOTS } else { 1 };
+            let slots = match (self.ws, self.consumer_widen) {
+                (true, true) => self.groups(),
+                (true, false) => WS_WIDE_SLOTS,
+                (false, _) => 1,
+            };
             slots * self.tile_kv * KvDtype::Bf16.row_bytes()
         } else {
             0
         }
     }
-    /// Dynamic shared memory: Q + the pipeline (+ for FP8 on wgmma the widened V tiles,
-    /// 1024-byte aligned, Q's 64 row scales and with `ws` the mbarriers), or the group-merge,
+    /// Dynamic shared memory: Q + the pipeline (+ for FP8 on wgmma Q's 64 row scales, with
+    /// `ws` the mbarriers, then the widened V tiles, 1024-byte aligned), or the group-merge,
     /// output-staging or combine buffers (which reuse it) when those are larger.
     pub fn smem_bytes(&self, dtype: KvDtype) -> u32 {
         let stages = Q_BYTES + self.stages * self.stage_bytes(dtype);
         let pipeline = if self.wide_bytes(dtype) > 0 {
-            let bars = if self.ws { WS_BAR_BYTES } else { 0 };
-            stages.next_multiple_of(1024) + self.wide_bytes(dtype) + Q_SCALE_BYTES + bars
+            let bars = match (self.ws, self.consumer_widen) {
+                (true, true) => WS_BAR_BYTES_PER_STAGE * self.stages,
+                (true, false) => WS_BAR_BYTES_PER_STAGE * self.stages + 8 * WS_WIDE_SLOTS,
+                (false, _) => 0,
+            };
+            (stages + Q_SCALE_BYTES + bars).next_multiple_of(1024) + self.wide_bytes(dtype)
         } else {
             stages
         };
@@ -358,6 +372,7 @@ fn two_ctas_per_sm(p: &MfaDecodeProblem, c: MfaDecodeConfig) -> MfaDecodeConfig 
         split_tokens: (c.split_tokens / 2).max(32),
         wgmma: false,
         ws: false,
+        consumer_widen: false,
     };
     let ctas = p.batch as u64 * splits(p, &alt) as u64;
     let fits = ctas <= 2 * DeviceLimits::HOPPER.sms as u64
@@ -399,6 +414,36 @@ fn with_wgmma(p: &MfaDecodeProblem, c: MfaDecodeConfig) -> MfaDecodeConfig {
     }
 }
 
+/// The warp-specialised kernel on a paged FP8 cache, with the consumer groups widening their
+/// own V and the fourth stage that frees (4 stages where legal): a paged cache keeps the
+/// producer busy with page lookups. Measured on the H200 (2026-11-30, session 11, call 9):
+/// paged B=128 L=4K 101 against 112 us; on a contiguous cache the other way, 95 against 82.
+fn consumer_widen_when_paged(p: &MfaDecodeProblem, c: MfaDecodeConfig) -> MfaDecodeConfig {
+    if !(c.ws && p.paged() && p.kv_dtype.is_fp8()) || c.consumer_widen {
+        return c;
+    }
+    let legal = |alt: &MfaDecodeConfig| {
+        MfaDecode::check_config(alt, &DeviceLimits::HOPPER).is_ok()
+            && MfaDecode::check_problem(p, alt).is_ok()
+    };
+    let deeper = MfaDecodeConfig {
+        consumer_widen: true,
+        stages: MAX_STAGES,
+        ..c.clone()
+    };
+    let same = MfaDecodeConfig {
+        consumer_widen: true,
+        ..c.clone()
+    };
+    if legal(&deeper) {
+        deeper
+    } else if legal(&same) {
+        same
+    } else {
+        c
+    }
+}
+
 /// Kernels the default config chooses from (its split size is then estimated): the measured
 /// best of each regime first (run 3 on the H200: 64-token tiles, 2 stages, 4 warps for
 /// unsplit BF16; for FP8 the warp-specialised wgmma kernel on 64-token tiles, 3 stages, two
@@ -417,6 +462,7 @@ fn default_kernels(dtype: KvDtype) -> Vec<MfaDecodeConfig> {
         split_tokens: MAX_CONTEXT,
         wgmma: false,
         ws: false,
+        consumer_widen: false,
     };
     let ws = |tile_kv, stages, warps| MfaDecodeConfig {
         wgmma: true,
@@ -448,7 +494,12 @@ impl Family for MfaDecode {
             for stages in 2..=MAX_STAGES {
                 for warps in [4, 8] {
                     for split_tokens in SPLIT_CHOICES {
-                        for (wgmma, ws) in [(false, false), (true, false), (true, true)] {
+                        for (wgmma, ws, consumer_widen) in [
+                            (false, false, false),
+                            (true, false, false),
+                            (true, true, false),
+                            (true, true, true),
+                        ] {
                             out.push(MfaDecodeConfig {
                                 tile_kv,
                                 stages,
@@ -456,6 +507,7 @@ impl Family for MfaDecode {
                                 split_tokens,
                                 wgmma,
                                 ws,
+                                consumer_widen,
                             });
                         }
                     }
@@ -496,6 +548,9 @@ impl Family for MfaDecode {
         // Warp specialisation is written for the wgmma kernel (its FP8 path: checked per
         // problem).
         illegal(c.ws && !c.wgmma, || "ws needs wgmma".to_string())?;
+        illegal(c.consumer_widen && !c.ws, || {
+            "consumer_widen needs ws".to_string()
+        })?;
         // wgmma: a warp group's slice of a tile is the n of its QK^T wgmma (32 or 64 tokens
         // here: 16 would issue twice the wgmma's per byte; an FP8 cache's 128-token tiles
         // have no room for their 64 KB f16 V tile next to two stages).
@@ -644,6 +699,7 @@ impl Family for MfaDecode {
             "producer_registers": WS_PRODUCER_REGISTERS,
             "consumer_registers": WS_CONSUMER_REGISTERS,
             "launch_threads": c.threads(),
+            "consumer_widen": c.consumer_widen,
         });
         match (vars, ws_vars) {
             (Value::Object(mut map), Value::Object(more)) => {
@@ -663,7 +719,9 @@ impl Family for MfaDecode {
             c.stages,
             c.warps,
             p.kv_dtype.tag(),
-            if c.ws {
+            if c.consumer_widen {
+                "_wgmma_ws_cw"
+            } else if c.ws {
                 "_wgmma_ws"
             } else if c.wgmma {
                 "_wgmma"
@@ -785,7 +843,7 @@ impl Family for MfaDecode {
             split_tokens: MAX_CONTEXT,
             ..default_kernels(p.kv_dtype)[0].clone()
         });
-        with_wgmma(p, two_ctas_per_sm(p, chosen))
+        consumer_widen_when_paged(p, with_wgmma(p, two_ctas_per_sm(p, chosen)))
     }
 
     /// A latency model of one call: launch, then per wave of CTAs the chain of one CTA

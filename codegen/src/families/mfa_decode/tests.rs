@@ -59,7 +59,12 @@ fn legal_space_is_large_enough_and_small_enough() {
     assert!(legal.iter().all(|c| !c.ws || c.wgmma));
     assert!(legal.iter().any(|c| c.ws && c.warps == 4));
     assert!(legal.iter().any(|c| c.ws && c.warps == 8));
-    assert!(legal.len() <= 500, "{} legal configs", legal.len());
+    // Consumer groups widening: a variant of the ws kernels only.
+    assert!(legal.iter().all(|c| !c.consumer_widen || c.ws));
+    assert!(legal
+        .iter()
+        .any(|c| c.consumer_widen && c.stages == 4 && c.tile_kv == 64));
+    assert!(legal.len() <= 650, "{} legal configs", legal.len());
 }
 
 #[test]
@@ -84,7 +89,7 @@ fn variants_cover_every_kernel_once_per_branch() {
         .iter()
         .any(|v| v.entry.contains("_ws_") && v.entry.contains("_bf16")));
     assert!(
-        variants.len() <= 128,
+        variants.len() <= 160,
         "{} variants to compile",
         variants.len()
     );
@@ -269,6 +274,7 @@ fn smem_per_dtype() {
         split_tokens: 4096,
         wgmma: false,
         ws: false,
+        consumer_widen: false,
     };
     // 64-token BF16 tiles: 3 stages fit (32 KB of Q + 3 x 64 KB), 4 do not.
     assert_eq!(c(64, 3, 8).smem_bytes(KvDtype::Bf16), 32768 + 3 * 65536);
@@ -282,8 +288,8 @@ fn smem_per_dtype() {
         2 * (32 * 256 + 32 * 4)
     );
     // wgmma on an FP8 cache adds an f16 V tile (1024-byte aligned) and Q's 64 row scales
-    // after the stages (unpadded: K tiles, V tiles and scales are three rings); a BF16
-    // cache's tiles are read where they land.
+    // after the stages (unpadded: K tiles, V tiles and scales are three rings) and Q's 64 row
+    // scales, 1024-byte aligned; a BF16 cache's tiles are read where they land.
     let w = |tile_kv, stages, warps| MfaDecodeConfig {
         wgmma: true,
         ..c(tile_kv, stages, warps)
@@ -295,20 +301,41 @@ fn smem_per_dtype() {
     );
     assert_eq!(
         w(32, 2, 4).smem_bytes(KvDtype::Fp8e4m3),
-        (32768u32 + 2 * 16640).next_multiple_of(1024) + 32 * 512 + 64 * 4
+        (32768u32 + 2 * 16640 + 64 * 4).next_multiple_of(1024) + 32 * 512
     );
-    // Warp specialisation on 64-token FP8 tiles: 3 stages fit next to the three f16 slots
-    // and the mbarriers, 4 do not.
+    // Warp specialisation on 64-token FP8 tiles, the producer widening: 3 stages fit next to
+    // the three f16 slots and the mbarriers (full, kempty, vland per stage, vempty per slot),
+    // 4 do not. With each consumer group widening into its own slot, 4 stages fit exactly.
     let ws = |tile_kv, stages, warps| MfaDecodeConfig {
         ws: true,
         ..w(tile_kv, stages, warps)
     };
     assert_eq!(
         ws(64, 3, 8).smem_bytes(KvDtype::Fp8e4m3),
-        (32768u32 + 3 * 33280).next_multiple_of(1024) + 3 * 32768 + 64 * 4 + 15 * 8
+        (32768u32 + 3 * 33280 + 64 * 4 + 12 * 8).next_multiple_of(1024) + 3 * 32768
     );
     assert!(MfaDecode::check_problem(&prob(1, 64, KvDtype::Fp8e4m3, 0), &ws(64, 3, 8)).is_ok());
     assert!(MfaDecode::check_problem(&prob(1, 64, KvDtype::Fp8e4m3, 0), &ws(64, 4, 8)).is_err());
+    let cw = |tile_kv, stages, warps| MfaDecodeConfig {
+        consumer_widen: true,
+        ..ws(tile_kv, stages, warps)
+    };
+    assert_eq!(cw(64, 4, 8).wide_bytes(KvDtype::Fp8e4m3), 2 * 32768);
+    assert_eq!(
+        cw(64, 4, 8).smem_bytes(KvDtype::Fp8e4m3),
+        (32768u32 + 4 * 33280 + 64 * 4 + 12 * 8).next_multiple_of(1024) + 2 * 32768
+    );
+    assert_eq!(cw(64, 4, 8).smem_bytes(KvDtype::Fp8e4m3), 232448);
+    assert!(MfaDecode::check_problem(&prob(1, 64, KvDtype::Fp8e4m3, 0), &cw(64, 4, 8)).is_ok());
+    // Only the ws kernel has consumer groups that widen.
+    assert!(MfaDecode::check_config(
+        &MfaDecodeConfig {
+            consumer_widen: true,
+            ..w(64, 3, 8)
+        },
+        &limits()
+    )
+    .is_err());
     assert_eq!(w(32, 2, 4).wide_bytes(KvDtype::Bf16), 0);
     assert_eq!(
         w(64, 2, 4).smem_bytes(KvDtype::Bf16),
@@ -328,6 +355,7 @@ fn workspace_and_counters() {
         split_tokens: 64,
         wgmma: false,
         ws: false,
+        consumer_widen: false,
     };
     let p = prob(2, 4096, KvDtype::Bf16, 0);
     assert_eq!(splits(&p, &c), 64);
@@ -743,6 +771,8 @@ fn defaults_use_wgmma_for_bf16_and_warp_specialised_wgmma_for_fp8() {
         for page in [0, 16] {
             let c = MfaDecode::default_config(&prob(b, 4096, KvDtype::Fp8e4m3, page));
             assert!(c.wgmma && c.ws, "B={b} page {page}: {c:?}");
+            // A paged cache: the consumer groups widen (4 stages where they fit).
+            assert_eq!(c.consumer_widen, page > 0, "B={b} page {page}: {c:?}");
         }
     }
 }
@@ -759,6 +789,7 @@ fn ws_register_asks_fit_the_launch_allocation() {
         split_tokens: 4096,
         wgmma: true,
         ws: true,
+        consumer_widen: false,
     };
     let threads = ws8.threads();
     assert_eq!(threads, 384);
