@@ -563,7 +563,7 @@ fn mfa_decode_large_ragged() {
             (64, 2, 8, true, true, false),
             (32, 3, 4, true, true, false),
             (64, 4, 8, true, true, true),
-            (32, 3, 8, true, true, true),
+            (64, 3, 8, true, true, true),
             (64, 2, 4, true, true, true),
         ] {
             for split_tokens in [d.split_tokens, (d.split_tokens * 4).min(1 << 24)] {

@@ -551,6 +551,11 @@ impl Family for MfaDecode {
         illegal(c.consumer_widen && !c.ws, || {
             "consumer_widen needs ws".to_string()
         })?;
+        // 32-token tiles keep three QK^T accumulators; with the widening on the consumers too,
+        // their 8-warp kernels spill (16-20 bytes, session 11).
+        illegal(c.consumer_widen && c.tile_kv != 64, || {
+            "consumer_widen is written for 64-token tiles".to_string()
+        })?;
         // wgmma: a warp group's slice of a tile is the n of its QK^T wgmma (32 or 64 tokens
         // here: 16 would issue twice the wgmma's per byte; an FP8 cache's 128-token tiles
         // have no room for their 64 KB f16 V tile next to two stages).

@@ -60,7 +60,9 @@ fn legal_space_is_large_enough_and_small_enough() {
     assert!(legal.iter().any(|c| c.ws && c.warps == 4));
     assert!(legal.iter().any(|c| c.ws && c.warps == 8));
     // Consumer groups widening: a variant of the ws kernels only.
-    assert!(legal.iter().all(|c| !c.consumer_widen || c.ws));
+    assert!(legal
+        .iter()
+        .all(|c| !c.consumer_widen || (c.ws && c.tile_kv == 64)));
     assert!(legal
         .iter()
         .any(|c| c.consumer_widen && c.stages == 4 && c.tile_kv == 64));
