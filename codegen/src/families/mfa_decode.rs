@@ -262,14 +262,18 @@ impl MfaDecodeConfig {
     /// slot; 0 otherwise).
     pub fn wide_bytes(&self, dtype: KvDtype) -> u32 {
         if self.wgmma && dtype.is_fp8() {
-            let slots = match (self.ws, self.consumer_widen) {
-                (true, true) => self.groups(),
-                (true, false) => WS_WIDE_SLOTS,
-                (false, _) => 1,
-            };
-            slots * self.tile_kv * KvDtype::Bf16.row_bytes()
+            self.wide_slots() * self.tile_kv * KvDtype::Bf16.row_bytes()
         } else {
             0
+        }
+    }
+    /// f16 V tiles of an FP8 wgmma config: one without `ws`; with it one per consumer group
+    /// when the groups widen, else the producer's three.
+    fn wide_slots(&self) -> u32 {
+        match (self.ws, self.consumer_widen) {
+            (true, true) => self.groups(),
+            (true, false) => WS_WIDE_SLOTS,
+            (false, _) => 1,
         }
     }
     /// Dynamic shared memory: Q + the pipeline (+ for FP8 on wgmma Q's 64 row scales, with
@@ -278,9 +282,11 @@ impl MfaDecodeConfig {
     pub fn smem_bytes(&self, dtype: KvDtype) -> u32 {
         let stages = Q_BYTES + self.stages * self.stage_bytes(dtype);
         let pipeline = if self.wide_bytes(dtype) > 0 {
+            // With `ws`: full, kempty and vland per stage, and vempty per slot when the
+            // producer widens.
             let bars = match (self.ws, self.consumer_widen) {
                 (true, true) => WS_BAR_BYTES_PER_STAGE * self.stages,
-                (true, false) => WS_BAR_BYTES_PER_STAGE * self.stages + 8 * WS_WIDE_SLOTS,
+                (true, false) => WS_BAR_BYTES_PER_STAGE * self.stages + 8 * self.wide_slots(),
                 (false, _) => 0,
             };
             (stages + Q_SCALE_BYTES + bars).next_multiple_of(1024) + self.wide_bytes(dtype)
