@@ -133,7 +133,7 @@ fn render_vars_match_the_template() {
 fn wgmma_space_is_modest_and_fits_registers_and_smem() {
     let l = legal_wgmma();
     assert!(
-        (40..=500).contains(&l.len()),
+        (40..=600).contains(&l.len()),
         "{} legal wgmma configs",
         l.len()
     );
@@ -188,6 +188,26 @@ fn wgmma_space_is_modest_and_fits_registers_and_smem() {
     // The registers setmaxnreg hands out fit the register file.
     const { assert!(128 * wgmma::PRODUCER_REGISTERS + 256 * wgmma::CONSUMER_REGISTERS <= 65536) };
     assert!(l.iter().any(|c| c.bm == 64 && c.split_k == 8));
+    // The slim decode widths: TMA-producer tiles only, whole K or split in two (a cluster or not).
+    for bn in wgmma::SLIM_BNS {
+        let slim: Vec<_> = l.iter().filter(|c| c.bn == bn).collect();
+        assert!(slim.iter().any(|c| c.split_k == 1));
+        assert!(slim.iter().any(|c| c.split_k == 2 && c.cluster_k));
+        assert!(slim.iter().all(|c| c.bm == 64
+            && c.wn == bn
+            && c.tma
+            && c.cluster_m == 1
+            && c.split_k <= 2));
+    }
+    // Clusters of K slices: split 64-row TMA tiles only, every split of the decode tiles.
+    for c in l.iter().filter(|c| c.cluster_k) {
+        assert!(c.tma && c.bm == 64 && c.split_k > 1 && c.cluster_m == 1 && !c.persistent);
+    }
+    for s in [2, 4, 8] {
+        assert!(l
+            .iter()
+            .any(|c| c.cluster_k && c.split_k == s && c.bn == 80));
+    }
     for c in &l {
         let budget = if c.producer {
             wgmma::PRODUCER_FRAGMENT_BUDGET
@@ -263,6 +283,7 @@ fn wgmma_geometry_and_workspace() {
         tma: false,
         cluster_m: 1,
         persistent: false,
+        cluster_k: false,
     };
     let p = prob(77, 2563, 1024);
     let g = wgmma::geometry(&p, &c);
@@ -272,6 +293,39 @@ fn wgmma_geometry_and_workspace() {
     let gc = GemmFp8Config::Wgmma(c.clone());
     assert_eq!(counters_len(&p, &gc), 42);
     assert_eq!(GemmFp8::workspace_bytes(&p, &gc), 4 * 42 * 64 * 128 * 4);
+    // A cluster of K slices (TMA producer) needs no workspace: the partials stay on chip.
+    let ck = GemmFp8Config::Wgmma(WgmmaConfig {
+        producer: true,
+        tma: true,
+        cluster_k: true,
+        ..c.clone()
+    });
+    assert!(GemmFp8::check_config(&ck, &limits()).is_ok());
+    assert_eq!(counters_len(&p, &ck), 0);
+    assert_eq!(GemmFp8::workspace_bytes(&p, &ck), 0);
+    assert_eq!(
+        wgmma::geometry(
+            &p,
+            match &ck {
+                GemmFp8Config::Wgmma(w) => w,
+                _ => unreachable!(),
+            }
+        )
+        .grid,
+        [2 * 21, 1, 4]
+    );
+    // ... and a split: one slice is no cluster.
+    assert!(GemmFp8::check_config(
+        &GemmFp8Config::Wgmma(WgmmaConfig {
+            producer: true,
+            tma: true,
+            cluster_k: true,
+            split_k: 1,
+            ..c.clone()
+        }),
+        &limits()
+    )
+    .is_err());
     // 8 scale blocks cannot feed more than 8 splits; 4 blocks not 8.
     assert!(GemmFp8::check_problem(
         &prob(77, 2563, 512),

@@ -56,6 +56,10 @@ pub struct WgmmaConfig {
     /// the consumers store the last one.
     #[serde(default)]
     pub persistent: bool,
+    /// Split-K slices of a tile form one thread-block cluster along z and sum their partials
+    /// through distributed shared memory (no workspace or counters; TMA producer, 64-row tiles).
+    #[serde(default)]
+    pub cluster_k: bool,
 }
 
 /// CTAs of a persistent grid: one per SM of the H200 (any grid size is correct; this one fills
@@ -138,7 +142,7 @@ pub fn ctas(p: &GemmFp8Problem, c: &WgmmaConfig) -> u64 {
 }
 
 pub fn workspace_floats(p: &GemmFp8Problem, c: &WgmmaConfig) -> u64 {
-    if c.split_k > 1 {
+    if c.split_k > 1 && !c.cluster_k {
         c.split_k as u64 * tiles(p, c) * c.bm as u64 * c.bn as u64
     } else {
         0
@@ -146,7 +150,7 @@ pub fn workspace_floats(p: &GemmFp8Problem, c: &WgmmaConfig) -> u64 {
 }
 
 pub fn counters_len(p: &GemmFp8Problem, c: &WgmmaConfig) -> usize {
-    if c.split_k > 1 {
+    if c.split_k > 1 && !c.cluster_k {
         tiles(p, c) as usize
     } else {
         0
@@ -155,6 +159,10 @@ pub fn counters_len(p: &GemmFp8Problem, c: &WgmmaConfig) -> usize {
 
 /// Tile widths below 64 or not a multiple of 32, for 64-row tiles only (see [`space`]).
 pub const NARROW_BNS: [u32; 3] = [40, 56, 80];
+/// Narrower still, for 64-row TMA-producer tiles only: qkv's N = 2560 in 107 (24 columns) or
+/// 80 (32) tiles without split-K, or 54 (48) / 160 (16) with a K split of two, so a decode
+/// batch can fill the SMs without the split-K reduction's round trips.
+pub const SLIM_BNS: [u32; 4] = [16, 24, 32, 48];
 
 pub fn space() -> Vec<WgmmaConfig> {
     let mut out = Vec::new();
@@ -179,6 +187,7 @@ pub fn space() -> Vec<WgmmaConfig> {
                             tma: false,
                             cluster_m: 1,
                             persistent: false,
+                            cluster_k: false,
                         });
                     }
                 }
@@ -208,6 +217,7 @@ pub fn space() -> Vec<WgmmaConfig> {
                         tma: true,
                         cluster_m,
                         persistent,
+                        cluster_k: false,
                     });
                 }
             }
@@ -224,18 +234,27 @@ pub fn space() -> Vec<WgmmaConfig> {
                         if cluster_m == 2 && (split_k > 1 || NARROW_BNS.contains(&bn)) {
                             continue;
                         }
-                        out.push(WgmmaConfig {
-                            bm: 64,
-                            bn,
-                            wn: bn,
-                            stages,
-                            split_k,
-                            double_tmp,
-                            producer: true,
-                            tma: true,
-                            cluster_m,
-                            persistent: false,
-                        });
+                        // The K slices of a tile in one cluster, at the deeper pipelines.
+                        let cluster_ks: &[bool] = if split_k > 1 && cluster_m == 1 && stages >= 6 {
+                            &[false, true]
+                        } else {
+                            &[false]
+                        };
+                        for &cluster_k in cluster_ks {
+                            out.push(WgmmaConfig {
+                                bm: 64,
+                                bn,
+                                wn: bn,
+                                stages,
+                                split_k,
+                                double_tmp,
+                                producer: true,
+                                tma: true,
+                                cluster_m,
+                                persistent: false,
+                                cluster_k,
+                            });
+                        }
                     }
                 }
                 // Persistent, one-CTA-per-SM grids of 128-column tiles.
@@ -251,6 +270,32 @@ pub fn space() -> Vec<WgmmaConfig> {
                         tma: true,
                         cluster_m: 1,
                         persistent: true,
+                        cluster_k: false,
+                    });
+                }
+            }
+        }
+    }
+    // Slim tiles: whole K per CTA, or two slices.
+    for bn in SLIM_BNS {
+        for double_tmp in [false, true] {
+            for stages in [4, 6, 8] {
+                for (split_k, cluster_k) in [(1, false), (2, false), (2, true)] {
+                    if cluster_k && stages < 6 {
+                        continue;
+                    }
+                    out.push(WgmmaConfig {
+                        bm: 64,
+                        bn,
+                        wn: bn,
+                        stages,
+                        split_k,
+                        double_tmp,
+                        producer: true,
+                        tma: true,
+                        cluster_m: 1,
+                        persistent: false,
+                        cluster_k,
                     });
                 }
             }
@@ -274,17 +319,23 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
     // Tile widths of the space (multiples of 8: W tiles are whole 1024-byte swizzle atoms; the
     // loader's last round may be partial). The narrow ones go with 64-row tiles in one pass.
     illegal(
-        ![64, 96, 128, 160, 192, 256].contains(&c.bn) && !NARROW_BNS.contains(&c.bn),
+        ![64, 96, 128, 160, 192, 256].contains(&c.bn)
+            && !NARROW_BNS.contains(&c.bn)
+            && !SLIM_BNS.contains(&c.bn),
         || {
             format!(
-                "bn {} is not 64, 96, 128, 160, 192, 256 or one of {NARROW_BNS:?}",
+                "bn {} is not 64, 96, 128, 160, 192, 256 or one of {NARROW_BNS:?} {SLIM_BNS:?}",
                 c.bn
             )
         },
     )?;
     illegal(
-        NARROW_BNS.contains(&c.bn) && (c.bm != 64 || c.wn != c.bn),
+        (NARROW_BNS.contains(&c.bn) || SLIM_BNS.contains(&c.bn)) && (c.bm != 64 || c.wn != c.bn),
         || format!("a {}-column tile is a 64-row, one-pass tile", c.bn),
+    )?;
+    illegal(
+        SLIM_BNS.contains(&c.bn) && (!c.tma || c.cluster_m > 1),
+        || format!("a {}-column tile is copied by a TMA producer, alone", c.bn),
     )?;
     // wgmma widths: multiples of 8 up to 160 that divide the tile. (One pass of 192 with a TMA
     // producer compiles without spills but lost every FFN shape by 3-40%, run 45.)
@@ -304,6 +355,17 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
     illegal(c.persistent && (!c.producer || c.split_k > 1), || {
         "a persistent grid needs a producer warpgroup and no split-K".to_string()
     })?;
+    // A cluster of K slices: a TMA producer's 64-row tile split 2-8 ways (a portable
+    // cluster), alone along M, one tile per CTA.
+    illegal(
+        c.cluster_k && (!c.tma || c.bm != 64 || c.split_k < 2 || c.cluster_m > 1 || c.persistent),
+        || {
+            format!(
+                "a cluster of {} K slices needs a TMA producer's 64-row tile, split, alone along M",
+                c.split_k
+            )
+        },
+    )?;
     illegal(![1, 2].contains(&c.cluster_m), || {
         format!("cluster_m {} is not 1 or 2", c.cluster_m)
     })?;
@@ -417,6 +479,7 @@ pub fn entry(c: &WgmmaConfig) -> String {
     } else {
         String::new()
     } + if c.persistent { "_pers" } else { "" }
+        + if c.cluster_k { "_ck" } else { "" }
 }
 
 pub fn render_vars(c: &WgmmaConfig) -> RenderVars {
@@ -438,6 +501,7 @@ pub fn render_vars(c: &WgmmaConfig) -> RenderVars {
         "tma": c.tma,
         "setmaxnreg": c.setmaxnreg(),
         "cluster_m": c.cluster_m,
+        "cluster_k": c.cluster_k,
         "producer_registers": PRODUCER_REGISTERS,
         "consumer_registers": CONSUMER_REGISTERS,
         "bm": c.bm,
@@ -459,8 +523,9 @@ pub fn geometry(p: &GemmFp8Problem, c: &WgmmaConfig) -> LaunchGeometry {
         grid: [grid_x(p, c), 1, c.split_k],
         block: [c.threads(), 1, 1],
         dynamic_smem_bytes: c.smem_bytes(),
-        // A multicast config carries its cluster shape in the cubin (`__cluster_dims__`), so it
-        // launches like any other kernel and reports no launch-time cluster.
+        // A multicast or cluster-split config carries its cluster shape in the cubin
+        // (`__cluster_dims__`), so it launches like any other kernel and reports no launch-time
+        // cluster.
         cluster: [1, 1, 1],
     }
 }
@@ -484,6 +549,7 @@ pub fn default_config(p: &GemmFp8Problem) -> WgmmaConfig {
             tma: true,
             cluster_m: 1,
             persistent: false,
+            cluster_k: false,
         };
     }
     let mut c = WgmmaConfig {
@@ -497,6 +563,7 @@ pub fn default_config(p: &GemmFp8Problem) -> WgmmaConfig {
         tma: true,
         cluster_m: 1,
         persistent: false,
+        cluster_k: false,
     };
     for split in [8, 4, 2] {
         let s = WgmmaConfig {
