@@ -133,7 +133,7 @@ fn render_vars_match_the_template() {
 fn wgmma_space_is_modest_and_fits_registers_and_smem() {
     let l = legal_wgmma();
     assert!(
-        (40..=600).contains(&l.len()),
+        (40..=550).contains(&l.len()),
         "{} legal wgmma configs",
         l.len()
     );
@@ -188,17 +188,6 @@ fn wgmma_space_is_modest_and_fits_registers_and_smem() {
     // The registers setmaxnreg hands out fit the register file.
     const { assert!(128 * wgmma::PRODUCER_REGISTERS + 256 * wgmma::CONSUMER_REGISTERS <= 65536) };
     assert!(l.iter().any(|c| c.bm == 64 && c.split_k == 8));
-    // The slim decode widths: TMA-producer tiles only, whole K or split in two (a cluster or not).
-    for bn in wgmma::SLIM_BNS {
-        let slim: Vec<_> = l.iter().filter(|c| c.bn == bn).collect();
-        assert!(slim.iter().any(|c| c.split_k == 1));
-        assert!(slim.iter().any(|c| c.split_k == 2 && c.cluster_k));
-        assert!(slim.iter().all(|c| c.bm == 64
-            && c.wn == bn
-            && c.tma
-            && c.cluster_m == 1
-            && c.split_k <= 2));
-    }
     // Clusters of K slices: split 64-row TMA tiles only, every split of the decode tiles.
     for c in l.iter().filter(|c| c.cluster_k) {
         assert!(c.tma && c.bm == 64 && c.split_k > 1 && c.cluster_m == 1 && !c.persistent);

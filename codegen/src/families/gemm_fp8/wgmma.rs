@@ -159,10 +159,6 @@ pub fn counters_len(p: &GemmFp8Problem, c: &WgmmaConfig) -> usize {
 
 /// Tile widths below 64 or not a multiple of 32, for 64-row tiles only (see [`space`]).
 pub const NARROW_BNS: [u32; 3] = [40, 56, 80];
-/// Narrower still, for 64-row TMA-producer tiles only: qkv's N = 2560 in 107 (24 columns) or
-/// 80 (32) tiles without split-K, or 54 (48) / 160 (16) with a K split of two, so a decode
-/// batch can fill the SMs without the split-K reduction's round trips.
-pub const SLIM_BNS: [u32; 4] = [16, 24, 32, 48];
 
 pub fn space() -> Vec<WgmmaConfig> {
     let mut out = Vec::new();
@@ -276,31 +272,6 @@ pub fn space() -> Vec<WgmmaConfig> {
             }
         }
     }
-    // Slim tiles: whole K per CTA, or two slices.
-    for bn in SLIM_BNS {
-        for double_tmp in [false, true] {
-            for stages in [4, 6, 8] {
-                for (split_k, cluster_k) in [(1, false), (2, false), (2, true)] {
-                    if cluster_k && stages < 6 {
-                        continue;
-                    }
-                    out.push(WgmmaConfig {
-                        bm: 64,
-                        bn,
-                        wn: bn,
-                        stages,
-                        split_k,
-                        double_tmp,
-                        producer: true,
-                        tma: true,
-                        cluster_m: 1,
-                        persistent: false,
-                        cluster_k,
-                    });
-                }
-            }
-        }
-    }
     out
 }
 
@@ -319,23 +290,17 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
     // Tile widths of the space (multiples of 8: W tiles are whole 1024-byte swizzle atoms; the
     // loader's last round may be partial). The narrow ones go with 64-row tiles in one pass.
     illegal(
-        ![64, 96, 128, 160, 192, 256].contains(&c.bn)
-            && !NARROW_BNS.contains(&c.bn)
-            && !SLIM_BNS.contains(&c.bn),
+        ![64, 96, 128, 160, 192, 256].contains(&c.bn) && !NARROW_BNS.contains(&c.bn),
         || {
             format!(
-                "bn {} is not 64, 96, 128, 160, 192, 256 or one of {NARROW_BNS:?} {SLIM_BNS:?}",
+                "bn {} is not 64, 96, 128, 160, 192, 256 or one of {NARROW_BNS:?}",
                 c.bn
             )
         },
     )?;
     illegal(
-        (NARROW_BNS.contains(&c.bn) || SLIM_BNS.contains(&c.bn)) && (c.bm != 64 || c.wn != c.bn),
+        NARROW_BNS.contains(&c.bn) && (c.bm != 64 || c.wn != c.bn),
         || format!("a {}-column tile is a 64-row, one-pass tile", c.bn),
-    )?;
-    illegal(
-        SLIM_BNS.contains(&c.bn) && (!c.tma || c.cluster_m > 1),
-        || format!("a {}-column tile is copied by a TMA producer, alone", c.bn),
     )?;
     // wgmma widths: multiples of 8 up to 160 that divide the tile. (One pass of 192 with a TMA
     // producer compiles without spills but lost every FFN shape by 3-40%, run 45.)
