@@ -5,6 +5,6 @@
 # names (e.g. /tmp/kiln-tuned-mfa after tunemfa); the BF16 entries are kept. The artifact
 # comes back as $OUT/mfa_decode.json, the tune report as $KILN_GPU_REPORT/retune_mfa_fp8.json;
 # run benchmfa after it with KILN_MFA_TUNED=/tmp/kiln-retune-mfa-fp8 to time what it wrote.
-# The problems: _mfa_fp8_problems.json (shared with abmfa.sh).
+# The problems: _mfa_fp8_problems.json (shared with ab.sh).
 exec "$(dirname "$0")/_retune.sh" /tmp/kiln-retune-mfa-fp8 "${KILN_MFA_RETUNE_FROM:-tuned}" \
   mfa_decode retune_mfa_fp8 <"$(dirname "$0")/_mfa_fp8_problems.json"

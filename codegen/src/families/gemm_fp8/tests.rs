@@ -278,7 +278,10 @@ fn wgmma_geometry_and_workspace() {
     let g = wgmma::geometry(&p, &c);
     assert_eq!(g.grid, [2 * 21, 1, 4]);
     assert_eq!(g.block, [128, 1, 1]);
-    assert_eq!(g.dynamic_smem_bytes, 6 * (192 * 128 + 68 * 4) + 1024);
+    assert_eq!(
+        g.dynamic_smem_bytes,
+        6 * (192 * 128 + 68 * 4) + 4 * 16 * 144 + 1024
+    );
     let gc = GemmFp8Config::Wgmma(c.clone());
     assert_eq!(counters_len(&p, &gc), 42);
     assert_eq!(GemmFp8::workspace_bytes(&p, &gc), 4 * 42 * 64 * 128 * 4);

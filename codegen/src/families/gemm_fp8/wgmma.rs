@@ -24,6 +24,8 @@ pub const BK: u32 = SCALE_BLOCK;
 pub const GROUP_M: u32 = 8;
 /// Activation scales a stage holds beyond the tile's rows: up to 3 weight scales, padded.
 const SW_SLOTS: u32 = 4;
+/// Bytes per row of the epilogue's staging buffer (64 bf16 + 16 bytes of padding).
+const EPI_ROW: u32 = 144;
 
 /// A point of the wgmma kernel's space.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -99,11 +101,16 @@ impl WgmmaConfig {
     pub fn stage_bytes(&self) -> u32 {
         (self.bm + self.bn) * BK + (self.bm + SW_SLOTS) * 4
     }
-    /// Every stage (+ two mbarriers each with a producer), plus 1 KiB to align the base to a
-    /// swizzle atom.
+    /// Every stage (+ two mbarriers each with a producer), the epilogue's staging buffers, plus
+    /// 1 KiB to align the base to a swizzle atom.
     pub fn smem_bytes(&self) -> u32 {
         let bars = if self.producer { 16 * self.stages } else { 0 };
-        self.stages * self.stage_bytes() + bars + 1024
+        self.stages * self.stage_bytes() + bars + self.epilogue_bytes() + 1024
+    }
+    /// The epilogue's staging buffers: per consumer warp, 16 rows of 64 bf16 columns padded to
+    /// 144 bytes (the template's EPI_ROW).
+    pub fn epilogue_bytes(&self) -> u32 {
+        (self.bm / 16) * 16 * EPI_ROW
     }
     /// Whether the warpgroups rebalance registers (a producer beside two consumers; with one
     /// consumer the 256 threads get 255 registers each anyway).
