@@ -32,8 +32,7 @@ const EPI_ROW: u32 = 144;
 pub struct WgmmaConfig {
     /// CTA tile rows (tokens): 64 (one warpgroup) or 128 (two).
     pub bm: u32,
-    /// CTA tile columns (weight rows): 64, 96, 112, 128, 160, 192, 224 or 256 (or a narrow
-    /// width of a 64-row tile).
+    /// CTA tile columns (weight rows): 64, 96, 128, 160, 192 or 256.
     pub bn: u32,
     /// Columns per wgmma (the temporary fragment's width); `bn / wn` passes per K tile.
     pub wn: u32,
@@ -206,11 +205,6 @@ pub fn space() -> Vec<WgmmaConfig> {
         (160, 160, false),
         (192, 96, false),
         (256, 128, false),
-        // 112 and 224 (= 7168 / 64 and / 32) columns: N = 7168 in 64 or 32 tile columns, so
-        // M = 256 (112) or M = 512 / 2048 (224) fill 128 of the 132 SMs, or just under 4 waves.
-        (112, 112, false),
-        (112, 112, true),
-        (224, 112, false),
     ] {
         for stages in [3, 4, 5, 6] {
             for cluster_m in [1, 2] {
@@ -303,10 +297,10 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
     // Tile widths of the space (multiples of 8: W tiles are whole 1024-byte swizzle atoms; the
     // loader's last round may be partial). The narrow ones go with 64-row tiles in one pass.
     illegal(
-        ![64, 96, 112, 128, 160, 192, 224, 256].contains(&c.bn) && !NARROW_BNS.contains(&c.bn),
+        ![64, 96, 128, 160, 192, 256].contains(&c.bn) && !NARROW_BNS.contains(&c.bn),
         || {
             format!(
-                "bn {} is not 64, 96, 112, 128, 160, 192, 224, 256 or one of {NARROW_BNS:?}",
+                "bn {} is not 64, 96, 128, 160, 192, 256 or one of {NARROW_BNS:?}",
                 c.bn
             )
         },
