@@ -588,6 +588,7 @@ impl Family for GemmBf16 {
         "{% elif stream %}",
         include_str!("../../../templates/gemm_bf16_stream.cu.tera"),
         "{% elif wgmma %}",
+        include_str!("../../../templates/wgmma_epilogue.cuh"),
         include_str!("../../../templates/gemm_bf16_wgmma.cu.tera"),
         "{% else %}",
         include_str!("../../../templates/gemm_bf16.cu.tera"),

@@ -501,6 +501,7 @@ impl Family for GemmFp8 {
     /// The kernels' templates in one text; the `wgmma` variable picks one.
     const TEMPLATE: &'static str = concat!(
         "{% if wgmma %}",
+        include_str!("../../../templates/wgmma_epilogue.cuh"),
         include_str!("../../../templates/gemm_fp8_wgmma.cu.tera"),
         "{% else %}",
         include_str!("../../../templates/gemm_fp8.cu.tera"),

@@ -45,10 +45,11 @@ fn template_names() -> BTreeMap<&'static str, BTreeSet<String>> {
     const STREAM: &str = include_str!("../../../../templates/gemm_bf16_stream.cu.tera");
     const RING: &str = include_str!("../../../../templates/gemm_bf16_ring.cu.tera");
     const WGMMA: &str = include_str!("../../../../templates/gemm_bf16_wgmma.cu.tera");
+    const EPILOGUE: &str = include_str!("../../../../templates/wgmma_epilogue.cuh");
     assert_eq!(
         GemmBf16::TEMPLATE,
         format!(
-            "{{% if ring %}}{RING}{{% elif stream %}}{STREAM}{{% elif wgmma %}}{WGMMA}\
+            "{{% if ring %}}{RING}{{% elif stream %}}{STREAM}{{% elif wgmma %}}{EPILOGUE}{WGMMA}\
              {{% else %}}{TILED}{{% endif %}}"
         )
     );

@@ -101,9 +101,10 @@ fn template_names(wgmma: bool) -> BTreeSet<String> {
     use crate::families::template_tags::template_names as names;
     const STREAM: &str = include_str!("../../../../templates/gemm_fp8.cu.tera");
     const WGMMA: &str = include_str!("../../../../templates/gemm_fp8_wgmma.cu.tera");
+    const EPILOGUE: &str = include_str!("../../../../templates/wgmma_epilogue.cuh");
     assert_eq!(
         GemmFp8::TEMPLATE,
-        format!("{{% if wgmma %}}{WGMMA}{{% else %}}{STREAM}{{% endif %}}")
+        format!("{{% if wgmma %}}{EPILOGUE}{WGMMA}{{% else %}}{STREAM}{{% endif %}}")
     );
     let mut used = names(if wgmma { WGMMA } else { STREAM });
     used.insert("wgmma".into());
@@ -327,6 +328,16 @@ fn wgmma_geometry_and_workspace() {
         })
     )
     .is_err());
+}
+
+#[test]
+fn the_epilogue_staging_row_matches_the_shared_snippet() {
+    let snippet = include_str!("../../../../templates/wgmma_epilogue.cuh");
+    assert!(snippet.contains(&format!("constexpr int KILN_EPI_ROW = {};", wgmma::EPI_ROW)));
+    // The snippet is rendered by tera with each wgmma template: it must hold no tag.
+    for tag in ["{{", "{%", "{#"] {
+        assert!(!snippet.contains(tag), "{tag}");
+    }
 }
 
 #[test]

@@ -24,8 +24,9 @@ pub const BK: u32 = SCALE_BLOCK;
 pub const GROUP_M: u32 = 8;
 /// Activation scales a stage holds beyond the tile's rows: up to 3 weight scales, padded.
 const SW_SLOTS: u32 = 4;
-/// Bytes per row of the epilogue's staging buffer (64 bf16 + 16 bytes of padding).
-const EPI_ROW: u32 = 144;
+/// Bytes per row of the epilogue's staging buffer (64 bf16 + 16 bytes of padding):
+/// `KILN_EPI_ROW` of `templates/wgmma_epilogue.cuh`.
+pub const EPI_ROW: u32 = 144;
 
 /// A point of the wgmma kernel's space.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -108,7 +109,7 @@ impl WgmmaConfig {
         self.stages * self.stage_bytes() + bars + self.epilogue_bytes() + 1024
     }
     /// The epilogue's staging buffers: per consumer warp, 16 rows of 64 bf16 columns padded to
-    /// 144 bytes (the template's EPI_ROW).
+    /// [`EPI_ROW`] bytes.
     pub fn epilogue_bytes(&self) -> u32 {
         (self.bm / 16) * 16 * EPI_ROW
     }
