@@ -238,8 +238,12 @@ fn wgmma_serves_every_m_and_the_default_switches_at_32() {
             assert!(cands.iter().all(|c| matches!(c, GemmFp8Config::Wgmma(_))));
         }
     }
-    // Decode batches split K on the narrow qkv weight, FFN batches do not split.
-    assert!(GemmFp8::default_config(&prob(128, 2560, 7168)).split_k() > 1);
+    // Decode batches split K on the narrow qkv weight, the slices in one cluster; FFN batches
+    // do not split.
+    match GemmFp8::default_config(&prob(128, 2560, 7168)) {
+        GemmFp8Config::Wgmma(w) => assert!(w.split_k > 1 && w.cluster_k, "{w:?}"),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         GemmFp8::default_config(&prob(4096, 7168, 18432)).split_k(),
         1

@@ -507,7 +507,9 @@ pub fn geometry(p: &GemmFp8Problem, c: &WgmmaConfig) -> LaunchGeometry {
 /// 44 (2026-11-29). Prefill-sized M (> 256): 128 x 256 tiles in two n128 passes, a TMA producer
 /// beside two consumer warpgroups, 3 stages (the winner or within 5% on the FFN shapes).
 /// Decode-sized M: 64-row tiles with a TMA producer and one consumer, 128 columns, 6 stages;
-/// split-K while tiles x splits stays within 1.5 waves and every split keeps >= 4 K tiles.
+/// split-K while tiles x splits stays within 1.5 waves and every split keeps >= 4 K tiles, the
+/// slices of a tile in one cluster (at this tile it beat the workspace reduction on 9 of the 10
+/// split pairs of session 12's call-1 re-tune, by 1-9%).
 pub fn default_config(p: &GemmFp8Problem) -> WgmmaConfig {
     const SMS: u64 = 132;
     if p.m > 256 {
@@ -541,6 +543,7 @@ pub fn default_config(p: &GemmFp8Problem) -> WgmmaConfig {
     for split in [8, 4, 2] {
         let s = WgmmaConfig {
             split_k: split,
+            cluster_k: true,
             ..c.clone()
         };
         if tiles(p, &s) * split as u64 <= SMS * 3 / 2
@@ -600,8 +603,15 @@ pub fn estimate_us(p: &GemmFp8Problem, c: &WgmmaConfig, limits: &DeviceLimits) -
     let l2_s = ctas * kt * tile_bytes / (5.2e12 * bw_share);
     let ahead = (c.stages - c.busy_stages()) as f64;
     let latency_s = waves * kt * 0.8e-6 / ahead;
-    // A persistent grid hides each tile's pipeline fill behind the previous tile's stores.
-    let launch_s = 3e-6 + if c.split_k > 1 { 1e-6 } else { 0.0 }
+    // A persistent grid hides each tile's pipeline fill behind the previous tile's stores. A
+    // split reduced in a cluster skips the workspace's global round trips (0.5-0.9 us faster
+    // than the workspace reduction in session 12's call 1).
+    let split_s = match (c.split_k > 1, c.cluster_k) {
+        (false, _) => 0.0,
+        (true, false) => 1e-6,
+        (true, true) => 0.4e-6,
+    };
+    let launch_s = 3e-6 + split_s
         - if c.persistent {
             0.3e-6 * (waves - 1.0)
         } else {
