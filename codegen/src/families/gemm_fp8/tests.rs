@@ -335,6 +335,25 @@ fn wgmma_geometry_and_workspace() {
 }
 
 #[test]
+fn a_cluster_split_compiles_its_cluster_shape_and_launches_matching_slices() {
+    // The kernel carries its cluster shape (__cluster_dims__(1, 1, split)); the launch's grid.z
+    // must be that same split, or the cluster barrier would pair the wrong CTAs.
+    let p = prob(64, 2560, 7168);
+    for c in legal_wgmma().into_iter().filter(|c| c.cluster_k) {
+        let src = crate::render::render::<GemmFp8>(&p, &GemmFp8Config::Wgmma(c.clone()))
+            .unwrap_or_else(|e| panic!("{c:?}: {e}"))
+            .source;
+        assert!(src.contains("#define KILN_CLUSTER_K 1"), "{c:?}");
+        assert!(
+            src.contains(&format!("#define KILN_SPLITS {}", c.split_k)),
+            "{c:?}"
+        );
+        assert_eq!(wgmma::geometry(&p, &c).grid[2], c.split_k, "{c:?}");
+        assert_eq!(wgmma::workspace_floats(&p, &c), 0, "{c:?}");
+    }
+}
+
+#[test]
 fn the_epilogue_staging_row_matches_the_shared_snippet() {
     let snippet = include_str!("../../../../templates/wgmma_epilogue.cuh");
     assert!(snippet.contains(&format!("constexpr int KILN_EPI_ROW = {};", wgmma::EPI_ROW)));
