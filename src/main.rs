@@ -136,6 +136,11 @@ enum Command {
         /// beside the served one.
         #[arg(long, conflicts_with = "from")]
         candidates: bool,
+        /// With --compare: report a row past --threshold at once. By default such a row is
+        /// measured once more (the whole bench) and reported only if it is past the threshold
+        /// again.
+        #[arg(long)]
+        no_confirm: bool,
     },
     /// Write cubins + manifest.json for every tuned kernel (NVRTC needed, no GPU).
     Export {
@@ -199,6 +204,7 @@ fn main() -> ExitCode {
             steady,
             peers,
             candidates,
+            no_confirm,
         } => cmd_bench::bench(cmd_bench::BenchArgs {
             family,
             tuned_dir,
@@ -210,6 +216,7 @@ fn main() -> ExitCode {
             steady,
             peers,
             candidates,
+            no_confirm,
         }),
         Command::Export {
             dir,

@@ -46,6 +46,29 @@ fn a_planted_ten_percent_slowdown_fails_and_the_same_file_passes() {
     assert!(compare_bench(&old, &slow, 0.15).0.is_empty());
 }
 
+/// A measured row past the threshold is a regression only if a second measurement is past it
+/// too; a slowdown that holds is reported with both times.
+#[test]
+fn a_regression_must_hold_in_a_second_measurement() {
+    let old = file(vec![row(1, 10.0), row(32, 20.0)]);
+    let first = file(vec![row(1, 11.0), row(32, 21.5)]);
+    assert_eq!(compare_bench(&old, &first, 0.05).0.len(), 2);
+    // Row M=1 is slow again, row M=32 was noise.
+    let second = file(vec![row(1, 10.9), row(32, 20.2)]);
+    let r = confirm_regressions(&old, &first, &second, 0.05);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert!(
+        r[0].contains("11.00 and 10.90 us") && r[0].contains("+10.0%, +9.0%"),
+        "{r:?}"
+    );
+    // Nothing past the threshold twice: no regression. A row the second run lacks cannot be
+    // cleared.
+    assert!(confirm_regressions(&old, &first, &old, 0.05).is_empty());
+    let r = confirm_regressions(&old, &first, &file(vec![row(32, 20.0)]), 0.05);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert!(r[0].contains("not in the second measurement"), "{r:?}");
+}
+
 /// The new families gate on kiln_us per (family, problem), with or without a baseline; a
 /// row of one family never matches another family's row of the same problem.
 #[test]
