@@ -400,17 +400,20 @@ fn measure(family: &str, a: &BenchArgs) -> Result<BenchFile, Box<dyn std::error:
     })
 }
 
+/// The row of `file` for the same (family, problem) as `row`.
+fn counterpart<'a>(file: &'a BenchFile, row: &BenchRow) -> Option<&'a BenchRow> {
+    file.rows
+        .iter()
+        .find(|x| x.family == row.family && x.problem == row.problem)
+}
+
 /// Rows of `new` slower than the same (family, problem) in `old` by more than `threshold`, and
 /// how many rows of `new` had a counterpart in `old`.
 pub fn compare_bench(old: &BenchFile, new: &BenchFile, threshold: f64) -> (Vec<String>, usize) {
     let mut out = Vec::new();
     let mut compared = 0;
     for n in &new.rows {
-        let Some(o) = old
-            .rows
-            .iter()
-            .find(|o| o.family == n.family && o.problem == n.problem)
-        else {
+        let Some(o) = counterpart(old, n) else {
             continue;
         };
         compared += 1;
@@ -438,12 +441,7 @@ pub fn confirm_regressions(
     second: &BenchFile,
     threshold: f64,
 ) -> Vec<String> {
-    let find = |f: &BenchFile, r: &BenchRow| {
-        f.rows
-            .iter()
-            .find(|x| x.family == r.family && x.problem == r.problem)
-            .map(|x| x.kiln_us)
-    };
+    let find = |f: &BenchFile, r: &BenchRow| counterpart(f, r).map(|x| x.kiln_us);
     let mut out = Vec::new();
     for n in &first.rows {
         let Some(was) = find(old, n) else {
