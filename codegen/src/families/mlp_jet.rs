@@ -89,6 +89,12 @@ pub enum Math {
     /// tensor-core rate. Needs 8 lanes down (the fragment's 8 x 4 lane grid); streams are
     /// carried in pairs (an odd count wastes one column per point).
     Tf32x3,
+    /// Tensor cores on 16-deep `mma.sync` steps: x = hi + lo with hi = fp16(x) (TF32's bits
+    /// where x is in fp16's range), hi*hi on one fp16 m16n8k16 product and the cross terms
+    /// x*lo + lo*x of each 8-deep half on one bf16 m16n8k16, so half of tf32x3's tensor time.
+    /// The bf16 cross terms leave ~2^-20 of each product (tf32x3: ~2^-22). Served by
+    /// [`mlp_jet_backward`](super::mlp_jet_backward) only.
+    Split16,
 }
 
 impl Math {
@@ -96,6 +102,7 @@ impl Math {
         match self {
             Math::Fma => "fma",
             Math::Tf32x3 => "tf32x3",
+            Math::Split16 => "split16",
         }
     }
 }
@@ -254,7 +261,7 @@ fn acc_streams(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
     let s = p.streams_per_point();
     match c.math {
         Math::Fma => s,
-        Math::Tf32x3 => s.div_ceil(2) * 2,
+        Math::Tf32x3 | Math::Split16 => s.div_ceil(2) * 2,
     }
 }
 
@@ -318,7 +325,7 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
             let g = c.points_per_lane * s * p.width + 4;
             (g, groups * g)
         }
-        Math::Tf32x3 => {
+        Math::Tf32x3 | Math::Split16 => {
             // Whole 16-row tiles; a warp's columns (points x paired streams), each a k-vector
             // padded by 4 floats so the 8 columns of a fragment fall on distinct banks.
             out_rows = out_rows.div_ceil(2) * 2;
@@ -403,6 +410,9 @@ impl Family for MlpJet {
         // A lane grid of whole rows: 8, 16 or 32 lanes down (8 keeps weight reads conflict-free).
         illegal(![8, 16, 32].contains(&c.lane_rows), || {
             format!("lane_rows {} is not 8, 16 or 32", c.lane_rows)
+        })?;
+        illegal(c.math == Math::Split16, || {
+            "split16 is a mlp_jet_backward path; mlp_jet runs fma or tf32x3".to_string()
         })?;
         // tf32x3: the mma fragment's lane grid is 8 rows (g) x 4 columns (t).
         illegal(c.math == Math::Tf32x3 && c.lane_rows != 8, || {
@@ -612,7 +622,7 @@ impl Family for MlpJet {
                 let smem_cycles = wavefronts * warps_sm;
                 fma * warps_sm / 4.0 / issue_cycles.max(smem_cycles)
             }
-            Math::Tf32x3 => {
+            Math::Tf32x3 | Math::Split16 => {
                 // Per 8-deep k step a warp issues 3 mma per (16-row tile, 8-column tile),
                 // plus a load and a split (2 cvt, 1 sub) per fragment element. Relative to the
                 // FMA rate: mma.sync TF32 at ~60% of 495 TFLOP/s is ~4.4x the fp32 FMA rate,

@@ -68,7 +68,9 @@
 //! fp32 throughout. The three hidden-layer products of a tile (forward `W H`, backward
 //! `W^T Zb`, weights `Zb H^T`) run as fp32 FMAs ([`Math::Fma`], the default) or on tensor cores
 //! ([`Math::Tf32x3`]: `mma.sync` TF32 with each operand split into a TF32 high part and
-//! remainder, three products, ~fp32 accuracy); the elementwise passes are the same for both.
+//! remainder, three products, ~fp32 accuracy; [`Math::Split16`]: the same split on fp16 and
+//! bf16 `mma.sync` at half the tensor time, ~2^-20 per product); the elementwise passes are
+//! the same for all.
 //! Hidden `dW` is accumulated per CTA with vector reductions whose order per address is program
 //! order, so every path is deterministic.
 //!
@@ -259,11 +261,11 @@ pub fn slots(depth: u32, share: bool) -> u32 {
 }
 
 /// Columns a tile pads to: 4 lanes across times the warps across the columns; an mma tile
-/// is 8 columns wide, so tf32x3 pads to twice that.
+/// is 8 columns wide, so the mma paths pad to twice that.
 fn col_unit(c: &MlpJetBackwardConfig, row_warps: u32) -> u32 {
     let lanes = match c.math {
         Math::Fma => 4,
-        Math::Tf32x3 => 8,
+        Math::Tf32x3 | Math::Split16 => 8,
     };
     lanes * (8 / row_warps)
 }
@@ -323,7 +325,7 @@ impl Family for MlpJetBackward {
         let mut out = Vec::new();
         for share_slot in [false, true] {
             for slab_k in [SLAB_K, SLAB_K_SMALL] {
-                for math in [Math::Fma, Math::Tf32x3] {
+                for math in [Math::Fma, Math::Tf32x3, Math::Split16] {
                     for rows in [4, 8] {
                         for tile_points in TILES {
                             out.push(MlpJetBackwardConfig {
@@ -371,6 +373,10 @@ impl Family for MlpJetBackward {
                 "{} rows x {} columns per thread exceed 64 accumulators",
                 c.rows, sh.cols_per_thread
             )
+        })?;
+        // split16 steps 16 columns at a time through the dW product.
+        illegal(c.math == Math::Split16 && sh.cols % 16 != 0, || {
+            format!("split16 needs columns in 16s, the tile pads to {}", sh.cols)
         })?;
         // Tiles far larger than the point count only pad.
         illegal(c.tile_points > 1 && c.tile_points / 2 >= p.points, || {
@@ -471,6 +477,7 @@ impl Family for MlpJetBackward {
             "p": p.p,
             "tile_points": c.tile_points,
             "tf32x3": c.math == Math::Tf32x3,
+            "split16": c.math == Math::Split16,
             "cols": sh.cols,
             "rows": c.rows,
             "row_warps": sh.row_warps,
@@ -610,21 +617,25 @@ impl Family for MlpJetBackward {
                     depth * w * w * ts / (fma_rate * dw_eff),
                 )
             }
-            Math::Tf32x3 => {
+            Math::Tf32x3 | Math::Split16 => {
                 // Per 8-deep k step a warp issues 3 mma per (16-row, 8-column) tile and, per
                 // fragment element, a load and a split (~4 instructions). mma.sync TF32 at ~60%
                 // of 495 TFLOP/s is ~6.3 cycles per mma on a sub-partition; three per product.
+                // split16: 3 m16n8k16 (each a TF32 m16n8k8's tensor time) per 16 k, so 1.5
+                // per 8 k.
+                let per = if c.math == Math::Split16 { 1.5 } else { 3.0 };
                 let eff = |mt: f64, nt: f64| {
-                    let mma = 3.0 * mt * nt;
+                    let mma = per * mt * nt;
                     let other = 4.0 * (4.0 * mt + 2.0 * nt);
                     mma * 6.3 / (mma * 6.3).max(mma + other)
                 };
                 let mac_rate = 300e12 / 2.0 / SMS as f64; // tensor multiply-adds per SM per second
-                let k8 = (ts / 8.0).ceil() * 8.0;
+                let step = if c.math == Math::Split16 { 16.0 } else { 8.0 };
+                let k8 = (ts / step).ceil() * step;
                 (
-                    2.0 * depth * w * w * sh.cols as f64 * 3.0
+                    2.0 * depth * w * w * sh.cols as f64 * per
                         / (mac_rate * eff(ro / 2.0, cc / 2.0)),
-                    depth * w * w * k8 * 3.0 / (mac_rate * eff(w / 32.0, w / 32.0)),
+                    depth * w * w * k8 * per / (mac_rate * eff(w / 32.0, w / 32.0)),
                 )
             }
         };

@@ -267,6 +267,7 @@ fn shapes_cover_the_outputs_and_fit() {
                     assert_eq!(sh.out_rows % 2, 0);
                     assert!(sh.rows * c.points_per_lane * acc_streams(&p, &c) <= MAX_ACC);
                 }
+                Math::Split16 => panic!("mlp_jet serves no split16 config"),
             }
         }
     }
