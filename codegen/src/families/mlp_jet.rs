@@ -92,8 +92,8 @@ pub enum Math {
     /// Tensor cores on 16-deep `mma.sync` steps: x = hi + lo with hi = fp16(x) (TF32's bits
     /// where x is in fp16's range), hi*hi on one fp16 m16n8k16 product and the cross terms
     /// x*lo + lo*x of each 8-deep half on one bf16 m16n8k16, so half of tf32x3's tensor time.
-    /// The bf16 cross terms leave ~2^-20 of each product (tf32x3: ~2^-22). Served by
-    /// [`mlp_jet_backward`](super::mlp_jet_backward) only.
+    /// The bf16 cross terms leave ~2^-20 of each product (tf32x3: ~2^-22). Lane grid and
+    /// stream pairs as for tf32x3.
     Split16,
 }
 
@@ -239,8 +239,9 @@ impl MlpJetConfig {
 #[allow(clippy::manual_is_multiple_of)]
 pub fn row_warps(p: &MlpJetProblem, c: &MlpJetConfig) -> Option<u32> {
     let s = acc_streams(p, c);
-    // tf32x3: a lane holds rows g and g + 8 of each 16-row tile, so an even number of rows.
-    let unit = if c.math == Math::Tf32x3 { 2 } else { 1 };
+    // tf32x3, split16: a lane holds rows g and g + 8 of each 16-row tile, so an even number of
+    // rows.
+    let unit = if c.math == Math::Fma { 1 } else { 2 };
     let mut wr = 1;
     while wr <= c.warps {
         let span = c.lane_rows * wr;
@@ -372,7 +373,11 @@ impl Family for MlpJet {
     type Config = MlpJetConfig;
 
     const NAME: &'static str = "mlp_jet";
-    const TEMPLATE: &'static str = include_str!("../../../templates/mlp_jet.cu.tera");
+    /// The split16 helpers, then the kernel.
+    const TEMPLATE: &'static str = concat!(
+        include_str!("../../../templates/mma_split16.cuh"),
+        include_str!("../../../templates/mlp_jet.cu.tera")
+    );
 
     fn space() -> Vec<MlpJetConfig> {
         let mut out = Vec::new();
@@ -386,12 +391,14 @@ impl Family for MlpJet {
                         math: Math::Fma,
                     });
                 }
-                out.push(MlpJetConfig {
-                    warps,
-                    lane_rows: 8,
-                    points_per_lane,
-                    math: Math::Tf32x3,
-                });
+                for math in [Math::Tf32x3, Math::Split16] {
+                    out.push(MlpJetConfig {
+                        warps,
+                        lane_rows: 8,
+                        points_per_lane,
+                        math,
+                    });
+                }
             }
         }
         out
@@ -411,12 +418,9 @@ impl Family for MlpJet {
         illegal(![8, 16, 32].contains(&c.lane_rows), || {
             format!("lane_rows {} is not 8, 16 or 32", c.lane_rows)
         })?;
-        illegal(c.math == Math::Split16, || {
-            "split16 is a mlp_jet_backward path; mlp_jet runs fma or tf32x3".to_string()
-        })?;
-        // tf32x3: the mma fragment's lane grid is 8 rows (g) x 4 columns (t).
-        illegal(c.math == Math::Tf32x3 && c.lane_rows != 8, || {
-            format!("tf32x3 needs 8 lanes down, got {}", c.lane_rows)
+        // tf32x3, split16: the mma fragment's lane grid is 8 rows (g) x 4 columns (t).
+        illegal(c.math != Math::Fma && c.lane_rows != 8, || {
+            format!("{} needs 8 lanes down, got {}", c.math.tag(), c.lane_rows)
         })?;
         // 1, 2 or 4 points per lane (more only multiplies registers).
         illegal(![1, 2, 4].contains(&c.points_per_lane), || {
@@ -499,6 +503,7 @@ impl Family for MlpJet {
             "seconds": p.streams.seconds(p.d),
             "hessdiag": p.streams.hessdiag() && p.d > 1,
             "tf32x3": c.math == Math::Tf32x3,
+            "split16": c.math == Math::Split16,
             "streams": sh.s,
             "warps": c.warps,
             "threads": c.threads(),
@@ -627,12 +632,15 @@ impl Family for MlpJet {
                 // plus a load and a split (2 cvt, 1 sub) per fragment element. Relative to the
                 // FMA rate: mma.sync TF32 at ~60% of 495 TFLOP/s is ~4.4x the fp32 FMA rate,
                 // a third of that per product; padded stream columns are wasted.
+                // split16: 3 m16n8k16 (each a TF32 m16n8k8's tensor time) per 16 k, so 1.5
+                // per 8 k.
+                let per = if c.math == Math::Split16 { 1.5 } else { 3.0 };
                 let (mt, j) = (rows / 2.0, (acc_streams(p, c) / 2) as f64);
-                let mma = 3.0 * mt * q * j;
+                let mma = per * mt * q * j;
                 let other = 4.0 * (4.0 * mt + 2.0 * q * j);
                 let mma_cycles = mma * 2048.0 / (4.4 * 256.0 / 4.0);
                 let busy = mma_cycles.max(mma + other);
-                (4.4 / 3.0) * (mma_cycles / busy) * s / (2.0 * j)
+                (4.4 / per) * (mma_cycles / busy) * s / (2.0 * j)
             }
         };
         // Few warps per sub-partition hide latency poorly; padded output rows are wasted.

@@ -319,7 +319,11 @@ impl Family for MlpJetBackward {
     type Config = MlpJetBackwardConfig;
 
     const NAME: &'static str = "mlp_jet_backward";
-    const TEMPLATE: &'static str = include_str!("../../../templates/mlp_jet_backward.cu.tera");
+    /// The split16 helpers, then the kernel.
+    const TEMPLATE: &'static str = concat!(
+        include_str!("../../../templates/mma_split16.cuh"),
+        include_str!("../../../templates/mlp_jet_backward.cu.tera")
+    );
 
     fn space() -> Vec<MlpJetBackwardConfig> {
         let mut out = Vec::new();

@@ -1,0 +1,114 @@
+// kiln: fp32 products on half-precision tensor cores, the `split16` math of the mlp_jet
+// families (prepended to each template's text by its family; used where KILN_SPLIT16 is set).
+//
+// Each fp32 operand x = hi + lo with hi = fp16(x) (round to nearest, saturating at 65504: the
+// TF32 bits of x wherever x is in fp16's range) and lo = x - hi, exact in fp32. A 16-deep k
+// step is three mma.sync m16n8k16: hi*hi on one fp16 product, and the cross terms x*lo + lo*x
+// of each 8-deep half on one bf16 product (bf16's range holds any remainder; its 8 bits leave
+// ~2^-20 of a product, against ~2^-22 for 3xTF32). An m16n8k16 takes the tensor time of a
+// TF32 m16n8k8, so this is half of 3xTF32's six.
+//
+// A lane loads the elements it loads for a TF32 m16n8k8 (g = lane / 4, t = lane % 4: A rows
+// g, g + 8 and B column g, each at k t and t + 4), for both 8-deep halves, and packs them by
+// slot. In the fp16 product, slots 2t, 2t + 1, 2t + 8, 2t + 9 hold k t, t + 8, t + 4, t + 12;
+// in a half's bf16 product they hold (x, lo) of k t and of k t + 4 in A, (lo, x) in B. The
+// order of k within an mma does not change its sum, so packing needs only the lane's own
+// registers. C: rows g, g + 8, columns 2t, 2t + 1, as for TF32.
+//
+// Tera note: braces are never followed by a percent sign.
+
+namespace kiln_split16 {
+
+// ---- PTX wrappers: every inline-asm helper of the split16 math lives in this block ----
+
+// c += a * b, one m16n8k16 tile of fp16 (F16) or bf16 operands.
+template <bool F16>
+__device__ __forceinline__ void mma_k16(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    if constexpr (F16) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 { %0, %1, %2, %3 }, { %4, %5, %6, %7 }, "
+            "{ %8, %9 }, { %0, %1, %2, %3 };\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 { %0, %1, %2, %3 }, { %4, %5, %6, %7 }, "
+            "{ %8, %9 }, { %0, %1, %2, %3 };\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+}
+
+// h = (fp16(lo16), fp16(hi16)) as one register (lo16 in the low half), rounded to nearest,
+// saturating at +-65504; f0, f1 = the two halves back in fp32.
+__device__ __forceinline__ void f16_pair(float lo16, float hi16, unsigned& h, float& f0, float& f1) {
+    asm("{\n.reg .b16 l, u;\n"
+        "cvt.rn.satfinite.f16x2.f32 %0, %4, %3;\n"
+        "mov.b32 { l, u }, %0;\n"
+        "cvt.f32.f16 %1, l;\n"
+        "cvt.f32.f16 %2, u;\n}\n"
+        : "=r"(h), "=f"(f0), "=f"(f1)
+        : "f"(lo16), "f"(hi16));
+}
+
+// (bf16(lo16), bf16(hi16)) as one register, lo16 in the low half.
+__device__ __forceinline__ unsigned bf16_pair(float lo16, float hi16) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %2, %1;\n" : "=r"(r) : "f"(lo16), "f"(hi16));
+    return r;
+}
+
+// ---- end of PTX wrappers ----
+
+constexpr int KSTEP = 16;  // k per product step
+
+// x (A: low half) or lo (B: low half) with the other, for a half's bf16 cross-term product.
+template <bool A>
+__device__ __forceinline__ unsigned cross_pair(float x, float lo) {
+    return A ? bf16_pair(x, lo) : bf16_pair(lo, x);
+}
+
+// Two elements of a fragment, x at k and y at k + 8: their fp16 pair for the hi*hi product
+// (x low), and the cross-term pair of each (half 0: x, half 1: y).
+template <bool A>
+__device__ __forceinline__ void split16(float x, float y, unsigned& h, unsigned& cx, unsigned& cy) {
+    float hx, hy;
+    f16_pair(x, y, h, hx, hy);
+    cx = cross_pair<A>(x, x - hx);
+    cy = cross_pair<A>(y, y - hy);
+}
+
+// A fragment of one step: the fp16 registers, and each half's bf16 ones.
+struct FragA {
+    unsigned h[4], c[2][4];
+};
+// B fragment of one step.
+struct FragB {
+    unsigned h[2], c[2][2];
+};
+
+// The A fragment of the step whose element (row g, k t) is at `a`: rows g and g + 8 are
+// 8 * RS floats apart, k t and t + 4 are 4 * KD apart (t + 8 and t + 12: the second half).
+template <int RS, int KD>
+__device__ __forceinline__ void load_a(const float* a, FragA& f) {
+    split16<true>(a[0], a[8 * KD], f.h[0], f.c[0][0], f.c[1][0]);
+    split16<true>(a[8 * RS], a[8 * RS + 8 * KD], f.h[1], f.c[0][1], f.c[1][1]);
+    split16<true>(a[4 * KD], a[12 * KD], f.h[2], f.c[0][2], f.c[1][2]);
+    split16<true>(a[8 * RS + 4 * KD], a[8 * RS + 12 * KD], f.h[3], f.c[0][3], f.c[1][3]);
+}
+
+// The B fragment of the step whose element (k t, column g) is at `b`; k t and t + 4 are
+// 4 * KD floats apart.
+template <int KD>
+__device__ __forceinline__ void load_b(const float* b, FragB& f) {
+    split16<false>(b[0], b[8 * KD], f.h[0], f.c[0][0], f.c[1][0]);
+    split16<false>(b[4 * KD], b[12 * KD], f.h[1], f.c[0][1], f.c[1][1]);
+}
+
+// c += a * b over one step, the cross terms first.
+__device__ __forceinline__ void mma_step(float (&c)[4], const FragA& a, const FragB& b) {
+    mma_k16<false>(c, a.c[0], b.c[0]);
+    mma_k16<false>(c, a.c[1], b.c[1]);
+    mma_k16<true>(c, a.h, b.h);
+}
+
+}  // namespace kiln_split16
+
