@@ -110,5 +110,36 @@ __device__ __forceinline__ void mma_step(float (&c)[4], const FragA& a, const Fr
     mma_k16<true>(c, a.h, b.h);
 }
 
+// Pre-split B columns. A k-vector that only ever serves as B can be split once, by the
+// thread that writes it, instead of by every warp that reads it. Per 16 k, 24 words; lane t's
+// six start at word 6t: the fp16 pairs (k t, t + 8) and (t + 4, t + 12), then the cross-term
+// pairs of k t, t + 4, t + 8, t + 12, which is one step's B fragment in load order (three
+// 64-bit loads).
+constexpr int SPLIT_BLOCK_WORDS = 24;
+
+// Write x0 at k = j and x1 at k = j + 8 (j % 16 < 8) of the pre-split column `col`.
+__device__ __forceinline__ void store_b_pair(unsigned* col, int j, float x0, float x1) {
+    unsigned* b = col + (j / 16) * SPLIT_BLOCK_WORDS;
+    const int p = j % 16, lane_t = p % 4, m = p / 4;  // p = t + 4m for the lane t that reads it
+    unsigned h;
+    float h0, h1;
+    f16_pair(x0, x1, h, h0, h1);
+    b[6 * lane_t + m] = h;
+    b[6 * lane_t + 2 + m] = cross_pair<false>(x0, x0 - h0);
+    b[6 * lane_t + 4 + m] = cross_pair<false>(x1, x1 - h1);
+}
+
+// The B fragment of a step from the pre-split column block whose 16 k the step covers.
+__device__ __forceinline__ void load_b_split(const unsigned* block, FragB& f) {
+    const uint2* w = reinterpret_cast<const uint2*>(block + 6 * (threadIdx.x & 3));
+    const uint2 h = w[0], c0 = w[1], c1 = w[2];
+    f.h[0] = h.x;
+    f.h[1] = h.y;
+    f.c[0][0] = c0.x;
+    f.c[0][1] = c0.y;
+    f.c[1][0] = c1.x;
+    f.c[1][1] = c1.y;
+}
+
 }  // namespace kiln_split16
 

@@ -309,6 +309,15 @@ struct Shape {
     smem_bytes: u32,
 }
 
+/// 4-byte words of one activation column under split16: per 16 neurons, 8 fp16 pairs and 16
+/// bf16 cross-term pairs (the B fragments, split once by the layer that writes them), padded to
+/// 8 mod 32 words so that the 64-bit fragment loads of a half-warp (4 columns x 4 lanes) hit 32
+/// distinct banks.
+pub fn split16_column_words(width: u32) -> u32 {
+    let words = width / 16 * 24;
+    words + (8 + 32 - words % 32) % 32
+}
+
 /// The shape of a config that serves `p` (callers check [`row_warps`] first; a config that
 /// cannot serve gets the all-warps split, which `check_problem` rejects).
 fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
@@ -328,9 +337,15 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
         }
         Math::Tf32x3 | Math::Split16 => {
             // Whole 16-row tiles; a warp's columns (points x paired streams), each a k-vector
-            // padded by 4 floats so the 8 columns of a fragment fall on distinct banks.
+            // padded by 4 floats so the 8 columns of a fragment fall on distinct banks
+            // (split16: the column's pre-split words, see `split16_column_words`).
             out_rows = out_rows.div_ceil(2) * 2;
-            let g = c.points_per_lane * 4 * acc_streams(p, c) * (p.width + 4);
+            let column = if c.math == Math::Split16 {
+                split16_column_words(p.width)
+            } else {
+                p.width + 4
+            };
+            let g = c.points_per_lane * 4 * acc_streams(p, c) * column;
             (g, (c.warps / row_warps) * g)
         }
     };
