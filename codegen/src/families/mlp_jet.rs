@@ -309,7 +309,14 @@ struct Shape {
     smem_bytes: u32,
 }
 
-/// 4-byte words of one activation column under split16: per 16 neurons, 8 fp16 pairs and 16
+/// Whether the activation columns are stored pre-split: split16 with more than one warp down
+/// the neurons, so that each column has several readers (with one, the reader splitting fp32
+/// columns is cheaper: d = 1 lost 7% pre-split, 2026-11-30 session 13, call 3).
+pub fn presplit(c: &MlpJetConfig, row_warps: u32) -> bool {
+    c.math == Math::Split16 && row_warps > 1
+}
+
+/// 4-byte words of one activation column when pre-split (see [`presplit`]): per 16 neurons, 8 fp16 pairs and 16
 /// bf16 cross-term pairs (the B fragments, split once by the layer that writes them), padded to
 /// 8 mod 32 words so that the 64-bit fragment loads of a half-warp (4 columns x 4 lanes) hit 32
 /// distinct banks.
@@ -340,7 +347,7 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
             // padded by 4 floats so the 8 columns of a fragment fall on distinct banks
             // (split16: the column's pre-split words, see `split16_column_words`).
             out_rows = out_rows.div_ceil(2) * 2;
-            let column = if c.math == Math::Split16 {
+            let column = if presplit(c, row_warps) {
                 split16_column_words(p.width)
             } else {
                 p.width + 4
@@ -519,6 +526,7 @@ impl Family for MlpJet {
             "hessdiag": p.streams.hessdiag() && p.d > 1,
             "tf32x3": c.math == Math::Tf32x3,
             "split16": c.math == Math::Split16,
+            "presplit": presplit(c, sh.row_warps),
             "streams": sh.s,
             "warps": c.warps,
             "threads": c.threads(),

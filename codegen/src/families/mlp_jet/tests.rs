@@ -386,3 +386,39 @@ fn estimate_prefers_register_tiles_that_reuse_loads() {
     MlpJet::check_problem(&p, &big).unwrap();
     assert!(MlpJet::estimate_us(&p, &big, &l) < MlpJet::estimate_us(&p, &small, &l));
 }
+
+#[test]
+fn split16_pre_splits_columns_only_with_several_row_warps() {
+    let [d1, _, d20] = pinn_targets();
+    let config = |points_per_lane| MlpJetConfig {
+        warps: 4,
+        lane_rows: 8,
+        points_per_lane,
+        math: Math::Split16,
+    };
+    // d = 1, 2 points per lane: one warp down the 64 neurons, fp32 columns.
+    let c = config(2);
+    assert_eq!(row_warps(&d1, &c), Some(1));
+    let vars = MlpJet::render_vars(&d1, &c);
+    assert_eq!(vars["presplit"], false);
+    assert_eq!(shape(&d1, &c).group_floats, 2 * 4 * 4 * (64 + 4));
+    // d = 20: four warps down the neurons, pre-split columns of 200 words (192 + 8).
+    let c = config(1);
+    assert_eq!(row_warps(&d20, &c), Some(4));
+    let vars = MlpJet::render_vars(&d20, &c);
+    assert_eq!(vars["presplit"], true);
+    assert_eq!(split16_column_words(128), 200);
+    assert_eq!(shape(&d20, &c).group_floats, 4 * 22 * 200);
+    // Column strides of 8 mod 32 words at every width.
+    for w in [32, 64, 128, 256] {
+        let words = split16_column_words(w);
+        assert_eq!(words % 32, 8, "width {w}");
+        assert!(words >= w / 16 * 24 && words < w / 16 * 24 + 32);
+    }
+    // tf32x3 never pre-splits.
+    let c = MlpJetConfig {
+        math: Math::Tf32x3,
+        ..config(1)
+    };
+    assert!(!presplit(&c, 4));
+}
