@@ -129,7 +129,7 @@ pub struct BenchRow {
     #[serde(default)]
     pub speedup: Option<f64>,
     /// None where kiln has no ceiling for the work. The PINN families count theirs against the
-    /// fp32 FMA issue rate, which their tf32x3 configs can pass.
+    /// fp32 FMA issue rate, which their tensor-core configs (tf32x3, split16) can pass.
     #[serde(default)]
     pub pct_of_roofline: Option<f64>,
     /// Weight (B operand) bandwidth, TB/s (GEMM families).

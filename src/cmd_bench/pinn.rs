@@ -142,7 +142,7 @@ pub fn measure<F: PinnFamily>(
              outputs poisoned, then median of {reps} CUDA-event-timed calls after 2 warm-up, \
              L2 flushed (a read of a 2x-L2 buffer) before each{}; fp32; TFLOP/s counts products \
              only (the flops of {}); % roofline against the {:.1} TFLOP/s fp32 FMA issue rate \
-             (a datasheet figure; tf32x3 configs can pass it)",
+             (a datasheet figure; tensor-core configs, tf32x3 and split16, can pass it)",
             if candidates {
                 "; --candidates: every legal config also timed (3 warm-up, not validated here: \
                  the GPU tests validate every config on these nets), the fastest reported \
