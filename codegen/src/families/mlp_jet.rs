@@ -105,6 +105,17 @@ impl Math {
             Math::Split16 => "split16",
         }
     }
+
+    /// Tensor time of one 16-row x 8-column product tile over 8 k, in TF32 m16n8k8 units (the
+    /// estimates' cost of an mma path): tf32x3 issues three; split16 issues three m16n8k16,
+    /// each a TF32 m16n8k8's time, per 16 k. The FMA path issues none.
+    pub(crate) fn mma_per_k8(self) -> f64 {
+        match self {
+            Math::Fma => 0.0,
+            Math::Tf32x3 => 3.0,
+            Math::Split16 => 1.5,
+        }
+    }
 }
 
 /// A point of the search space.
@@ -655,9 +666,8 @@ impl Family for MlpJet {
                 // plus a load and a split (2 cvt, 1 sub) per fragment element. Relative to the
                 // FMA rate: mma.sync TF32 at ~60% of 495 TFLOP/s is ~4.4x the fp32 FMA rate,
                 // a third of that per product; padded stream columns are wasted.
-                // split16: 3 m16n8k16 (each a TF32 m16n8k8's tensor time) per 16 k, so 1.5
-                // per 8 k.
-                let per = if c.math == Math::Split16 { 1.5 } else { 3.0 };
+                // split16: half that (`Math::mma_per_k8`).
+                let per = c.math.mma_per_k8();
                 let (mt, j) = (rows / 2.0, (acc_streams(p, c) / 2) as f64);
                 let mma = per * mt * q * j;
                 let other = 4.0 * (4.0 * mt + 2.0 * q * j);

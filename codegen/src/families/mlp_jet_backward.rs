@@ -625,9 +625,8 @@ impl Family for MlpJetBackward {
                 // Per 8-deep k step a warp issues 3 mma per (16-row, 8-column) tile and, per
                 // fragment element, a load and a split (~4 instructions). mma.sync TF32 at ~60%
                 // of 495 TFLOP/s is ~6.3 cycles per mma on a sub-partition; three per product.
-                // split16: 3 m16n8k16 (each a TF32 m16n8k8's tensor time) per 16 k, so 1.5
-                // per 8 k.
-                let per = if c.math == Math::Split16 { 1.5 } else { 3.0 };
+                // split16: half that (`Math::mma_per_k8`), on 16-deep steps.
+                let per = c.math.mma_per_k8();
                 let eff = |mt: f64, nt: f64| {
                     let mma = per * mt * nt;
                     let other = 4.0 * (4.0 * mt + 2.0 * nt);
