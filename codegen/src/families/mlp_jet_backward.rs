@@ -57,11 +57,17 @@
 //!    cot_u, cot_grad, cot_lap, partial, n`; grid [`MlpJetBackward::geometry`] (persistent,
 //!    one CTA per SM at most). Each CTA writes its partial gradient arena `partial[cta]
 //!    [partial_stride]` (the parameter layout, then its loss sum at index `param_count`).
-//!    `partial` is scratch of [`partial_floats`] floats; no initialisation needed.
+//!    `partial` is scratch of [`partial_floats`] floats; no initialisation needed (the pack
+//!    entry writes the part past the arenas that the main entry reads).
 //! 2. `<entry>_reduce(partial, grads, loss, ctas, scale)` ([`REDUCE_ARGS`]): `grads
 //!    [param_count] = scale * sum_cta partial[cta]` in CTA order in f64, `loss[0]` likewise
 //!    (null: not written); `ctas` = the first launch's grid, `scale` = [`scale`]. Grid
 //!    [`reduce_geometry`].
+//!
+//! With [`MlpJetBackwardConfig::packed_weights`] (split16) a third entry runs before the
+//! first: `<entry>_pack(params, partial, ctas)` ([`PACK_ARGS`], grid [`pack_geometry`], `ctas`
+//! = the main launch's grid) splits the hidden weights into packed A fragments at
+//! [`packed_offset`] of `partial`, which the main entry reads.
 //!
 //! # Arithmetic
 //!
@@ -159,6 +165,13 @@ pub struct MlpJetBackwardConfig {
     /// this field existed read as false.
     #[serde(default)]
     pub share_slot: bool,
+    /// split16 only: the weights are split once per launch, by a `_pack` entry, into the A
+    /// fragments the forward and W^T products read (into [`partial_floats`]' scratch past the
+    /// CTA arenas), instead of by every warp across the columns on every tile. Each slab then
+    /// takes 1.5 words per weight instead of one (plus padding). Configs written before this
+    /// field existed read as false.
+    #[serde(default)]
+    pub packed_weights: bool,
 }
 
 fn default_slab_k() -> u32 {
@@ -208,6 +221,8 @@ pub const REDUCE_ARGS: [KernelArg; 5] = [
 /// Derived shape of one (problem, config).
 #[derive(Clone, Copy, Debug)]
 struct Shape {
+    /// Floats of the packed weight slabs past the CTA arenas (0 without `packed_weights`).
+    packed_floats: u32,
     row_warps: u32,
     /// Columns (points x streams) padded to the column split.
     cols: u32,
@@ -232,12 +247,24 @@ fn shape(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> Option<Shape> {
     let cols = ts.div_ceil(col_unit) * col_unit;
     let lda = p.width + 4;
     let sk = c.slab_k;
-    let slab_floats = (p.width * (sk + 4)).max(sk * (p.width + 4));
+    // A packed slab: 16-deep steps x 16-row tiles x 32 lanes x 12 words = 1.5 words a weight.
+    let packed = c.packed_weights && c.math == Math::Split16;
+    let slab_floats = if packed {
+        sk * p.width * 3 / 2
+    } else {
+        (p.width * (sk + 4)).max(sk * (p.width + 4))
+    };
+    let slabs_per_tile = 2 * (p.depth - 1) * (p.width / sk);
     let ne = p.d + p.depth + 2 * p.p + 1;
     let slots_floats = (slots(p.depth, c.share_slot) * cols * lda).max(ne * THREADS);
     let pc = p.params() as u32;
     let smem_floats = 2 * slab_floats + slots_floats + c.tile_points * p.d + ts * p.p;
     Some(Shape {
+        packed_floats: if packed {
+            slabs_per_tile * slab_floats
+        } else {
+            0
+        },
         row_warps,
         cols,
         cols_per_thread: cols / (4 * (8 / row_warps)),
@@ -270,11 +297,50 @@ fn col_unit(c: &MlpJetBackwardConfig, row_warps: u32) -> u32 {
     lanes * (8 / row_warps)
 }
 
-/// Floats of the `partial` scratch of a launch of `p` under `c`.
+/// Floats of the `partial` scratch of a launch of `p` under `c`: the CTA arenas, then (with
+/// `packed_weights`) the packed weight slabs at [`packed_offset`].
 pub fn partial_floats(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> usize {
+    packed_offset(p, c) + shape(p, c).map_or(0, |s| s.packed_floats) as usize
+}
+
+/// Where the packed weight slabs start in `partial` (floats): past the grid's CTA arenas.
+pub fn packed_offset(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> usize {
     let stride = shape(p, c).map_or(0, |s| s.partial_stride) as usize;
     MlpJetBackward::geometry(p, c).grid[0] as usize * stride
 }
+
+/// Whether launches of `c` run the `_pack` entry first.
+pub fn packs_weights(c: &MlpJetBackwardConfig) -> bool {
+    c.packed_weights && c.math == Math::Split16
+}
+
+/// The pack entry's grid: one thread per (slab, 16-deep step, 16-row tile, lane), which is
+/// 32 lanes per 16 x 16 block of each hidden matrix, twice (forward and W^T fragments).
+pub fn pack_geometry(p: &MlpJetBackwardProblem) -> LaunchGeometry {
+    let threads = 2 * (p.depth - 1) * (p.width / 16) * (p.width / 16) * 32;
+    LaunchGeometry {
+        grid: [threads.div_ceil(THREADS), 1, 1],
+        block: [THREADS, 1, 1],
+        dynamic_smem_bytes: 0,
+        cluster: [1, 1, 1],
+    }
+}
+
+/// The pack entry's arguments.
+pub const PACK_ARGS: [KernelArg; 3] = [
+    KernelArg {
+        name: "params",
+        c_type: "const float*",
+    },
+    KernelArg {
+        name: "partial",
+        c_type: "float*",
+    },
+    KernelArg {
+        name: "ctas",
+        c_type: "int",
+    },
+];
 
 /// The reduce entry's `scale`: 1/N for the residual mean, 1 for given cotangents.
 pub fn scale(p: &MlpJetBackwardProblem) -> f64 {
@@ -330,15 +396,23 @@ impl Family for MlpJetBackward {
         for share_slot in [false, true] {
             for slab_k in [SLAB_K, SLAB_K_SMALL] {
                 for math in [Math::Fma, Math::Tf32x3, Math::Split16] {
-                    for rows in [4, 8] {
-                        for tile_points in TILES {
-                            out.push(MlpJetBackwardConfig {
-                                rows,
-                                tile_points,
-                                math,
-                                slab_k,
-                                share_slot,
-                            });
+                    let packs: &[bool] = if math == Math::Split16 {
+                        &[false, true]
+                    } else {
+                        &[false]
+                    };
+                    for &packed_weights in packs {
+                        for rows in [4, 8] {
+                            for tile_points in TILES {
+                                out.push(MlpJetBackwardConfig {
+                                    rows,
+                                    tile_points,
+                                    math,
+                                    slab_k,
+                                    share_slot,
+                                    packed_weights,
+                                });
+                            }
                         }
                     }
                 }
@@ -357,6 +431,9 @@ impl Family for MlpJetBackward {
         })?;
         illegal(c.slab_k != SLAB_K && c.slab_k != SLAB_K_SMALL, || {
             format!("slab_k {} is not {SLAB_K} or {SLAB_K_SMALL}", c.slab_k)
+        })?;
+        illegal(c.packed_weights && c.math != Math::Split16, || {
+            format!("packed weights are split16's, not {}'s", c.math.tag())
         })?;
         illegal(THREADS > limits.max_threads_per_block, || {
             "256 threads exceed the device's block".into()
@@ -489,6 +566,7 @@ impl Family for MlpJetBackward {
             "slab_floats": sh.slab_floats,
             "slab_k": c.slab_k,
             "share_slot": c.share_slot && p.depth >= 3,
+            "packed": packs_weights(c),
             "slots_floats": sh.slots_floats,
             "dw_vec": sh.dw_vec,
             "param_count": p.params(),
@@ -516,6 +594,9 @@ impl Family for MlpJetBackward {
         };
         if c.share_slot {
             slab.push_str("_s");
+        }
+        if packs_weights(c) {
+            slab.push_str("_pk");
         }
         format!(
             "kiln_mlp_jet_backward_{tag}_d{}_w{}_l{}_p{}_r{}_t{}_{}{slab}",
@@ -597,6 +678,7 @@ impl Family for MlpJetBackward {
                 math: Math::Fma,
                 slab_k: SLAB_K,
                 share_slot: false,
+                packed_weights: false,
             },
         )
     }
@@ -626,10 +708,12 @@ impl Family for MlpJetBackward {
                 // fragment element, a load and a split (~4 instructions). mma.sync TF32 at ~60%
                 // of 495 TFLOP/s is ~6.3 cycles per mma on a sub-partition; three per product.
                 // split16: half that (`Math::mma_per_k8`), on 16-deep steps.
+                // Packed weights: an A fragment is three 16-byte loads, no split (~10x less).
                 let per = c.math.mma_per_k8();
-                let eff = |mt: f64, nt: f64| {
+                let a_cost = if packs_weights(c) { 0.4 } else { 4.0 };
+                let eff = |mt: f64, nt: f64, a: f64| {
                     let mma = per * mt * nt;
-                    let other = 4.0 * (4.0 * mt + 2.0 * nt);
+                    let other = 4.0 * (a * mt + 2.0 * nt);
                     mma * 6.3 / (mma * 6.3).max(mma + other)
                 };
                 let mac_rate = 300e12 / 2.0 / SMS as f64; // tensor multiply-adds per SM per second
@@ -637,8 +721,8 @@ impl Family for MlpJetBackward {
                 let k8 = (ts / step).ceil() * step;
                 (
                     2.0 * depth * w * w * sh.cols as f64 * per
-                        / (mac_rate * eff(ro / 2.0, cc / 2.0)),
-                    depth * w * w * k8 * per / (mac_rate * eff(w / 32.0, w / 32.0)),
+                        / (mac_rate * eff(ro / 2.0, cc / 2.0, a_cost)),
+                    depth * w * w * k8 * per / (mac_rate * eff(w / 32.0, w / 32.0, 4.0)),
                 )
             }
         };
@@ -648,7 +732,9 @@ impl Family for MlpJetBackward {
         let tile_s = col_s + dw_s + syncs + rmw_s;
         let g = Self::geometry(p, c);
         let tiles_per_cta = (p.points.div_ceil(c.tile_points) as f64 / g.grid[0] as f64).ceil();
-        (tile_s * tiles_per_cta + 5e-6) * 1e6
+        // A launch, and the pack entry's when it runs.
+        let launches = if packs_weights(c) { 8e-6 } else { 5e-6 };
+        (tile_s * tiles_per_cta + launches) * 1e6
     }
 
     /// Same net and head; the nearest point count (log ratio).

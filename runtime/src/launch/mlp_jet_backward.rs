@@ -48,6 +48,8 @@ pub struct MlpJetBackwardKernel {
     pub kernel: LoadedKernel,
     /// `<entry>_reduce`: the ordered sum of the CTA arenas.
     pub reduce: CudaFunction,
+    /// `<entry>_pack`, for configs with packed weights: splits them before the main entry.
+    pub pack: Option<CudaFunction>,
 }
 
 fn illegal(p: &MlpJetBackwardProblem, entry: &str, reason: impl Into<String>) -> RuntimeError {
@@ -70,11 +72,17 @@ impl MlpJetBackwardKernel {
         let smem = MlpJetBackward::geometry(problem, config).dynamic_smem_bytes;
         let kernel = LoadedKernel::load(device, cubin, &entry, smem)?;
         let reduce = kernel.sibling(&format!("{entry}_reduce"))?;
+        let pack = if fam::packs_weights(config) {
+            Some(kernel.sibling(&format!("{entry}_pack"))?)
+        } else {
+            None
+        };
         Ok(MlpJetBackwardKernel {
             config: *config,
             built_for: *problem,
             kernel,
             reduce,
+            pack,
         })
     }
 
@@ -101,7 +109,8 @@ impl MlpJetBackwardKernel {
     }
 
     /// Enqueue the gradient (and loss) of `problem.points` points of `x [points, d]` through
-    /// the net in `params` on `stream`: the fused kernel, then the reduction into `out`.
+    /// the net in `params` on `stream`: the weight packing (configs with packed weights), the
+    /// fused kernel, then the reduction into `out`.
     #[allow(clippy::too_many_arguments)]
     pub fn launch(
         &self,
@@ -185,6 +194,23 @@ impl MlpJetBackwardKernel {
         let geometry = MlpJetBackward::geometry(problem, &self.config);
         let cfg = self.kernel.config(&geometry)?;
         let (null, ni) = (0u64, problem.points as i32);
+        let ctas = geometry.grid[0] as i32;
+        if let Some(pack) = &self.pack {
+            let pg = fam::pack_geometry(problem);
+            let pcfg = LaunchConfig {
+                grid_dim: (pg.grid[0], 1, 1),
+                block_dim: (pg.block[0], 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = stream.launch_builder(pack);
+            launch.arg(params).arg(&mut *partial).arg(&ctas);
+            // SAFETY: the pack entry's signature is (params, partial, ctas) as
+            // `fam::PACK_ARGS` lists. It reads the hidden weights of `params` (size-checked
+            // above) and writes `partial` from `packed_offset` (= ctas arenas) to
+            // `partial_floats`, which `partial` holds (checked above); `ctas` is the grid of the
+            // main launch below, which reads that region.
+            unsafe { launch.launch(pcfg) }.during(format!("launching {entry}_pack"))?;
+        }
         let mut launch = stream.launch_builder(&self.kernel.func);
         launch.arg(x).arg(params);
         for b in &bufs {
@@ -211,7 +237,7 @@ impl MlpJetBackwardKernel {
             block_dim: (rg.block[0], 1, 1),
             shared_mem_bytes: 0,
         };
-        let (ctas, scale) = (geometry.grid[0] as i32, fam::scale(problem));
+        let scale = fam::scale(problem);
         let mut reduce = stream.launch_builder(&self.reduce);
         reduce.arg(&*partial).arg(&mut *out.grads);
         match out.loss.as_deref_mut() {

@@ -34,13 +34,13 @@ fn every_problem() -> Vec<MlpJetBackwardProblem> {
 
 #[test]
 fn space_and_variants_stay_modest() {
-    assert_eq!(MlpJetBackward::legal_space(&limits()).len(), 360);
+    assert_eq!(MlpJetBackward::legal_space(&limits()).len(), 480);
     let f = crate::registry::family("mlp_jet_backward").unwrap();
     let variants = f.variants(&limits());
     let entries: HashSet<_> = variants.iter().map(|v| v.entry.clone()).collect();
     assert_eq!(entries.len(), variants.len());
     assert!(
-        (250..=350).contains(&variants.len()),
+        (350..=460).contains(&variants.len()),
         "{} variants to compile",
         variants.len()
     );
@@ -107,6 +107,8 @@ fn args_match_the_template_signatures() {
     assert_eq!(names("{{ entry }}("), want);
     let want: Vec<&str> = REDUCE_ARGS.iter().map(|a| a.name).collect();
     assert_eq!(names("{{ entry }}_reduce("), want);
+    let want: Vec<&str> = PACK_ARGS.iter().map(|a| a.name).collect();
+    assert_eq!(names("{{ entry }}_pack("), want);
 }
 
 #[cfg(feature = "jit")]
@@ -119,6 +121,11 @@ fn every_variant_renders_both_entries() {
                 let e = MlpJetBackward::entry(&p, &c);
                 assert!(src.source.contains(&format!("{e}(")));
                 assert!(src.source.contains(&format!("{e}_reduce(")));
+                assert_eq!(
+                    src.source.contains("#define KILN_PACKED 1"),
+                    packs_weights(&c),
+                    "{e}"
+                );
             }
         }
     }
@@ -232,6 +239,7 @@ fn scratch_scale_flops_and_bytes() {
         math: Math::Fma,
         slab_k: SLAB_K,
         share_slot: false,
+        packed_weights: false,
     };
     // 5 tiles, 5 CTAs, each an arena of the parameters + the loss, rounded to 4 floats.
     assert_eq!(MlpJetBackward::geometry(&p, &c).grid[0], 5);
@@ -317,6 +325,7 @@ fn shallow_slabs_only_reach_tiles_the_deep_ones_cannot() {
             math: Math::Tf32x3,
             slab_k,
             share_slot,
+            packed_weights: false,
         })
     };
     assert!(has(&t[1], 16, SLAB_K, false) && !has(&t[1], 16, SLAB_K, true));
@@ -388,6 +397,7 @@ fn the_first_layer_shares_a_slot_from_three_layers_on() {
         math: Math::Fma,
         slab_k: SLAB_K,
         share_slot: false,
+        packed_weights: false,
     };
     let all = shape(&p, &c).unwrap();
     let shared = shape(
@@ -399,4 +409,61 @@ fn the_first_layer_shares_a_slot_from_three_layers_on() {
     )
     .unwrap();
     assert_eq!(shared.slots_floats * 4, all.slots_floats * 3);
+}
+
+#[test]
+fn packed_weights_are_split16_only_and_sized_in_the_scratch() {
+    let t = pinn_targets();
+    // The d = 2 training step's served tile (32 points, 16-deep slabs, a shared slot) still
+    // fits with packed slabs: 12 KB each instead of 10.
+    let c = MlpJetBackwardConfig {
+        rows: 4,
+        tile_points: 32,
+        math: Math::Split16,
+        slab_k: SLAB_K_SMALL,
+        share_slot: true,
+        packed_weights: true,
+    };
+    MlpJetBackward::check_problem(&t[1], &c).unwrap();
+    let plain = MlpJetBackwardConfig {
+        packed_weights: false,
+        ..c
+    };
+    let (sp, sq) = (shape(&t[1], &c).unwrap(), shape(&t[1], &plain).unwrap());
+    assert_eq!(sp.slab_floats, 16 * 128 * 3 / 2);
+    assert_eq!(sq.slab_floats, 128 * 20);
+    assert_eq!(sp.smem_bytes - sq.smem_bytes, 2 * 4 * (3072 - 2560));
+    // The scratch: the arenas, then 2 directions x 3 hidden layers x 128 x 128 x 1.5 words.
+    assert_eq!(packed_offset(&t[1], &c), partial_floats(&t[1], &plain));
+    assert_eq!(
+        partial_floats(&t[1], &c) - packed_offset(&t[1], &c),
+        2 * 3 * 128 * 128 * 3 / 2
+    );
+    assert_eq!(
+        MlpJetBackward::scratch(&t[1], &c)[0].bytes,
+        4 * partial_floats(&t[1], &c)
+    );
+    // One pack thread per lane of each 16 x 16 block, both directions.
+    assert_eq!(pack_geometry(&t[1]).grid[0] * 256, 2 * 3 * 64 * 32);
+    assert!(MlpJetBackward::entry(&t[1], &c).ends_with("_split16_k16_s_pk"));
+    assert_ne!(
+        MlpJetBackward::entry(&t[1], &c),
+        MlpJetBackward::entry(&t[1], &plain)
+    );
+    // Not for the other maths; and configs written before the field read as unpacked.
+    for math in [Math::Fma, Math::Tf32x3] {
+        let bad = MlpJetBackwardConfig { math, ..c };
+        assert!(MlpJetBackward::check_config(&bad, &limits()).is_err());
+    }
+    let old: MlpJetBackwardConfig = serde_json::from_str(
+        r#"{"rows": 4, "tile_points": 32, "math": "split16", "slab_k": 16, "share_slot": true}"#,
+    )
+    .unwrap();
+    assert_eq!(old, plain);
+    // Packed candidates are split16 ones.
+    for p in every_problem() {
+        for c in MlpJetBackward::candidates(&p, &limits()) {
+            assert!(!c.packed_weights || c.math == Math::Split16, "{p:?} {c:?}");
+        }
+    }
 }
