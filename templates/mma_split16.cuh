@@ -141,5 +141,48 @@ __device__ __forceinline__ void load_b_split(const unsigned* block, FragB& f) {
     f.c[1][1] = c1.y;
 }
 
+// Packed A fragments. A weight matrix that serves only as A, and whose values do not change
+// during a launch, can be split once, before the kernel that reads it, into the registers
+// of each lane's A fragment: 12 words (h[4], then c[0][4], c[1][4]) per lane, read back as
+// three 16-byte loads (lanes 48 bytes apart: conflict-free). A packed slab is
+// [16-deep step][16-row tile][lane][12 words].
+constexpr int PACKED_FRAG_WORDS = 12;
+
+__device__ __forceinline__ void store_a_packed(float* p, const FragA& f) {
+    uint4* q = reinterpret_cast<uint4*>(p);
+    q[0] = make_uint4(f.h[0], f.h[1], f.h[2], f.h[3]);
+    q[1] = make_uint4(f.c[0][0], f.c[0][1], f.c[0][2], f.c[0][3]);
+    q[2] = make_uint4(f.c[1][0], f.c[1][1], f.c[1][2], f.c[1][3]);
+}
+
+__device__ __forceinline__ void load_a_packed(const float* p, FragA& f) {
+    const uint4* q = reinterpret_cast<const uint4*>(p);
+    const uint4 h = q[0], c0 = q[1], c1 = q[2];
+    f.h[0] = h.x;
+    f.h[1] = h.y;
+    f.h[2] = h.z;
+    f.h[3] = h.w;
+    f.c[0][0] = c0.x;
+    f.c[0][1] = c0.y;
+    f.c[0][2] = c0.z;
+    f.c[0][3] = c0.w;
+    f.c[1][0] = c1.x;
+    f.c[1][1] = c1.y;
+    f.c[1][2] = c1.z;
+    f.c[1][3] = c1.w;
+}
+
+// Lane `lane`'s packed A fragment of 16-row tile mt at 16-deep step st of a packed slab
+// whose steps are MTILES tiles deep.
+template <int MTILES>
+__device__ __forceinline__ float* packed_frag(float* slab, int st, int mt, int lane) {
+    return slab + ((st * MTILES + mt) * 32 + lane) * PACKED_FRAG_WORDS;
+}
+
+template <int MTILES>
+__device__ __forceinline__ const float* packed_frag(const float* slab, int st, int mt, int lane) {
+    return slab + ((st * MTILES + mt) * 32 + lane) * PACKED_FRAG_WORDS;
+}
+
 }  // namespace kiln_split16
 

@@ -132,6 +132,12 @@ pub struct MlpJetConfig {
     /// Points per lane.
     pub points_per_lane: u32,
     pub math: Math,
+    /// split16 only: the hidden weights are split once per launch, by a `_pack` entry, into
+    /// the A fragments the slab product reads (into the `packed` scratch, [`packed_floats`]),
+    /// instead of by every warp across the points on every tile. A hidden slab then takes 1.5
+    /// words per weight. Configs written before this field existed read as false.
+    #[serde(default)]
+    pub packed_weights: bool,
 }
 
 /// Input dimensions supported.
@@ -336,6 +342,50 @@ pub fn split16_column_words(width: u32) -> u32 {
     words + (8 + 32 - words % 32) % 32
 }
 
+/// Whether launches of `c` run the `_pack` entry first.
+pub fn packs_weights(c: &MlpJetConfig) -> bool {
+    c.packed_weights && c.math == Math::Split16
+}
+
+/// Floats of the `packed` scratch of `p` under `c`: the hidden slabs, 1.5 words per weight (0
+/// without packed weights).
+pub fn packed_floats(p: &MlpJetProblem, c: &MlpJetConfig) -> usize {
+    if packs_weights(c) {
+        packed_floats_max(p)
+    } else {
+        0
+    }
+}
+
+/// The most floats of `packed` scratch any config of `p`'s net needs.
+pub fn packed_floats_max(p: &MlpJetProblem) -> usize {
+    (p.depth as usize - 1) * (p.width as usize).pow(2) * 3 / 2
+}
+
+/// The pack entry's grid: one thread per (hidden slab, 16-deep step, 16-row tile, lane), which
+/// is 32 lanes per 16 x 16 block of each hidden matrix.
+pub fn pack_geometry(p: &MlpJetProblem) -> LaunchGeometry {
+    let threads = (p.depth - 1) * (p.width / 16) * (p.width / 16) * 32;
+    LaunchGeometry {
+        grid: [threads.div_ceil(256), 1, 1],
+        block: [256, 1, 1],
+        dynamic_smem_bytes: 0,
+        cluster: [1, 1, 1],
+    }
+}
+
+/// The pack entry's arguments.
+pub const PACK_ARGS: [KernelArg; 2] = [
+    KernelArg {
+        name: "params",
+        c_type: "const float*",
+    },
+    KernelArg {
+        name: "packed",
+        c_type: "float*",
+    },
+];
+
 /// The shape of a config that serves `p` (callers check [`row_warps`] first; a config that
 /// cannot serve gets the all-warps split, which `check_problem` rejects).
 fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
@@ -369,7 +419,12 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
     };
     let pass_rows = span * out_rows;
     let passes = p.p.div_ceil(pass_rows);
-    let slab_floats = p.width * SLAB_LD;
+    // A packed hidden slab: 16-deep steps x 16-row tiles x 32 lanes x 12 words.
+    let slab_floats = if packs_weights(c) {
+        (p.width * SLAB_LD).max(SLAB_K * p.width * 3 / 2)
+    } else {
+        p.width * SLAB_LD
+    };
     let smem_bytes = 4 * (act_floats + SLAB_STAGES * slab_floats);
     Shape {
         s,
@@ -422,14 +477,20 @@ impl Family for MlpJet {
                         lane_rows,
                         points_per_lane,
                         math: Math::Fma,
+                        packed_weights: false,
                     });
                 }
-                for math in [Math::Tf32x3, Math::Split16] {
+                for (math, packed_weights) in [
+                    (Math::Tf32x3, false),
+                    (Math::Split16, false),
+                    (Math::Split16, true),
+                ] {
                     out.push(MlpJetConfig {
                         warps,
                         lane_rows: 8,
                         points_per_lane,
                         math,
+                        packed_weights,
                     });
                 }
             }
@@ -454,6 +515,9 @@ impl Family for MlpJet {
         // tf32x3, split16: the mma fragment's lane grid is 8 rows (g) x 4 columns (t).
         illegal(c.math != Math::Fma && c.lane_rows != 8, || {
             format!("{} needs 8 lanes down, got {}", c.math.tag(), c.lane_rows)
+        })?;
+        illegal(c.packed_weights && c.math != Math::Split16, || {
+            format!("packed weights are split16's, not {}'s", c.math.tag())
         })?;
         // 1, 2 or 4 points per lane (more only multiplies registers).
         illegal(![1, 2, 4].contains(&c.points_per_lane), || {
@@ -538,6 +602,7 @@ impl Family for MlpJet {
             "tf32x3": c.math == Math::Tf32x3,
             "split16": c.math == Math::Split16,
             "presplit": presplit(c, sh.row_warps),
+            "packed": packs_weights(c),
             "streams": sh.s,
             "warps": c.warps,
             "threads": c.threads(),
@@ -571,7 +636,7 @@ impl Family for MlpJet {
             p.streams.tag()
         };
         format!(
-            "kiln_mlp_jet_{tag}_d{}_w{}_l{}_p{}_{}_w{}_lr{}_q{}",
+            "kiln_mlp_jet_{tag}_d{}_w{}_l{}_p{}_{}_w{}_lr{}_q{}{}",
             p.d,
             p.width,
             p.depth,
@@ -579,7 +644,8 @@ impl Family for MlpJet {
             c.math.tag(),
             c.warps,
             c.lane_rows,
-            c.points_per_lane
+            c.points_per_lane,
+            if packs_weights(c) { "_pk" } else { "" }
         )
     }
 
@@ -588,6 +654,7 @@ impl Family for MlpJet {
         vec![
             arg("x", "const float*"),
             arg("params", "const float*"),
+            arg("packed", "const float*"),
             arg("u", "float*"),
             arg("grad", "float*"),
             arg("second", "float*"),
@@ -607,9 +674,17 @@ impl Family for MlpJet {
         }
     }
 
-    /// No scratch.
-    fn scratch(_p: &MlpJetProblem, _c: &MlpJetConfig) -> Vec<Scratch> {
-        Vec::new()
+    /// The packed weights, with `packed_weights` (written by the `_pack` entry first).
+    fn scratch(p: &MlpJetProblem, c: &MlpJetConfig) -> Vec<Scratch> {
+        if packs_weights(c) {
+            vec![Scratch {
+                arg: "packed",
+                bytes: 4 * packed_floats(p, c),
+                zero_init: false,
+            }]
+        } else {
+            Vec::new()
+        }
     }
 
     /// The products only (2 per multiply-add): the input layer on the value
@@ -639,6 +714,7 @@ impl Family for MlpJet {
             lane_rows: 32,
             points_per_lane: 1,
             math: Math::Fma,
+            packed_weights: false,
         })
     }
 
@@ -669,8 +745,10 @@ impl Family for MlpJet {
                 // split16: half that (`Math::mma_per_k8`).
                 let per = c.math.mma_per_k8();
                 let (mt, j) = (rows / 2.0, (acc_streams(p, c) / 2) as f64);
+                // Packed weights: an A fragment is three 16-byte loads, no split.
+                let a_cost = if packs_weights(c) { 0.4 } else { 4.0 };
                 let mma = per * mt * q * j;
-                let other = 4.0 * (4.0 * mt + 2.0 * q * j);
+                let other = 4.0 * (a_cost * mt + 2.0 * q * j);
                 let mma_cycles = mma * 2048.0 / (4.4 * 256.0 / 4.0);
                 let busy = mma_cycles.max(mma + other);
                 (4.4 / per) * (mma_cycles / busy) * s / (2.0 * j)
@@ -691,7 +769,9 @@ impl Family for MlpJet {
         let compute_s = Self::flops(p) / rate * balance;
         let memory_s = Self::min_bytes(p) / 3.0e12;
         let _ = limits;
-        (compute_s.max(memory_s) + 3e-6) * 1e6
+        // A launch, and the pack entry's when it runs.
+        let launches = if packs_weights(c) { 6e-6 } else { 3e-6 };
+        (compute_s.max(memory_s) + launches) * 1e6
     }
 
     /// Same net and streams; the nearest point count (log ratio).

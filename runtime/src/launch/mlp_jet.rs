@@ -2,8 +2,10 @@
 //! streams at a batch of points. See the family module for the layouts.
 
 pub use cudarc::driver::CudaSlice;
-use cudarc::driver::{CudaStream, PushKernelArg};
-use kiln_codegen::families::mlp_jet::{param_count, MlpJet, MlpJetConfig, MlpJetProblem};
+use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use kiln_codegen::families::mlp_jet::{
+    self as fam, param_count, MlpJet, MlpJetConfig, MlpJetProblem,
+};
 use kiln_codegen::Family;
 
 use crate::device::Device;
@@ -27,6 +29,8 @@ pub struct MlpJetKernel {
     /// The problem it was built for (the point count may differ at launch).
     pub built_for: MlpJetProblem,
     pub kernel: LoadedKernel,
+    /// `<entry>_pack`, for configs with packed weights: splits them before the main entry.
+    pub pack: Option<CudaFunction>,
 }
 
 fn illegal(p: &MlpJetProblem, entry: &str, reason: impl Into<String>) -> RuntimeError {
@@ -53,10 +57,16 @@ impl MlpJetKernel {
         super::check_serves::<MlpJet>(problem, config)?;
         let entry = MlpJet::entry(problem, config);
         let kernel = LoadedKernel::load(device, cubin, &entry, smem(problem, config))?;
+        let pack = if fam::packs_weights(config) {
+            Some(kernel.sibling(&format!("{entry}_pack"))?)
+        } else {
+            None
+        };
         Ok(MlpJetKernel {
             config: *config,
             built_for: *problem,
             kernel,
+            pack,
         })
     }
 
@@ -72,14 +82,23 @@ impl MlpJetKernel {
         Self::from_cubin(device, &cubin, problem, config)
     }
 
+    /// Floats of the `packed` scratch a launch of `problem` needs: 0 unless the config packs
+    /// its weights ([`MlpJetConfig::packed_weights`]).
+    pub fn workspace_floats(&self, problem: &MlpJetProblem) -> usize {
+        fam::packed_floats(problem, &self.config)
+    }
+
     /// Enqueue the jets of `problem.points` points of `x [points, d]` through the net in
-    /// `params` (the family's arena layout) on `stream`.
+    /// `params` (the family's arena layout) on `stream`. A config with packed weights first
+    /// splits them into `packed` (at least [`Self::workspace_floats`] floats, no
+    /// initialisation needed; `None` is fine for the other configs).
     pub fn launch(
         &self,
         stream: &CudaStream,
         problem: &MlpJetProblem,
         x: &CudaSlice<f32>,
         params: &CudaSlice<f32>,
+        packed: Option<&mut CudaSlice<f32>>,
         out: &mut MlpJetOutputs<'_>,
     ) -> Result<()> {
         super::check_serves::<MlpJet>(problem, &self.config)?;
@@ -127,8 +146,44 @@ impl MlpJetKernel {
             .kernel
             .config(&MlpJet::geometry(problem, &self.config))?;
         let (null, ni) = (0u64, problem.points as i32);
+        let packed = match (&self.pack, packed) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(illegal(
+                    problem,
+                    entry,
+                    format!(
+                        "this config packs its weights: pass a `packed` scratch of {} floats \
+                         (MlpJetKernel::workspace_floats)",
+                        self.workspace_floats(problem)
+                    ),
+                ))
+            }
+            (Some(pack), Some(buf)) => {
+                need("packed", buf.len(), self.workspace_floats(problem))?;
+                let pg = fam::pack_geometry(problem);
+                let pcfg = LaunchConfig {
+                    grid_dim: (pg.grid[0], 1, 1),
+                    block_dim: (pg.block[0], 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut launch = stream.launch_builder(pack);
+                launch.arg(params).arg(&mut *buf);
+                // SAFETY: the pack entry's signature is (params, packed) as `fam::PACK_ARGS`
+                // lists. It reads the hidden weights of `params` (size-checked above) and
+                // writes `packed_floats` floats of `buf` (checked just now), which the main
+                // launch below reads on the same stream.
+                unsafe { launch.launch(pcfg) }.during(format!("launching {entry}_pack"))?;
+                Some(buf)
+            }
+        };
         let mut launch = stream.launch_builder(&self.kernel.func);
-        launch.arg(x).arg(params).arg(&mut *out.u);
+        launch.arg(x).arg(params);
+        match packed {
+            Some(b) => launch.arg(&*b),
+            None => launch.arg(&null),
+        };
+        launch.arg(&mut *out.u);
         match out.grad.as_deref_mut() {
             Some(g) => launch.arg(g),
             None => launch.arg(&null),
@@ -138,8 +193,9 @@ impl MlpJetKernel {
             None => launch.arg(&null),
         };
         launch.arg(&ni);
-        // SAFETY: the argument list matches the template's one signature (x, params, u,
-        // grad, second, n) listed by `MlpJet::args()`: five device pointers and an int. Every
+        // SAFETY: the argument list matches the template's main signature (x, params, packed,
+        // u, grad, second, n) listed by `MlpJet::args()`: six device pointers and an int;
+        // `packed` is null unless the config packs (then the pack entry above filled it). Every
         // buffer the kernel reads or writes was size-checked above against the problem (the
         // kernel never writes an output its streams do not include, so those are null), the
         // parameter arena comes from cudaMalloc (16-byte aligned, as its cp.async needs), and

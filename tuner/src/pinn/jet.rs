@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 
 use kiln_codegen::families::mlp_jet::{
-    init_params, reference_points, reference_points_f32, Jets, MlpJet, MlpJetConfig, MlpJetProblem,
+    init_params, packed_floats_max, reference_points, reference_points_f32, Jets, MlpJet,
+    MlpJetConfig, MlpJetProblem,
 };
 use kiln_codegen::{Compiler, Family};
 use kiln_runtime::error::DriverContext;
@@ -44,6 +45,8 @@ pub struct JetBuffers {
     pub x: CudaSlice<f32>,
     pub params: CudaSlice<f32>,
     pub outs: [CudaSlice<f32>; 3],
+    /// Scratch for configs with packed weights, sized for any config of the net.
+    pub packed: CudaSlice<f32>,
 }
 
 impl JetBuffers {
@@ -53,16 +56,19 @@ impl JetBuffers {
             .problem
             .output_lens()
             .map(|l| device.upload(&vec![f32::NAN; l.max(1)], "mlp_jet output"));
+        let packed = packed_floats_max(&inputs.problem).max(1);
         Ok(JetBuffers {
             x: device.upload(&inputs.x, "mlp_jet x")?,
             params: device.upload(&inputs.params, "mlp_jet params")?,
             outs: [u?, g?, s?],
+            packed: device.upload(&vec![f32::NAN; packed], "mlp_jet packed weights")?,
         })
     }
 
-    /// Overwrite every output with NaN, so an element the kernel leaves unwritten shows.
+    /// Overwrite every output (and the packed-weight scratch) with NaN, so an element the
+    /// kernel leaves unwritten, or reads before its pack entry writes it, shows.
     pub fn poison(&mut self, device: &Device) -> Result<()> {
-        for o in &mut self.outs {
+        for o in self.outs.iter_mut().chain([&mut self.packed]) {
             let nan = vec![f32::NAN; o.len()];
             device
                 .stream
@@ -86,7 +92,14 @@ impl JetBuffers {
             grad: (g > 0).then_some(grad),
             second: (s > 0).then_some(second),
         };
-        kernel.launch(&device.stream, p, &self.x, &self.params, &mut out)
+        kernel.launch(
+            &device.stream,
+            p,
+            &self.x,
+            &self.params,
+            Some(&mut self.packed),
+            &mut out,
+        )
     }
 
     /// The outputs, each cut to its length for `p` (empty for a stream not computed).

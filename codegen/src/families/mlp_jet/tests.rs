@@ -48,9 +48,12 @@ fn every_problem() -> Vec<MlpJetProblem> {
 #[test]
 fn space_and_variants_stay_modest() {
     let legal = MlpJet::legal_space(&limits());
-    assert_eq!(legal.len(), 30);
+    assert_eq!(legal.len(), 36);
     assert_eq!(legal.iter().filter(|c| c.math == Math::Tf32x3).count(), 6);
-    assert_eq!(legal.iter().filter(|c| c.math == Math::Split16).count(), 6);
+    assert_eq!(legal.iter().filter(|c| c.math == Math::Split16).count(), 12);
+    assert!(legal
+        .iter()
+        .all(|c| !c.packed_weights || c.math == Math::Split16));
     let f = crate::registry::family("mlp_jet").unwrap();
     let variants = f.variants(&limits());
     let entries: HashSet<_> = variants.iter().map(|v| v.entry.clone()).collect();
@@ -87,6 +90,7 @@ fn warps_split_neurons_only_as_registers_require() {
         lane_rows,
         points_per_lane,
         math: Math::Fma,
+        packed_weights: false,
     };
     // S = 4: 8 neurons x 2 points x 4 streams = 64 fit without a split; 4 points need two
     // warps down (4 neurons each).
@@ -190,6 +194,10 @@ fn every_variant_renders() {
             if MlpJet::check_problem(&p, &c).is_ok() {
                 let src = crate::render::render::<MlpJet>(&p, &c).unwrap();
                 assert!(src.source.contains(&format!("{}(", MlpJet::entry(&p, &c))));
+                assert_eq!(
+                    src.source.contains("#define KILN_PACKED 1"),
+                    packs_weights(&c)
+                );
             }
         }
     }
@@ -206,6 +214,59 @@ fn args_match_the_template_signature() {
         .collect();
     let want: Vec<&str> = MlpJet::args().iter().map(|a| a.name).collect();
     assert_eq!(names, want);
+    let open = "{{ entry }}_pack(";
+    let start = t.find(open).unwrap() + open.len();
+    let end = start + t[start..].find(")\n{").unwrap();
+    let names: Vec<String> = t[start..end]
+        .split(',')
+        .map(|p| p.split_whitespace().last().unwrap().to_string())
+        .collect();
+    let want: Vec<&str> = PACK_ARGS.iter().map(|a| a.name).collect();
+    assert_eq!(names, want);
+}
+
+#[test]
+fn packed_weights_size_their_scratch_and_slabs() {
+    let t = pinn_targets();
+    let c = MlpJetConfig {
+        warps: 4,
+        lane_rows: 8,
+        points_per_lane: 1,
+        math: Math::Split16,
+        packed_weights: true,
+    };
+    let plain = MlpJetConfig {
+        packed_weights: false,
+        ..c
+    };
+    // d = 20: 3 hidden 128 x 128 matrices at 1.5 words a weight; slabs of 32 k x 128 rows.
+    assert_eq!(packed_floats(&t[2], &c), 3 * 128 * 128 * 3 / 2);
+    assert_eq!(packed_floats(&t[2], &plain), 0);
+    assert_eq!(
+        MlpJet::scratch(&t[2], &c),
+        vec![Scratch {
+            arg: "packed",
+            bytes: 4 * 3 * 128 * 128 * 3 / 2,
+            zero_init: false,
+        }]
+    );
+    assert!(MlpJet::scratch(&t[2], &plain).is_empty());
+    assert_eq!(shape(&t[2], &c).slab_floats, 32 * 128 * 3 / 2);
+    assert_eq!(shape(&t[2], &plain).slab_floats, 128 * SLAB_LD);
+    assert_eq!(pack_geometry(&t[2]).grid[0] * 256, 3 * 64 * 32);
+    assert!(MlpJet::entry(&t[2], &c).ends_with("_q1_pk"));
+    assert!(MlpJet::entry(&t[2], &plain).ends_with("_q1"));
+    // Only split16 packs; configs written before the field read as unpacked.
+    let bad = MlpJetConfig {
+        math: Math::Tf32x3,
+        ..c
+    };
+    assert!(MlpJet::check_config(&bad, &limits()).is_err());
+    let old: MlpJetConfig = serde_json::from_str(
+        r#"{"warps": 4, "lane_rows": 8, "points_per_lane": 1, "math": "split16"}"#,
+    )
+    .unwrap();
+    assert_eq!(old, plain);
 }
 
 #[test]
@@ -294,6 +355,7 @@ fn tf32x3_pads_streams_to_pairs_and_needs_even_rows() {
         lane_rows: 8,
         points_per_lane: 2,
         math: Math::Tf32x3,
+        packed_weights: false,
     };
     // S = 3 carried as 4: 8 rows x 2 points x 4 = 64.
     let p = MlpJetProblem::laplacian(1, 64, 4, 1, 100);
@@ -375,12 +437,14 @@ fn estimate_prefers_register_tiles_that_reuse_loads() {
         lane_rows: 32,
         points_per_lane: 1,
         math: Math::Fma,
+        packed_weights: false,
     };
     let big = MlpJetConfig {
         warps: 8,
         lane_rows: 8,
         points_per_lane: 4,
         math: Math::Fma,
+        packed_weights: false,
     };
     MlpJet::check_problem(&p, &small).unwrap();
     MlpJet::check_problem(&p, &big).unwrap();
@@ -395,6 +459,7 @@ fn split16_pre_splits_columns_only_with_several_row_warps() {
         lane_rows: 8,
         points_per_lane,
         math: Math::Split16,
+        packed_weights: false,
     };
     // d = 1, 2 points per lane: one warp down the 64 neurons, fp32 columns.
     let c = config(2);
