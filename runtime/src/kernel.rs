@@ -10,7 +10,7 @@ use crate::device::Device;
 use crate::error::{Result, RuntimeError};
 
 /// Shared memory a block may use without opting in.
-const DEFAULT_SMEM_LIMIT: u32 = 48 * 1024;
+pub(crate) const DEFAULT_SMEM_LIMIT: u32 = 48 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct LoadedKernel {

@@ -365,7 +365,13 @@ pub fn packed_floats_max(p: &MlpJetProblem) -> usize {
 /// The pack entry's grid: one thread per (hidden slab, 16-deep step, 16-row tile, lane), which
 /// is 32 lanes per 16 x 16 block of each hidden matrix.
 pub fn pack_geometry(p: &MlpJetProblem) -> LaunchGeometry {
-    let threads = (p.depth - 1) * (p.width / 16) * (p.width / 16) * 32;
+    packed_fragment_grid(p.depth - 1, p.width)
+}
+
+/// A grid of 256-thread blocks with one thread per lane of every 16 x 16 block of `matrices`
+/// `width x width` matrices: the pack entries of both PINN families.
+pub(crate) fn packed_fragment_grid(matrices: u32, width: u32) -> LaunchGeometry {
+    let threads = matrices * (width / 16) * (width / 16) * 32;
     LaunchGeometry {
         grid: [threads.div_ceil(256), 1, 1],
         block: [256, 1, 1],

@@ -317,13 +317,7 @@ pub fn packs_weights(c: &MlpJetBackwardConfig) -> bool {
 /// The pack entry's grid: one thread per (slab, 16-deep step, 16-row tile, lane), which is
 /// 32 lanes per 16 x 16 block of each hidden matrix, twice (forward and W^T fragments).
 pub fn pack_geometry(p: &MlpJetBackwardProblem) -> LaunchGeometry {
-    let threads = 2 * (p.depth - 1) * (p.width / 16) * (p.width / 16) * 32;
-    LaunchGeometry {
-        grid: [threads.div_ceil(THREADS), 1, 1],
-        block: [THREADS, 1, 1],
-        dynamic_smem_bytes: 0,
-        cluster: [1, 1, 1],
-    }
+    crate::families::mlp_jet::packed_fragment_grid(2 * (p.depth - 1), p.width)
 }
 
 /// The pack entry's arguments.

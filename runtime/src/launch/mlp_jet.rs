@@ -2,7 +2,7 @@
 //! streams at a batch of points. See the family module for the layouts.
 
 pub use cudarc::driver::CudaSlice;
-use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaStream, PushKernelArg};
 use kiln_codegen::families::mlp_jet::{
     self as fam, param_count, MlpJet, MlpJetConfig, MlpJetProblem,
 };
@@ -161,12 +161,7 @@ impl MlpJetKernel {
             }
             (Some(pack), Some(buf)) => {
                 need("packed", buf.len(), self.workspace_floats(problem))?;
-                let pg = fam::pack_geometry(problem);
-                let pcfg = LaunchConfig {
-                    grid_dim: (pg.grid[0], 1, 1),
-                    block_dim: (pg.block[0], 1, 1),
-                    shared_mem_bytes: 0,
-                };
+                let pcfg = super::sibling_config(&fam::pack_geometry(problem));
                 let mut launch = stream.launch_builder(pack);
                 launch.arg(params).arg(&mut *buf);
                 // SAFETY: the pack entry's signature is (params, packed) as `fam::PACK_ARGS`

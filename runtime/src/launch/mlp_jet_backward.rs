@@ -3,7 +3,7 @@
 //! one kernel, then an ordered reduction). See the family module for the math and layouts.
 
 pub use cudarc::driver::CudaSlice;
-use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaStream, PushKernelArg};
 use kiln_codegen::families::mlp_jet_backward::{
     self as fam, Loss, MlpJetBackward, MlpJetBackwardConfig, MlpJetBackwardProblem,
 };
@@ -196,12 +196,7 @@ impl MlpJetBackwardKernel {
         let (null, ni) = (0u64, problem.points as i32);
         let ctas = geometry.grid[0] as i32;
         if let Some(pack) = &self.pack {
-            let pg = fam::pack_geometry(problem);
-            let pcfg = LaunchConfig {
-                grid_dim: (pg.grid[0], 1, 1),
-                block_dim: (pg.block[0], 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let pcfg = super::sibling_config(&fam::pack_geometry(problem));
             let mut launch = stream.launch_builder(pack);
             launch.arg(params).arg(&mut *partial).arg(&ctas);
             // SAFETY: the pack entry's signature is (params, partial, ctas) as
@@ -231,12 +226,7 @@ impl MlpJetBackwardKernel {
         // kernel was rendered for.
         unsafe { launch.launch(cfg) }.during(format!("launching {entry}"))?;
 
-        let rg = fam::reduce_geometry(problem);
-        let rcfg = LaunchConfig {
-            grid_dim: (rg.grid[0], 1, 1),
-            block_dim: (rg.block[0], 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let rcfg = super::sibling_config(&fam::reduce_geometry(problem));
         let scale = fam::scale(problem);
         let mut reduce = stream.launch_builder(&self.reduce);
         reduce.arg(&*partial).arg(&mut *out.grads);

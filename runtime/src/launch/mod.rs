@@ -58,6 +58,17 @@ pub(crate) fn check_serves<F: kiln_codegen::Family>(p: &F::Problem, c: &F::Confi
     })
 }
 
+/// The launch configuration of a sibling entry (`LoadedKernel::sibling`: default dynamic
+/// shared memory only) for `g`.
+pub(crate) fn sibling_config(g: &kiln_codegen::LaunchGeometry) -> cudarc::driver::LaunchConfig {
+    debug_assert!(g.dynamic_smem_bytes <= crate::kernel::DEFAULT_SMEM_LIMIT);
+    cudarc::driver::LaunchConfig {
+        grid_dim: (g.grid[0], g.grid[1], g.grid[2]),
+        block_dim: (g.block[0], g.block[1], g.block[2]),
+        shared_mem_bytes: g.dynamic_smem_bytes,
+    }
+}
+
 /// A buffer holds at least `need` elements.
 pub(crate) fn need(name: &'static str, got: usize, need: usize) -> Result<()> {
     if got < need {

@@ -4,7 +4,7 @@
 //! layouts and the launch contract.
 
 pub use cudarc::driver::CudaSlice;
-use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaStream, PushKernelArg};
 use kiln_codegen::families::synth_residual::{
     self as fam, Forcing, Residual, SynthResidual, SynthResidualConfig, SynthResidualProblem,
 };
@@ -194,12 +194,7 @@ impl SynthResidualKernel {
         // holds `workspace_floats` for exactly that grid.
         unsafe { launch.launch(cfg) }.during(format!("launching {entry}"))?;
 
-        let rg = fam::reduce_geometry(problem);
-        let rcfg = LaunchConfig {
-            grid_dim: (rg.grid[0], 1, 1),
-            block_dim: (rg.block[0], 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let rcfg = super::sibling_config(&fam::reduce_geometry(problem));
         let mut reduce = stream.launch_builder(&self.reduce);
         reduce.arg(&*workspace);
         for b in [&mut out.dc_u, &mut out.dc_k, &mut out.dbasis] {
