@@ -23,13 +23,17 @@
 //!
 //! # Launch contract
 //!
-//! Arguments ([`MlpJet::args`]): `x, params, u, grad, second, n` with `n = points`. The grid
-//! is persistent (at most the CTAs that are resident at once); each CTA walks tiles of
-//! [`tile_points`] points. No scratch.
+//! Arguments ([`MlpJet::args`]): `x, params, packed, u, grad, second, n` with `n = points`.
+//! The grid is persistent (at most the CTAs that are resident at once); each CTA walks tiles
+//! of [`tile_points`] points. `packed` is null unless the config packs its weights
+//! ([`MlpJetConfig::packed_weights`], split16): then `<entry>_pack(params, packed)`
+//! ([`PACK_ARGS`], grid [`pack_geometry`]) runs first on the same stream and fills
+//! [`packed_floats`] floats of it (scratch, no initialisation needed; one launch in flight per
+//! buffer).
 //!
 //! The template (`templates/mlp_jet.cu.tera`) explains the work split and the pipeline.
-//! Two ways to compute each layer's product ([`Math`]): fp32 FMA (the default, exact fp32),
-//! and 3xTF32 on tensor cores (a tuning candidate; not a default until validated on a GPU).
+//! Three ways to compute each layer's product ([`Math`]): fp32 FMA (the default, exact fp32),
+//! and 3xTF32 or split16 on tensor cores (tuning candidates, validated before they may win).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

@@ -91,7 +91,9 @@ impl MlpJetKernel {
     /// Enqueue the jets of `problem.points` points of `x [points, d]` through the net in
     /// `params` (the family's arena layout) on `stream`. A config with packed weights first
     /// splits them into `packed` (at least [`Self::workspace_floats`] floats, no
-    /// initialisation needed; `None` is fine for the other configs).
+    /// initialisation needed; `None` is fine for the other configs). The pack and the main
+    /// kernel run on `stream` after this returns: a `packed` buffer must not serve a launch
+    /// on another stream before they are done.
     pub fn launch(
         &self,
         stream: &CudaStream,
