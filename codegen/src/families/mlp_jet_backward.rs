@@ -248,7 +248,7 @@ fn shape(p: &MlpJetBackwardProblem, c: &MlpJetBackwardConfig) -> Option<Shape> {
     let lda = p.width + 4;
     let sk = c.slab_k;
     // A packed slab: 16-deep steps x 16-row tiles x 32 lanes x 12 words = 1.5 words a weight.
-    let packed = c.packed_weights && c.math == Math::Split16;
+    let packed = packs_weights(c);
     let slab_floats = if packed {
         sk * p.width * 3 / 2
     } else {
