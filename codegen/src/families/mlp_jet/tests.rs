@@ -206,23 +206,18 @@ fn every_variant_renders() {
 #[test]
 fn args_match_the_template_signature() {
     let t = MlpJet::TEMPLATE;
-    let start = t.find("{{ entry }}(").unwrap() + "{{ entry }}(".len();
-    let end = start + t[start..].find(")\n{").unwrap();
-    let names: Vec<String> = t[start..end]
-        .split(',')
-        .map(|p| p.split_whitespace().last().unwrap().to_string())
-        .collect();
+    let names = |open: &str| -> Vec<String> {
+        let start = t.find(open).unwrap() + open.len();
+        let end = start + t[start..].find(")\n{").unwrap();
+        t[start..end]
+            .split(',')
+            .map(|p| p.split_whitespace().last().unwrap().to_string())
+            .collect()
+    };
     let want: Vec<&str> = MlpJet::args().iter().map(|a| a.name).collect();
-    assert_eq!(names, want);
-    let open = "{{ entry }}_pack(";
-    let start = t.find(open).unwrap() + open.len();
-    let end = start + t[start..].find(")\n{").unwrap();
-    let names: Vec<String> = t[start..end]
-        .split(',')
-        .map(|p| p.split_whitespace().last().unwrap().to_string())
-        .collect();
+    assert_eq!(names("{{ entry }}("), want);
     let want: Vec<&str> = PACK_ARGS.iter().map(|a| a.name).collect();
-    assert_eq!(names, want);
+    assert_eq!(names("{{ entry }}_pack("), want);
 }
 
 #[test]
