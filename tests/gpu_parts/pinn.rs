@@ -94,6 +94,10 @@ fn small_problems() -> Vec<MlpJetProblem> {
         prob(32, 256, 2, 1, 301, Streams::ValueGradHessdiag),
         // One point.
         prob(2, 64, 2, 1, 1, Streams::ValueGradLaplacian),
+        // wgmma at width 128 (two streams) and at width 64 deep, both over several 32-output
+        // chunks with a partial last one.
+        prob(1, 128, 2, 40, 1500, Streams::ValueGrad),
+        prob(1, 64, 6, 100, 2000, Streams::ValueD2),
     ]
 }
 

@@ -99,6 +99,14 @@ pub enum Math {
     /// The bf16 cross terms leave ~2^-20 of each product (tf32x3: ~2^-22). Lane grid and
     /// stream pairs as for tf32x3.
     Split16,
+    /// split16's operands on warpgroup `wgmma` (sm_90a): a warpgroup takes 32 points, every
+    /// layer's input stays in registers as the wgmma A operand (rows = point x stream,
+    /// K = neurons) and the weights, split once per launch by the `_pack` entry, stay in
+    /// shared memory for the whole launch as the B operand. No shared-memory activations, no
+    /// barriers after the weights are loaded. Needs the width a multiple of 64 and the
+    /// fragments within [`WGMMA_FRAG_REGS`] registers (width 64: up to 4 streams; 128: 2),
+    /// and every weight in shared memory ([`wgmma_smem_bytes`]).
+    Wgmma,
 }
 
 impl Math {
@@ -107,6 +115,7 @@ impl Math {
             Math::Fma => "fma",
             Math::Tf32x3 => "tf32x3",
             Math::Split16 => "split16",
+            Math::Wgmma => "wgmma",
         }
     }
 
@@ -117,7 +126,7 @@ impl Math {
         match self {
             Math::Fma => 0.0,
             Math::Tf32x3 => 3.0,
-            Math::Split16 => 1.5,
+            Math::Split16 | Math::Wgmma => 1.5,
         }
     }
 }
@@ -165,6 +174,12 @@ pub const SLAB_STAGES: u32 = 2;
 pub const MAX_ACC: u32 = 96;
 /// SMs of the grid the launch geometry plans for (H100 / H200).
 const SMS: u32 = 132;
+/// wgmma: most registers a lane's A fragments and accumulators of one layer may take
+/// (stream pairs x (width / 16 x 12 fragment words + width / 2 accumulators)).
+pub const WGMMA_FRAG_REGS: u32 = 160;
+/// wgmma: points of a warpgroup tile (the 64 rows of the A operand are 32 points x a stream
+/// pair).
+pub const WGMMA_TILE: u32 = 32;
 
 impl Streams {
     /// Tangent streams (one per input dimension, or none).
@@ -283,12 +298,22 @@ fn acc_streams(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
     let s = p.streams_per_point();
     match c.math {
         Math::Fma => s,
-        Math::Tf32x3 | Math::Split16 => s.div_ceil(2) * 2,
+        Math::Tf32x3 | Math::Split16 | Math::Wgmma => s.div_ceil(2) * 2,
     }
+}
+
+/// wgmma: registers of one layer's A fragments and accumulators per lane (see
+/// [`WGMMA_FRAG_REGS`]).
+pub fn wgmma_frag_regs(p: &MlpJetProblem) -> u32 {
+    let pairs = p.streams_per_point().div_ceil(2);
+    pairs * (p.width / 16 * 12 + p.width / 2)
 }
 
 /// Points of one CTA tile of `p` under `c` (1 when the config cannot serve `p`).
 pub fn tile_points(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
+    if c.math == Math::Wgmma {
+        return WGMMA_TILE * c.warps / 4;
+    }
     let wr = row_warps(p, c).unwrap_or(c.warps);
     (c.warps / wr) * c.lane_cols() * c.points_per_lane
 }
@@ -348,28 +373,61 @@ pub fn split16_column_words(width: u32) -> u32 {
 
 /// Whether launches of `c` run the `_pack` entry first.
 pub fn packs_weights(c: &MlpJetConfig) -> bool {
-    c.packed_weights && c.math == Math::Split16
+    (c.packed_weights && c.math == Math::Split16) || c.math == Math::Wgmma
 }
 
-/// Floats of the `packed` scratch of `p` under `c`: the hidden slabs, 1.5 words per weight (0
-/// without packed weights).
+/// Floats of the `packed` scratch of `p` under `c`: 1.5 words per weight, the hidden slabs
+/// (split16) or every weight past layer 0 (wgmma, [`wgmma_pack_bytes`]); 0 without packed
+/// weights.
 pub fn packed_floats(p: &MlpJetProblem, c: &MlpJetConfig) -> usize {
-    if packs_weights(c) {
-        packed_floats_max(p)
-    } else {
-        0
+    match c.math {
+        Math::Wgmma => wgmma_pack_bytes(p) as usize / 4,
+        _ if packs_weights(c) => (p.depth as usize - 1) * (p.width as usize).pow(2) * 3 / 2,
+        _ => 0,
     }
 }
 
-/// The most floats of `packed` scratch any config of `p`'s net needs.
+/// The most floats of `packed` scratch any config of `p`'s net needs (wgmma's, which holds the
+/// hidden slabs' count and the output layer).
 pub fn packed_floats_max(p: &MlpJetProblem) -> usize {
-    (p.depth as usize - 1) * (p.width as usize).pow(2) * 3 / 2
+    wgmma_pack_bytes(p) as usize / 4
 }
 
-/// The pack entry's grid: one thread per (hidden slab, 16-deep step, 16-row tile, lane), which
-/// is 32 lanes per 16 x 16 block of each hidden matrix.
-pub fn pack_geometry(p: &MlpJetProblem) -> LaunchGeometry {
-    packed_fragment_grid(p.depth - 1, p.width)
+/// wgmma: output neurons per output chunk (one wgmma N: p rounded up to 8, at most 32), and p
+/// rounded up to whole chunks.
+pub fn wgmma_out_chunk(p: &MlpJetProblem) -> (u32, u32) {
+    let n = p.p.div_ceil(8).min(4) * 8;
+    (n, p.p.div_ceil(n) * n)
+}
+
+/// wgmma: bytes of the packed weights, three operand tiles (fp16 hi, two bf16 cross-term halves)
+/// of 2 bytes per weight for each hidden layer and for the output layer padded to whole chunks.
+pub fn wgmma_pack_bytes(p: &MlpJetProblem) -> u32 {
+    let (_, p_pad) = wgmma_out_chunk(p);
+    6 * p.width * ((p.depth - 1) * p.width + p_pad)
+}
+
+/// wgmma: dynamic shared memory, the packed weights then the biases (hidden and padded output)
+/// and layer 0 (`W_0` and `b_0`) in fp32.
+pub fn wgmma_smem_bytes(p: &MlpJetProblem) -> u32 {
+    let (_, p_pad) = wgmma_out_chunk(p);
+    wgmma_pack_bytes(p) + 4 * ((p.depth - 1) * p.width + p_pad) + 4 * p.width * (p.d + 1)
+}
+
+/// The pack entry's grid. split16: one thread per (hidden slab, 16-deep step, 16-row tile,
+/// lane), which is 32 lanes per 16 x 16 block of each hidden matrix; wgmma: one thread per
+/// 16-byte chunk of the packed weights.
+pub fn pack_geometry(p: &MlpJetProblem, c: &MlpJetConfig) -> LaunchGeometry {
+    if c.math == Math::Wgmma {
+        LaunchGeometry {
+            grid: [(wgmma_pack_bytes(p) / 16).div_ceil(256), 1, 1],
+            block: [256, 1, 1],
+            dynamic_smem_bytes: 0,
+            cluster: [1, 1, 1],
+        }
+    } else {
+        packed_fragment_grid(p.depth - 1, p.width)
+    }
 }
 
 /// A grid of 256-thread blocks with one thread per lane of every 16 x 16 block of `matrices`
@@ -413,7 +471,7 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
             let g = c.points_per_lane * s * p.width + 4;
             (g, groups * g)
         }
-        Math::Tf32x3 | Math::Split16 => {
+        Math::Tf32x3 | Math::Split16 | Math::Wgmma => {
             // Whole 16-row tiles; a warp's columns (points x paired streams), each a k-vector
             // padded by 4 floats so the 8 columns of a fragment fall on distinct banks
             // (split16: the column's pre-split words, see `split16_column_words`).
@@ -448,6 +506,51 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
         act_floats,
         slab_floats,
         smem_bytes,
+    }
+}
+
+/// What the template's wgmma path is rendered with.
+fn wgmma_render_vars(p: &MlpJetProblem, c: &MlpJetConfig) -> RenderVars {
+    let (out_n, p_pad) = wgmma_out_chunk(p);
+    let operands = |n: u32| {
+        let (list, bindings) = crate::families::wgmma_accumulator_operands(n);
+        let a = (n..n + 4).map(|i| format!("%{i}")).collect::<Vec<_>>().join(", ");
+        (list, bindings, a, format!("%{}", n + 4))
+    };
+    let (hid_d, hid_c, hid_a, hid_desc) = operands(p.width / 2);
+    let (out_d, out_c, out_a, out_desc) = operands(out_n / 2);
+    let vars = json!({
+        "wgmma": true,
+        "entry": MlpJet::entry(p, c),
+        "d": p.d,
+        "width": p.width,
+        "depth": p.depth,
+        "p": p.p,
+        "tangents": p.streams.tangents(p.d),
+        "seconds": p.streams.seconds(p.d),
+        "hessdiag": p.streams.hessdiag() && p.d > 1,
+        "tf32x3": false,
+        "split16": false,
+        "presplit": false,
+        "packed": true,
+        "streams": p.streams_per_point(),
+        "threads": c.threads(),
+        "warpgroups": c.warps / 4,
+        "out_n": out_n,
+        "p_pad": p_pad,
+        "smem_bytes": wgmma_smem_bytes(p),
+        "hid_d_operands": hid_d,
+        "hid_d_constraints": hid_c,
+        "hid_a_operands": hid_a,
+        "hid_desc_operand": hid_desc,
+        "out_d_operands": out_d,
+        "out_d_constraints": out_c,
+        "out_a_operands": out_a,
+        "out_desc_operand": out_desc,
+    });
+    match vars {
+        Value::Object(map) => map,
+        _ => unreachable!("json! of an object literal"),
     }
 }
 
@@ -504,6 +607,14 @@ impl Family for MlpJet {
                     });
                 }
             }
+            // One or two warpgroups of 32-point tiles.
+            out.push(MlpJetConfig {
+                warps,
+                lane_rows: 8,
+                points_per_lane: 1,
+                math: Math::Wgmma,
+                packed_weights: false,
+            });
         }
         out
     }
@@ -529,6 +640,10 @@ impl Family for MlpJet {
         illegal(c.packed_weights && c.math != Math::Split16, || {
             format!("packed weights are split16's, not {}'s", c.math.tag())
         })?;
+        // wgmma: a warpgroup's tile is 32 points, one per fragment row pair.
+        illegal(c.math == Math::Wgmma && c.points_per_lane != 1, || {
+            format!("wgmma takes 1 point per lane, got {}", c.points_per_lane)
+        })?;
         // 1, 2 or 4 points per lane (more only multiplies registers).
         illegal(![1, 2, 4].contains(&c.points_per_lane), || {
             format!("{} points per lane is not 1, 2 or 4", c.points_per_lane)
@@ -539,6 +654,26 @@ impl Family for MlpJet {
     // is_multiple_of is newer than the workspace's rust-version.
     #[allow(clippy::manual_is_multiple_of)]
     fn check_problem(p: &MlpJetProblem, c: &MlpJetConfig) -> Result<(), Illegal> {
+        if c.math == Math::Wgmma {
+            // 128-byte K blocks of the operand tiles; a layer's fragments in registers; every
+            // weight in shared memory.
+            illegal(p.width % 64 != 0, || {
+                format!("wgmma needs the width a multiple of 64, got {}", p.width)
+            })?;
+            illegal(wgmma_frag_regs(p) > WGMMA_FRAG_REGS, || {
+                format!(
+                    "{} streams over width {} need {} fragment registers per lane, more than {WGMMA_FRAG_REGS}",
+                    p.streams_per_point(),
+                    p.width,
+                    wgmma_frag_regs(p)
+                )
+            })?;
+            let limit = DeviceLimits::HOPPER.max_dynamic_smem_per_block;
+            let smem = wgmma_smem_bytes(p);
+            return illegal(smem > limit, || {
+                format!("{smem} B of weights in shared memory exceed {limit}")
+            });
+        }
         // Every lane owns whole neurons of every hidden layer, and its accumulators
         // (neurons x points x streams) fit MAX_ACC registers once warps split the neurons.
         illegal(row_warps(p, c).is_none(), || {
@@ -599,8 +734,12 @@ impl Family for MlpJet {
     }
 
     fn render_vars(p: &MlpJetProblem, c: &MlpJetConfig) -> RenderVars {
+        if c.math == Math::Wgmma {
+            return wgmma_render_vars(p, c);
+        }
         let sh = shape(p, c);
         let vars = json!({
+            "wgmma": false,
             "entry": Self::entry(p, c),
             "d": p.d,
             "width": p.width,
@@ -673,6 +812,19 @@ impl Family for MlpJet {
     }
 
     fn geometry(p: &MlpJetProblem, c: &MlpJetConfig) -> LaunchGeometry {
+        if c.math == Math::Wgmma {
+            // One warpgroup per 32-point tile; as many CTAs as are resident, at most one per
+            // `warps / 4` tiles.
+            let smem = wgmma_smem_bytes(p);
+            let tiles = p.points.div_ceil(WGMMA_TILE);
+            let resident = SMS * ctas_per_sm(smem, c.threads());
+            return LaunchGeometry {
+                grid: [tiles.div_ceil(c.warps / 4).min(resident).max(1), 1, 1],
+                block: [c.threads(), 1, 1],
+                dynamic_smem_bytes: smem,
+                cluster: [1, 1, 1],
+            };
+        }
         let sh = shape(p, c);
         let tiles = p.points.div_ceil(sh.tile);
         let resident = SMS * ctas_per_sm(sh.smem_bytes, c.threads());
@@ -729,6 +881,19 @@ impl Family for MlpJet {
     }
 
     fn estimate_us(p: &MlpJetProblem, c: &MlpJetConfig, limits: &DeviceLimits) -> f64 {
+        if c.math == Math::Wgmma {
+            // Three fp16 / bf16 wgmma's per 16 k at ~60% of the 990 TFLOP/s dense rate, padded
+            // streams included, and a jet update per neuron and point (~40 instructions)
+            // overlapping them across warpgroups.
+            let w = p.width as f64;
+            let sp = acc_streams(p, c) as f64;
+            let (_, p_pad) = wgmma_out_chunk(p);
+            let macs = p.points as f64 * sp * w * ((p.depth as f64 - 1.0) * w + p_pad as f64);
+            let tensor_s = 3.0 * 2.0 * macs / (0.6 * 990e12);
+            let jet_s = p.points as f64 * w * p.depth as f64 * 40.0 / (132.0 * 128.0 * 1.7e9);
+            let _ = limits;
+            return (tensor_s.max(jet_s) + 0.3 * tensor_s.min(jet_s) + 6e-6) * 1e6;
+        }
         let sh = shape(p, c);
         let q = c.points_per_lane as f64;
         let s = sh.s as f64;
@@ -747,7 +912,7 @@ impl Family for MlpJet {
                 let smem_cycles = wavefronts * warps_sm;
                 fma * warps_sm / 4.0 / issue_cycles.max(smem_cycles)
             }
-            Math::Tf32x3 | Math::Split16 => {
+            Math::Tf32x3 | Math::Split16 | Math::Wgmma => {
                 // Per 8-deep k step a warp issues 3 mma per (16-row tile, 8-column tile),
                 // plus a load and a split (2 cvt, 1 sub) per fragment element. Relative to the
                 // FMA rate: mma.sync TF32 at ~60% of 495 TFLOP/s is ~4.4x the fp32 FMA rate,
@@ -811,6 +976,9 @@ impl Family for MlpJet {
             prob(3, 32, 2, 40, Streams::Value),
             prob(4, 128, 2, 17, Streams::ValueGradLaplacian),
             prob(6, 32, 2, 3, Streams::ValueGradHessdiag),
+            // wgmma: two streams at width 128, and width 64 deep, over several output chunks.
+            prob(1, 128, 2, 40, Streams::ValueGrad),
+            prob(1, 64, 6, 100, Streams::ValueD2),
         ];
         // The three PINN target nets, so compiling every variant covers every config the
         // benchmarks and the tuned artifact run.

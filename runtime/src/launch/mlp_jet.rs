@@ -163,7 +163,7 @@ impl MlpJetKernel {
             }
             (Some(pack), Some(buf)) => {
                 need("packed", buf.len(), self.workspace_floats(problem))?;
-                let pcfg = super::sibling_config(&fam::pack_geometry(problem));
+                let pcfg = super::sibling_config(&fam::pack_geometry(problem, &self.config));
                 let mut launch = stream.launch_builder(pack);
                 launch.arg(params).arg(&mut *buf);
                 // SAFETY: the pack entry's signature is (params, packed) as `fam::PACK_ARGS`

@@ -48,9 +48,10 @@ fn every_problem() -> Vec<MlpJetProblem> {
 #[test]
 fn space_and_variants_stay_modest() {
     let legal = MlpJet::legal_space(&limits());
-    assert_eq!(legal.len(), 36);
+    assert_eq!(legal.len(), 38);
     assert_eq!(legal.iter().filter(|c| c.math == Math::Tf32x3).count(), 6);
     assert_eq!(legal.iter().filter(|c| c.math == Math::Split16).count(), 12);
+    assert_eq!(legal.iter().filter(|c| c.math == Math::Wgmma).count(), 2);
     assert!(legal
         .iter()
         .all(|c| !c.packed_weights || c.math == Math::Split16));
@@ -59,7 +60,7 @@ fn space_and_variants_stay_modest() {
     let entries: HashSet<_> = variants.iter().map(|v| v.entry.clone()).collect();
     assert_eq!(entries.len(), variants.len());
     assert!(
-        (130..=200).contains(&variants.len()),
+        (130..=300).contains(&variants.len()),
         "{} variants to compile",
         variants.len()
     );
@@ -174,16 +175,21 @@ fn entries_name_exactly_what_the_source_depends_on() {
 
 #[test]
 fn render_vars_match_the_template() {
+    // The wgmma path and the others render different parts of the template: each config's
+    // names are the template's, and the two sets together are all of them.
     let used = template_names();
+    let mut seen = BTreeSet::new();
     for c in MlpJet::legal_space(&limits()) {
         for p in MlpJet::branch_problems() {
             if MlpJet::check_problem(&p, &c).is_err() {
                 continue;
             }
             let keys: BTreeSet<String> = MlpJet::render_vars(&p, &c).keys().cloned().collect();
-            assert_eq!(keys, used, "render vars vs template names");
+            assert!(keys.is_subset(&used), "render vars vs template names: {keys:?}");
+            seen.extend(keys);
         }
     }
+    assert_eq!(seen, used, "render vars vs template names");
 }
 
 #[cfg(feature = "jit")]
@@ -248,7 +254,7 @@ fn packed_weights_size_their_scratch_and_slabs() {
     assert!(MlpJet::scratch(&t[2], &plain).is_empty());
     assert_eq!(shape(&t[2], &c).slab_floats, 32 * 128 * 3 / 2);
     assert_eq!(shape(&t[2], &plain).slab_floats, 128 * SLAB_LD);
-    assert_eq!(pack_geometry(&t[2]).grid[0] * 256, 3 * 64 * 32);
+    assert_eq!(pack_geometry(&t[2], &c).grid[0] * 256, 3 * 64 * 32);
     assert!(MlpJet::entry(&t[2], &c).ends_with("_q1_pk"));
     assert!(MlpJet::entry(&t[2], &plain).ends_with("_q1"));
     // Only split16 packs; configs written before the field read as unpacked.
@@ -311,6 +317,9 @@ fn unsupported_problems_say_why() {
 fn shapes_cover_the_outputs_and_fit() {
     for p in every_problem() {
         for c in MlpJet::candidates(&p, &limits()) {
+            if c.math == Math::Wgmma {
+                continue; // no lane grid or slabs (`wgmma_fits_registers_and_shared_memory`)
+            }
             let sh = shape(&p, &c);
             assert_eq!(sh.rows * c.lane_rows * sh.row_warps, p.width);
             assert_eq!(sh.tile, tile_points(&p, &c));
@@ -319,7 +328,7 @@ fn shapes_cover_the_outputs_and_fit() {
             assert!(sh.rows * c.points_per_lane * sh.s <= MAX_ACC);
             match c.math {
                 Math::Fma => assert_eq!((sh.group_floats / 4) % 2, 1),
-                Math::Tf32x3 | Math::Split16 => {
+                Math::Tf32x3 | Math::Split16 | Math::Wgmma => {
                     assert_eq!(sh.rows % 2, 0);
                     assert_eq!(sh.out_rows % 2, 0);
                     assert!(sh.rows * c.points_per_lane * acc_streams(&p, &c) <= MAX_ACC);
@@ -481,4 +490,54 @@ fn split16_pre_splits_columns_only_with_several_row_warps() {
         ..config(1)
     };
     assert!(!presplit(&c, 4));
+}
+
+#[test]
+fn wgmma_fits_registers_and_shared_memory() {
+    let t = pinn_targets();
+    let c = MlpJetConfig {
+        warps: 8,
+        lane_rows: 8,
+        points_per_lane: 1,
+        math: Math::Wgmma,
+        packed_weights: false,
+    };
+    // d = 1: 2 stream pairs x (4 x 12 fragment words + 32 accumulators) = 160 registers; three
+    // 64 x 64 hidden layers and 8 padded output rows at 6 bytes a weight.
+    assert!(MlpJet::check_problem(&t[0], &c).is_ok());
+    assert_eq!(wgmma_frag_regs(&t[0]), 160);
+    assert_eq!(wgmma_out_chunk(&t[0]), (8, 8));
+    assert_eq!(wgmma_pack_bytes(&t[0]), 6 * 64 * (3 * 64 + 8));
+    assert_eq!(packed_floats(&t[0], &c) * 4, wgmma_pack_bytes(&t[0]) as usize);
+    assert!(packed_floats_max(&t[0]) >= packed_floats(&t[0], &c));
+    assert_eq!(wgmma_smem_bytes(&t[0]), wgmma_pack_bytes(&t[0]) + 4 * (3 * 64 + 8) + 4 * 64 * 2);
+    assert!(packs_weights(&c) && MlpJet::entry(&t[0], &c).ends_with("_wgmma_w8_lr8_q1_pk"));
+    assert_eq!(pack_geometry(&t[0], &c).grid[0], (wgmma_pack_bytes(&t[0]) / 16).div_ceil(256));
+    assert_eq!(tile_points(&t[0], &c), 64);
+    let g = MlpJet::geometry(&t[0], &c);
+    assert_eq!((g.block[0], g.dynamic_smem_bytes), (256, wgmma_smem_bytes(&t[0])));
+    // Width 128 with 4 streams needs 320 registers; one stream fits (160).
+    let e = MlpJet::check_problem(&t[1], &c).unwrap_err();
+    assert!(e.0.contains("fragment registers"), "{}", e.0);
+    let one = MlpJetProblem {
+        streams: Streams::Value,
+        depth: 2,
+        p: 70,
+        ..t[1]
+    };
+    assert!(MlpJet::check_problem(&one, &c).is_ok());
+    assert_eq!(wgmma_out_chunk(&one), (32, 96));
+    // Three 128 x 128 hidden layers do not fit shared memory.
+    let deep = MlpJetProblem { depth: 4, ..one };
+    assert!(MlpJet::check_problem(&deep, &c).unwrap_err().0.contains("shared memory"));
+    // Width 32 has no whole 128-byte K block; only one point per lane.
+    let narrow = MlpJetProblem { width: 32, ..t[0] };
+    assert!(MlpJet::check_problem(&narrow, &c).unwrap_err().0.contains("multiple of 64"));
+    assert!(MlpJet::check_config(&MlpJetConfig { points_per_lane: 2, ..c }, &limits()).is_err());
+    // The rendered operand lists: 32 accumulators, then A in %32..%35 and the descriptor %36.
+    let v = MlpJet::render_vars(&t[0], &c);
+    assert_eq!(v["hid_a_operands"], "%32, %33, %34, %35");
+    assert_eq!(v["hid_desc_operand"], "%36");
+    assert_eq!(v["out_desc_operand"], "%8");
+    assert_eq!(v["warpgroups"], 2);
 }
