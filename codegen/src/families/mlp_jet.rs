@@ -26,14 +26,16 @@
 //! Arguments ([`MlpJet::args`]): `x, params, packed, u, grad, second, n` with `n = points`.
 //! The grid is persistent (at most the CTAs that are resident at once); each CTA walks tiles
 //! of [`tile_points`] points. `packed` is null unless the config packs its weights
-//! ([`MlpJetConfig::packed_weights`], split16): then `<entry>_pack(params, packed)`
+//! ([`MlpJetConfig::packed_weights`] with split16, and every wgmma config, see
+//! [`packs_weights`]): then `<entry>_pack(params, packed)`
 //! ([`PACK_ARGS`], grid [`pack_geometry`]) runs first on the same stream and fills
 //! [`packed_floats`] floats of it (scratch, no initialisation needed; one launch in flight per
 //! buffer).
 //!
 //! The template (`templates/mlp_jet.cu.tera`) explains the work split and the pipeline.
-//! Three ways to compute each layer's product ([`Math`]): fp32 FMA (the default, exact fp32),
-//! and 3xTF32 or split16 on tensor cores (tuning candidates, validated before they may win).
+//! Four ways to compute each layer's product ([`Math`]): fp32 FMA (the default, exact fp32),
+//! and 3xTF32, split16 or split16 on wgmma on tensor cores (tuning candidates, validated
+//! before they may win).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -616,26 +618,14 @@ impl Family for MlpJet {
                 packed_weights: false,
             });
         }
-        // Three warpgroups sharing one copy of the weights.
-        out.push(MlpJetConfig {
-            warps: 12,
-            lane_rows: 8,
-            points_per_lane: 1,
-            math: Math::Wgmma,
-            packed_weights: false,
-        });
         out
     }
 
     // is_multiple_of is newer than the workspace's rust-version.
     #[allow(clippy::manual_is_multiple_of)]
     fn check_config(c: &MlpJetConfig, limits: &DeviceLimits) -> Result<(), Illegal> {
-        // 4 or 8 warps: enough to hide shared-memory latency, few enough for 255 registers
-        // (wgmma also 12: three warpgroups on one copy of the weights).
-        illegal(c.warps == 12 && c.math != Math::Wgmma, || {
-            "12 warps are wgmma's (three warpgroups)".into()
-        })?;
-        illegal(c.warps != 4 && c.warps != 8 && c.warps != 12, || {
+        // 4 or 8 warps: enough to hide shared-memory latency, few enough for 255 registers.
+        illegal(c.warps != 4 && c.warps != 8, || {
             format!("{} warps is not 4 or 8", c.warps)
         })?;
         illegal(c.threads() > limits.max_threads_per_block, || {
@@ -680,12 +670,6 @@ impl Family for MlpJet {
                     wgmma_frag_regs(p)
                 )
             })?;
-            // Three warpgroups leave 168 registers a thread: a width-64 net with one 8-wide
-            // output chunk fits without spills, wider nets or output chunks spill.
-            illegal(
-                c.warps == 12 && (p.width != 64 || wgmma_out_chunk(p).0 > 8),
-                || "12 warps (three warpgroups) fit width 64 and p <= 8 only".into(),
-            )?;
             let limit = DeviceLimits::HOPPER.max_dynamic_smem_per_block;
             let smem = wgmma_smem_bytes(p);
             return illegal(smem > limit, || {

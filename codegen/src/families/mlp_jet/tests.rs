@@ -48,10 +48,10 @@ fn every_problem() -> Vec<MlpJetProblem> {
 #[test]
 fn space_and_variants_stay_modest() {
     let legal = MlpJet::legal_space(&limits());
-    assert_eq!(legal.len(), 39);
+    assert_eq!(legal.len(), 38);
     assert_eq!(legal.iter().filter(|c| c.math == Math::Tf32x3).count(), 6);
     assert_eq!(legal.iter().filter(|c| c.math == Math::Split16).count(), 12);
-    assert_eq!(legal.iter().filter(|c| c.math == Math::Wgmma).count(), 3);
+    assert_eq!(legal.iter().filter(|c| c.math == Math::Wgmma).count(), 2);
     assert!(legal
         .iter()
         .all(|c| !c.packed_weights || c.math == Math::Split16));
@@ -534,12 +534,8 @@ fn wgmma_fits_registers_and_shared_memory() {
     let narrow = MlpJetProblem { width: 32, ..t[0] };
     assert!(MlpJet::check_problem(&narrow, &c).unwrap_err().0.contains("multiple of 64"));
     assert!(MlpJet::check_config(&MlpJetConfig { points_per_lane: 2, ..c }, &limits()).is_err());
-    // Three warpgroups: the d = 1 target only (168 registers a thread).
-    let three = MlpJetConfig { warps: 12, ..c };
-    assert!(MlpJet::check_problem(&t[0], &three).is_ok());
-    assert!(MlpJet::check_problem(&one, &three).is_err());
-    let split = MlpJetConfig { warps: 12, math: Math::Split16, ..c };
-    assert!(MlpJet::check_config(&split, &limits()).is_err());
+    // 12 warps (three warpgroups, 168 registers a thread) measured slower and are not offered.
+    assert!(MlpJet::check_config(&MlpJetConfig { warps: 12, ..c }, &limits()).is_err());
     // The rendered operand lists: 32 accumulators, then A in %32..%35 and the descriptor %36.
     let v = MlpJet::render_vars(&t[0], &c);
     assert_eq!(v["hid_a_operands"], "%32, %33, %34, %35");
