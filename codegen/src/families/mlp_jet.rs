@@ -523,14 +523,6 @@ fn wgmma_render_vars(p: &MlpJetProblem, c: &MlpJetConfig) -> RenderVars {
     let (out_d, out_c, out_a, out_desc) = operands(out_n / 2);
     let vars = json!({
         "wgmma": true,
-        "entry": MlpJet::entry(p, c),
-        "d": p.d,
-        "width": p.width,
-        "depth": p.depth,
-        "p": p.p,
-        "tangents": p.streams.tangents(p.d),
-        "seconds": p.streams.seconds(p.d),
-        "hessdiag": p.streams.hessdiag() && p.d > 1,
         "tf32x3": false,
         "split16": false,
         "presplit": false,
@@ -550,10 +542,28 @@ fn wgmma_render_vars(p: &MlpJetProblem, c: &MlpJetConfig) -> RenderVars {
         "out_a_operands": out_a,
         "out_desc_operand": out_desc,
     });
-    match vars {
-        Value::Object(map) => map,
-        _ => unreachable!("json! of an object literal"),
+    with_net_vars(p, c, vars)
+}
+
+/// `vars` (an object) with what every path renders of the net and its streams added.
+fn with_net_vars(p: &MlpJetProblem, c: &MlpJetConfig, vars: Value) -> RenderVars {
+    let Value::Object(mut map) = vars else {
+        unreachable!("json! of an object literal")
+    };
+    let net = json!({
+        "entry": MlpJet::entry(p, c),
+        "d": p.d,
+        "width": p.width,
+        "depth": p.depth,
+        "p": p.p,
+        "tangents": p.streams.tangents(p.d),
+        "seconds": p.streams.seconds(p.d),
+        "hessdiag": p.streams.hessdiag() && p.d > 1,
+    });
+    if let Value::Object(net) = net {
+        map.extend(net);
     }
+    map
 }
 
 fn illegal(cond: bool, why: impl FnOnce() -> String) -> Result<(), Illegal> {
@@ -742,14 +752,6 @@ impl Family for MlpJet {
         let sh = shape(p, c);
         let vars = json!({
             "wgmma": false,
-            "entry": Self::entry(p, c),
-            "d": p.d,
-            "width": p.width,
-            "depth": p.depth,
-            "p": p.p,
-            "tangents": p.streams.tangents(p.d),
-            "seconds": p.streams.seconds(p.d),
-            "hessdiag": p.streams.hessdiag() && p.d > 1,
             "tf32x3": c.math == Math::Tf32x3,
             "split16": c.math == Math::Split16,
             "presplit": presplit(c, sh.row_warps),
@@ -772,10 +774,7 @@ impl Family for MlpJet {
             "slab_floats": sh.slab_floats,
             "smem_bytes": sh.smem_bytes,
         });
-        match vars {
-            Value::Object(map) => map,
-            _ => unreachable!("json! of an object literal"),
-        }
+        with_net_vars(p, c, vars)
     }
 
     /// The point count is not in the name: it only shapes the grid.
