@@ -167,7 +167,8 @@ impl MlpJetKernel {
                 let mut launch = stream.launch_builder(pack);
                 launch.arg(params).arg(&mut *buf);
                 // SAFETY: the pack entry's signature is (params, packed) as `fam::PACK_ARGS`
-                // lists. It reads the hidden weights of `params` (size-checked above) and
+                // lists. It reads the weights of `params` past layer 0 (the hidden ones; wgmma
+                // also the output layer's), inside the arena size-checked above, and
                 // writes `packed_floats` floats of `buf` (checked just now), which the main
                 // launch below reads on the same stream.
                 unsafe { launch.launch(pcfg) }.during(format!("launching {entry}_pack"))?;
