@@ -516,7 +516,10 @@ fn wgmma_render_vars(p: &MlpJetProblem, c: &MlpJetConfig) -> RenderVars {
     let (out_n, p_pad) = wgmma_out_chunk(p);
     let operands = |n: u32| {
         let (list, bindings) = crate::families::wgmma_accumulator_operands(n);
-        let a = (n..n + 4).map(|i| format!("%{i}")).collect::<Vec<_>>().join(", ");
+        let a = (n..n + 4)
+            .map(|i| format!("%{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         (list, bindings, a, format!("%{}", n + 4))
     };
     let (hid_d, hid_c, hid_a, hid_desc) = operands(p.width / 2);

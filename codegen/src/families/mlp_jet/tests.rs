@@ -185,7 +185,10 @@ fn render_vars_match_the_template() {
                 continue;
             }
             let keys: BTreeSet<String> = MlpJet::render_vars(&p, &c).keys().cloned().collect();
-            assert!(keys.is_subset(&used), "render vars vs template names: {keys:?}");
+            assert!(
+                keys.is_subset(&used),
+                "render vars vs template names: {keys:?}"
+            );
             seen.extend(keys);
         }
     }
@@ -508,14 +511,26 @@ fn wgmma_fits_registers_and_shared_memory() {
     assert_eq!(wgmma_frag_regs(&t[0]), 160);
     assert_eq!(wgmma_out_chunk(&t[0]), (8, 8));
     assert_eq!(wgmma_pack_bytes(&t[0]), 6 * 64 * (3 * 64 + 8));
-    assert_eq!(packed_floats(&t[0], &c) * 4, wgmma_pack_bytes(&t[0]) as usize);
+    assert_eq!(
+        packed_floats(&t[0], &c) * 4,
+        wgmma_pack_bytes(&t[0]) as usize
+    );
     assert!(packed_floats_max(&t[0]) >= packed_floats(&t[0], &c));
-    assert_eq!(wgmma_smem_bytes(&t[0]), wgmma_pack_bytes(&t[0]) + 4 * (3 * 64 + 8) + 4 * 64 * 2);
+    assert_eq!(
+        wgmma_smem_bytes(&t[0]),
+        wgmma_pack_bytes(&t[0]) + 4 * (3 * 64 + 8) + 4 * 64 * 2
+    );
     assert!(packs_weights(&c) && MlpJet::entry(&t[0], &c).ends_with("_wgmma_w8_lr8_q1_pk"));
-    assert_eq!(pack_geometry(&t[0], &c).grid[0], (wgmma_pack_bytes(&t[0]) / 16).div_ceil(256));
+    assert_eq!(
+        pack_geometry(&t[0], &c).grid[0],
+        (wgmma_pack_bytes(&t[0]) / 16).div_ceil(256)
+    );
     assert_eq!(tile_points(&t[0], &c), 64);
     let g = MlpJet::geometry(&t[0], &c);
-    assert_eq!((g.block[0], g.dynamic_smem_bytes), (256, wgmma_smem_bytes(&t[0])));
+    assert_eq!(
+        (g.block[0], g.dynamic_smem_bytes),
+        (256, wgmma_smem_bytes(&t[0]))
+    );
     // Width 128 with 4 streams needs 320 registers; one stream fits (160).
     let e = MlpJet::check_problem(&t[1], &c).unwrap_err();
     assert!(e.0.contains("fragment registers"), "{}", e.0);
@@ -529,11 +544,24 @@ fn wgmma_fits_registers_and_shared_memory() {
     assert_eq!(wgmma_out_chunk(&one), (32, 96));
     // Three 128 x 128 hidden layers do not fit shared memory.
     let deep = MlpJetProblem { depth: 4, ..one };
-    assert!(MlpJet::check_problem(&deep, &c).unwrap_err().0.contains("shared memory"));
+    assert!(MlpJet::check_problem(&deep, &c)
+        .unwrap_err()
+        .0
+        .contains("shared memory"));
     // Width 32 has no whole 128-byte K block; only one point per lane.
     let narrow = MlpJetProblem { width: 32, ..t[0] };
-    assert!(MlpJet::check_problem(&narrow, &c).unwrap_err().0.contains("multiple of 64"));
-    assert!(MlpJet::check_config(&MlpJetConfig { points_per_lane: 2, ..c }, &limits()).is_err());
+    assert!(MlpJet::check_problem(&narrow, &c)
+        .unwrap_err()
+        .0
+        .contains("multiple of 64"));
+    assert!(MlpJet::check_config(
+        &MlpJetConfig {
+            points_per_lane: 2,
+            ..c
+        },
+        &limits()
+    )
+    .is_err());
     // 12 warps (three warpgroups, 168 registers a thread) measured slower and are not offered.
     assert!(MlpJet::check_config(&MlpJetConfig { warps: 12, ..c }, &limits()).is_err());
     // The rendered operand lists: 32 accumulators, then A in %32..%35 and the descriptor %36.
