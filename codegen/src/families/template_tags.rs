@@ -32,3 +32,26 @@ pub(crate) fn template_names(template: &str) -> BTreeSet<String> {
     }
     names
 }
+
+/// The parameter names of every definition in `template` that opens with `open` (e.g.
+/// `"{{ entry }}("`) and ends at `")\n{"`, in order of appearance: one list per definition, so
+/// that a template with several paths checks each path's signature.
+pub(crate) fn signatures(template: &str, open: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(i) = rest.find(open) {
+        let start = i + open.len();
+        let end = start
+            + rest[start..]
+                .find(")\n{")
+                .expect("a signature ends in \")\\n{\"");
+        out.push(
+            rest[start..end]
+                .split(',')
+                .map(|p| p.split_whitespace().last().unwrap().to_string())
+                .collect(),
+        );
+        rest = &rest[end..];
+    }
+    out
+}
