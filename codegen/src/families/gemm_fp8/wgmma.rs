@@ -41,9 +41,7 @@ pub struct WgmmaConfig {
     pub stages: u32,
     /// K slices reduced in-kernel (grid.z).
     pub split_k: u32,
-    /// Two temporary fragments, so a K tile's promotion overlaps the next tile's wgmma's (one
-    /// pass per K tile), or a pass's promotion the next pass's wgmma's in the same K tile (an
-    /// even number of passes, beside a producer).
+    /// Two temporary fragments, so a tile's promotion overlaps the next tile's wgmma's.
     pub double_tmp: bool,
     /// A producer warpgroup does the copying (mbarrier pipeline, no CTA barrier per tile).
     pub producer: bool,
@@ -121,9 +119,8 @@ impl WgmmaConfig {
         self.producer && self.bm == 128
     }
     /// Tiles read by wgmma's while later ones load (the prefetch distance is `stages - this`).
-    /// (Two temporaries over passes drain a K tile before the next one's first pass.)
     fn busy_stages(&self) -> u32 {
-        if self.double_tmp && self.halves() == 1 {
+        if self.double_tmp {
             2
         } else {
             1
@@ -201,19 +198,14 @@ pub fn space() -> Vec<WgmmaConfig> {
             }
         }
     }
-    // A TMA producer and two consumers: one pass (one or two temporaries), or several passes
-    // into one temporary or alternating between two; alone or in clusters of two along M that
-    // multicast W tiles.
+    // A TMA producer and two consumers: one pass (one or two temporaries) or two passes; alone
+    // or in clusters of two along M that multicast W tiles.
     for (bn, wn, double_tmp) in [
         (128, 128, false),
         (128, 128, true),
-        (128, 64, true),
         (160, 160, false),
-        (160, 80, true),
         (192, 96, false),
-        (192, 96, true),
         (256, 128, false),
-        (256, 64, true),
     ] {
         for stages in [3, 4, 5, 6] {
             for cluster_m in [1, 2] {
@@ -364,17 +356,10 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
     illegal(c.producer && c.bm == 128 && c.split_k > 1, || {
         "a producer warpgroup beside two consumers does not split K".to_string()
     })?;
-    // Two temporaries alternate between K tiles (one pass each) or, beside a producer, between
-    // the passes of an even number.
-    illegal(
-        c.double_tmp && c.halves() > 1 && (!c.producer || c.halves() % 2 == 1),
-        || {
-            format!(
-                "two temporaries over {} passes need a producer and an even pass count",
-                c.halves()
-            )
-        },
-    )?;
+    // Two temporaries alternate between K tiles, one pass each.
+    illegal(c.double_tmp && c.wn != c.bn, || {
+        "two temporaries need one wgmma pass per K tile".to_string()
+    })?;
     illegal(![1, 2, 4, 8].contains(&c.split_k), || {
         format!("split_k {} is not 1, 2, 4 or 8", c.split_k)
     })?;
@@ -405,7 +390,7 @@ pub fn check_config(c: &WgmmaConfig, limits: &DeviceLimits) -> Result<(), Illega
     })?;
     // At least one tile loads while the busy ones are read (the producer schedule keeps
     // stages - 1 tiles in flight).
-    let min_stages = if c.producer && c.busy_stages() == 1 {
+    let min_stages = if c.producer && !c.double_tmp {
         3
     } else {
         c.busy_stages() + 2
@@ -485,7 +470,6 @@ pub fn render_vars(c: &WgmmaConfig) -> RenderVars {
         "entry": entry(c),
         "use_split_k": c.split_k > 1,
         "double_tmp": c.double_tmp,
-        "halves": c.halves(),
         "producer": c.producer,
         "tma": c.tma,
         "setmaxnreg": c.setmaxnreg(),
