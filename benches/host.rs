@@ -72,6 +72,7 @@ fn benches(c: &mut Criterion) {
             speedup: None,
             extra_baselines: Vec::new(),
             max_rel_err: 1e-3,
+            outputs: Vec::new(),
             candidates_tried: 1,
             tuned_at: String::new(),
             candidates: Vec::new(),

@@ -16,7 +16,7 @@ use kiln_codegen::families::mfa_decode::MfaDecode;
 use kiln_codegen::families::mlp_jet::{self, MlpJet};
 use kiln_codegen::families::mlp_jet_backward::{self, MlpJetBackward};
 use kiln_codegen::{Compiler, Family};
-use kiln_runtime::artifact::{Artifact, Baseline};
+use kiln_runtime::artifact::{Artifact, Baseline, OutputError};
 use kiln_runtime::dispatch::{Dispatch, Source};
 use kiln_runtime::measure::{Bench, Measurement};
 use kiln_runtime::Device;
@@ -143,6 +143,10 @@ pub struct BenchRow {
     /// does not validate (rows read from files written before it did).
     #[serde(default)]
     pub max_rel_err: Option<f64>,
+    /// Each output's error and bound, where the family checks several (mlp_jet: u, grad,
+    /// second; mlp_jet_backward: gradients, loss); `max_rel_err` is their worst.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputError>,
     /// Steady state (`--steady`): per-launch time of back-to-back launches
     /// over inputs rotated past 2x L2, kiln and baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,6 +181,7 @@ impl BenchRow {
             kv_tb_s: None,
             tflops: 0.0,
             max_rel_err: None,
+            outputs: Vec::new(),
             kiln_steady_us: None,
             baseline_steady_us: None,
             other_baselines: Vec::new(),

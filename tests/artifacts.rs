@@ -42,6 +42,7 @@ fn entry(p: &GemmBf16Problem) -> Entry {
         speedup: None,
         extra_baselines: Vec::new(),
         max_rel_err: 2e-3,
+        outputs: Vec::new(),
         candidates_tried: 3,
         tuned_at: "2026-11-29T00:00:00Z".into(),
         candidates: Vec::new(),
@@ -364,6 +365,52 @@ fn extra_baselines_round_trip() {
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("extra_baselines") && text.contains("NOT_SUPPORTED"));
     assert_eq!(Artifact::load(&path).unwrap(), art);
+}
+
+/// Per-output errors (mlp_jet's u, grad and second) round-trip on the entry and on its
+/// candidates, and an entry written without them (every artifact before them) still loads.
+#[test]
+fn per_output_errors_round_trip_and_default_to_none() {
+    use kiln_runtime::artifact::{CandidateRecord, OutputError};
+    let dir = tempfile::tempdir().unwrap();
+    let mut art = artifact_with(&[qkv(1)]);
+    let outputs = vec![
+        OutputError {
+            name: "u".into(),
+            max_rel_err: 3.1e-6,
+            bound: 1e-5,
+            fp32_floor: Some(2.0e-7),
+        },
+        OutputError {
+            name: "second".into(),
+            max_rel_err: 4.0e-6,
+            bound: 1e-4,
+            fp32_floor: None,
+        },
+    ];
+    art.entries[0].outputs = outputs.clone();
+    art.entries[0].candidates = vec![CandidateRecord {
+        config: serde_json::json!({"rows": 4}),
+        outcome: "ok".into(),
+        reason: None,
+        median_us: Some(10.0),
+        max_rel_err: Some(4.0e-6),
+        registers: Some(96),
+        outputs,
+    }];
+    let path = write(dir.path(), &art);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"fp32_floor\"") && text.contains("\"outputs\""));
+    assert_eq!(Artifact::load(&path).unwrap(), art);
+
+    let plain = artifact_with(&[qkv(1)]);
+    let path = write(dir.path(), &plain);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains("\"outputs\""),
+        "empty per-output errors are left out"
+    );
+    assert!(Artifact::load(&path).unwrap().entries[0].outputs.is_empty());
 }
 
 mod driver {

@@ -76,6 +76,19 @@ impl Baseline {
     }
 }
 
+/// One output's error where a family checks several outputs against its reference (mlp_jet:
+/// `u`, `grad` and `second`), with the bound that output was held to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutputError {
+    pub name: String,
+    pub max_rel_err: f64,
+    pub bound: f64,
+    /// The same output's error when the reference is evaluated in plain fp32 (the conditioning
+    /// of the case: a bound above the family's tolerance comes from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp32_floor: Option<f64>,
+}
+
 /// What happened to one candidate config during tuning.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CandidateRecord {
@@ -92,6 +105,9 @@ pub struct CandidateRecord {
     pub max_rel_err: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registers: Option<u32>,
+    /// Per-output errors (families that check several outputs; `max_rel_err` is their worst).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputError>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -111,6 +127,9 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_baselines: Vec<Baseline>,
     pub max_rel_err: f64,
+    /// Per-output errors of the served config (families that check several outputs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputError>,
     pub candidates_tried: usize,
     /// RFC 3339, UTC.
     pub tuned_at: String,

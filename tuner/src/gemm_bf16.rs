@@ -246,6 +246,7 @@ impl Evaluator<GemmBf16Config> for GemmBf16Bench<'_> {
                 Ok(Prepared {
                     max_rel_err: err,
                     registers: Some(k.resources.registers),
+                    ..Default::default()
                 })
             });
             out.push(res);

@@ -474,6 +474,7 @@ impl Evaluator<GemmFp8Config> for GemmFp8Bench<'_> {
                 Ok(Prepared {
                     max_rel_err: err,
                     registers: Some(k.resources.registers),
+                    ..Default::default()
                 })
             });
             out.push(res);

@@ -505,6 +505,7 @@ impl Evaluator<MfaDecodeConfig> for MfaDecodeBench<'_> {
                 Ok(Prepared {
                     max_rel_err: err,
                     registers: self.loaded.get(&entry).map(|(_, r)| *r),
+                    ..Default::default()
                 })
             })();
             out.push(res);
@@ -717,6 +718,7 @@ mod tests {
             speedup: None,
             extra_baselines: Vec::new(),
             max_rel_err: 2e-3,
+            outputs: Vec::new(),
             candidates_tried: 4,
             tuned_at: "2026-01-01T00:00:00Z".into(),
             candidates: Vec::new(),

@@ -14,7 +14,7 @@ use std::marker::PhantomData;
 use kiln_codegen::families::mlp_jet::{MlpJet, MlpJetProblem};
 use kiln_codegen::families::mlp_jet_backward::{MlpJetBackward, MlpJetBackwardProblem};
 use kiln_codegen::{CompileOptions, CompiledKernel, Compiler, Family};
-use kiln_runtime::artifact::Entry;
+use kiln_runtime::artifact::{Entry, OutputError};
 use kiln_runtime::measure::{Bench, Measurement};
 use kiln_runtime::{Device, Result as RtResult, RuntimeError};
 use rayon::prelude::*;
@@ -141,14 +141,18 @@ pub(crate) fn compile_all<F: Family>(
 }
 
 /// An evaluator's `prepare` for the PINN families: compile `configs` in parallel, then load
-/// and validate each in order with `load` (its error and its prepared state, kept in
-/// `kernels` under the config's key), reporting each config's error and registers.
+/// and validate each in order with `load` (its worst error, its per-output errors and its
+/// prepared state, kept in `kernels` under the config's key), reporting each config's errors
+/// and registers.
 pub(crate) fn prepare_each<F: Family, K>(
     compiler: &Compiler,
     p: &F::Problem,
     configs: &[F::Config],
     kernels: &mut std::collections::HashMap<String, K>,
-    mut load: impl FnMut(&F::Config, &CompiledKernel) -> std::result::Result<(f64, K), Failure>,
+    mut load: impl FnMut(
+        &F::Config,
+        &CompiledKernel,
+    ) -> std::result::Result<(f64, Vec<OutputError>, K), Failure>,
 ) -> Vec<std::result::Result<crate::search::Prepared, Failure>> {
     let compiled = compile_all::<F>(compiler, p, configs);
     configs
@@ -156,11 +160,12 @@ pub(crate) fn prepare_each<F: Family, K>(
         .zip(compiled)
         .map(|(c, compiled)| {
             let compiled = compiled?;
-            let (err, state) = load(c, &compiled)?;
+            let (err, outputs, state) = load(c, &compiled)?;
             kernels.insert(config_key(c), state);
             Ok(crate::search::Prepared {
                 max_rel_err: err,
                 registers: Some(compiled.resources.registers),
+                outputs,
             })
         })
         .collect()
@@ -281,13 +286,23 @@ impl<F: PinnFamily> ProblemTuner for PinnTuner<'_, F> {
     }
 }
 
-/// The line printed when a PINN problem is tuned: time, TFLOP/s, error, config.
+/// The line printed when a PINN problem is tuned: time, TFLOP/s, error (each output's, over
+/// its bound, where the family reports them), config.
 fn line(problem: &str, flops: f64, entry: &Entry) -> String {
+    let err = if entry.outputs.is_empty() {
+        format!("{:.1e}", entry.max_rel_err)
+    } else {
+        entry
+            .outputs
+            .iter()
+            .map(|o| format!("{} {:.1e}/{:.0e}", o.name, o.max_rel_err, o.bound))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     format!(
-        "{problem:<32} {:>10.1} us  {:>5.1} TFLOP/s  err {:.1e}  {}",
+        "{problem:<32} {:>10.1} us  {:>5.1} TFLOP/s  err {err}  {}",
         entry.median_us,
         flops / (entry.median_us * 1e-6) / 1e12,
-        entry.max_rel_err,
         entry.config
     )
 }
@@ -436,6 +451,7 @@ mod tests {
             speedup: None,
             extra_baselines: Vec::new(),
             max_rel_err: 3e-6,
+            outputs: Vec::new(),
             candidates_tried: 5,
             tuned_at: String::new(),
             candidates: Vec::new(),
@@ -444,6 +460,55 @@ mod tests {
         assert!(l.contains("d=2 w128 l4 p1 N=262144"), "{l}");
         assert!(l.contains("2000.0 us") && l.contains("50.0 TFLOP/s"), "{l}");
         assert!(l.contains("\"rows\":4"), "{l}");
+        assert!(l.contains("err 3.0e-6"), "{l}");
+        let with_outputs = Entry {
+            outputs: vec![
+                OutputError {
+                    name: "u".into(),
+                    max_rel_err: 3e-6,
+                    bound: 1e-5,
+                    fp32_floor: Some(1e-7),
+                },
+                OutputError {
+                    name: "second".into(),
+                    max_rel_err: 2.5e-5,
+                    bound: 1e-4,
+                    fp32_floor: Some(1e-6),
+                },
+            ],
+            ..e
+        };
+        let l = line(&net(2, 128, 4, 1, 262144), 1e11, &with_outputs);
+        assert!(l.contains("err u 3.0e-6/1e-5 second 2.5e-5/1e-4"), "{l}");
+    }
+
+    #[test]
+    fn jet_outputs_name_each_computed_stream_with_its_bound_and_floor() {
+        use kiln_codegen::families::mlp_jet::Streams;
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let lap = MlpJetProblem::laplacian(2, 32, 2, 3, 40);
+        let case = jet::JetCase::new(&mut rng, lap, Some(8));
+        let errs = [1e-6, 2e-6, 3e-5];
+        let o = case.outputs(&errs);
+        let names: Vec<&str> = o.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["u", "grad", "second"]);
+        for (s, e) in o.iter().enumerate() {
+            assert_eq!(e.max_rel_err, errs[s]);
+            assert_eq!(e.bound, case.bound[s]);
+            assert_eq!(e.fp32_floor, Some(case.floor[s]));
+        }
+        // The second-order bound is the looser tolerance (or the net's floor above it).
+        assert!(o[2].bound >= jet::TOL_SECOND && o[0].bound >= jet::TOL_FIRST);
+        // A value-only net has no gradient or second-order output to report.
+        let value = MlpJetProblem {
+            streams: Streams::Value,
+            ..lap
+        };
+        let case = jet::JetCase::new(&mut rng, value, Some(8));
+        let o = case.outputs(&[4e-7, 0.0, 0.0]);
+        assert_eq!(o.len(), 1);
+        assert_eq!((o[0].name.as_str(), o[0].max_rel_err), ("u", 4e-7));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use kiln_runtime::artifact::CandidateRecord;
+use kiln_runtime::artifact::{CandidateRecord, OutputError};
 use kiln_runtime::measure::Measurement;
 use serde::Serialize;
 
@@ -39,6 +39,9 @@ impl Failure {
 pub struct Prepared {
     pub max_rel_err: f64,
     pub registers: Option<u32>,
+    /// Per-output errors, for families that check several outputs (`max_rel_err` is their
+    /// worst); empty otherwise.
+    pub outputs: Vec<OutputError>,
 }
 
 pub trait Evaluator<C> {
@@ -157,6 +160,7 @@ where
                 median_us: None,
                 max_rel_err: None,
                 registers: None,
+                outputs: Vec::new(),
             },
         );
     };
@@ -185,6 +189,7 @@ where
                 let r = records.get_mut(&key(c)).unwrap();
                 r.max_rel_err = Some(p.max_rel_err);
                 r.registers = p.registers;
+                r.outputs = p.outputs.clone();
                 alive.push((c.clone(), p));
             }
             Err(f) => record(c, f.outcome, Some(f.reason), &mut records),

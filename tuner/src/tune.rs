@@ -391,6 +391,7 @@ pub(crate) fn entry_of<F: Family>(
         baseline,
         extra_baselines,
         max_rel_err: prepared.max_rel_err,
+        outputs: prepared.outputs,
         candidates_tried: result.tried,
         tuned_at: now_rfc3339(),
         candidates: result.records,

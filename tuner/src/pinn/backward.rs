@@ -9,6 +9,7 @@ use kiln_codegen::families::mlp_jet_backward::{
     Loss, MlpJetBackward, MlpJetBackwardConfig, MlpJetBackwardProblem,
 };
 use kiln_codegen::{Compiler, Family};
+use kiln_runtime::artifact::OutputError;
 use kiln_runtime::error::DriverContext;
 use kiln_runtime::launch::mlp_jet_backward::{
     CudaSlice, HeadInputs, MlpJetBackwardKernel, MlpJetBackwardOutputs,
@@ -376,11 +377,12 @@ impl<'a> TrainBench<'a> {
         })
     }
 
-    /// Both checks of the type's doc: the worst relative error (tensors and loss), or why not.
+    /// Both checks of the type's doc: the worst relative error (tensors and loss) and each of
+    /// the two, or why not.
     fn validate(
         &mut self,
         kernel: &MlpJetBackwardKernel,
-    ) -> std::result::Result<(f64, CudaSlice<f32>), Failure> {
+    ) -> std::result::Result<(f64, Vec<OutputError>, CudaSlice<f32>), Failure> {
         let dev = self.device;
         let fail = Failure::launch_failed;
         let small = &self.check.inputs.problem;
@@ -436,7 +438,21 @@ impl<'a> TrainBench<'a> {
                 ),
             });
         }
-        Ok((err, partial))
+        let outputs = vec![
+            OutputError {
+                name: "gradients".into(),
+                max_rel_err: worst(&errs),
+                bound: TOL,
+                fp32_floor: None,
+            },
+            OutputError {
+                name: "loss".into(),
+                max_rel_err: loss_err,
+                bound: TOL,
+                fp32_floor: None,
+            },
+        ];
+        Ok((err, outputs, partial))
     }
 }
 
@@ -457,8 +473,8 @@ impl Evaluator<MlpJetBackwardConfig> for TrainBench<'_> {
             |c, compiled| {
                 let kernel = MlpJetBackwardKernel::from_cubin(device, &compiled.cubin, &p, c)
                     .map_err(Failure::launch_failed)?;
-                let (err, partial) = self.validate(&kernel)?;
-                Ok((err, (kernel, partial)))
+                let (err, outputs, partial) = self.validate(&kernel)?;
+                Ok((err, outputs, (kernel, partial)))
             },
         );
         self.kernels = kernels;

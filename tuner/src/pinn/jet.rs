@@ -7,6 +7,7 @@ use kiln_codegen::families::mlp_jet::{
     MlpJetConfig, MlpJetProblem,
 };
 use kiln_codegen::{Compiler, Family};
+use kiln_runtime::artifact::OutputError;
 use kiln_runtime::error::DriverContext;
 use kiln_runtime::launch::mlp_jet::{CudaSlice, MlpJetKernel, MlpJetOutputs};
 use kiln_runtime::measure::{Bench, MeasureOptions, Measurement};
@@ -226,6 +227,28 @@ impl JetCase {
         (errs, bad)
     }
 
+    /// `errs` (from [`JetCase::compare`]) per computed output (`u`, then `grad` and `second`
+    /// where the problem's streams have them), with each one's bound and fp32 floor.
+    pub fn outputs(&self, errs: &[f64; 3]) -> Vec<OutputError> {
+        let p = &self.inputs.problem;
+        let present = [
+            true,
+            p.streams.tangents(p.d) > 0,
+            p.streams.seconds(p.d) > 0,
+        ];
+        ["u", "grad", "second"]
+            .into_iter()
+            .enumerate()
+            .filter(|&(s, _)| present[s])
+            .map(|(s, name)| OutputError {
+                name: name.into(),
+                max_rel_err: errs[s],
+                bound: self.bound[s],
+                fp32_floor: Some(self.floor[s]),
+            })
+            .collect()
+    }
+
     /// Whether `errs` (from [`JetCase::compare`]) are within the bounds; a NaN fails.
     pub fn within(&self, errs: &[f64; 3]) -> bool {
         (0..3).all(|s| errs[s] <= self.bound[s])
@@ -271,8 +294,12 @@ impl<'a> JetBench<'a> {
         })
     }
 
-    /// Launch `kernel` into poisoned outputs and compare: the worst stream error, or why not.
-    fn validate(&mut self, kernel: &MlpJetKernel) -> std::result::Result<f64, Failure> {
+    /// Launch `kernel` into poisoned outputs and compare: the worst stream error and each
+    /// computed output's, or why not.
+    fn validate(
+        &mut self,
+        kernel: &MlpJetKernel,
+    ) -> std::result::Result<(f64, Vec<OutputError>), Failure> {
         let (device, p) = (self.device, self.case.inputs.problem);
         self.buffers
             .poison(device)
@@ -301,7 +328,10 @@ impl<'a> JetBench<'a> {
                 ),
             });
         }
-        Ok(errs.into_iter().fold(0.0, f64::max))
+        Ok((
+            errs.into_iter().fold(0.0, f64::max),
+            self.case.outputs(&errs),
+        ))
     }
 }
 
@@ -314,7 +344,8 @@ impl Evaluator<MlpJetConfig> for JetBench<'_> {
         let out = prepare_each::<MlpJet, _>(compiler, &p, configs, &mut kernels, |c, compiled| {
             let kernel = MlpJetKernel::from_cubin(device, &compiled.cubin, &p, c)
                 .map_err(Failure::launch_failed)?;
-            Ok((self.validate(&kernel)?, kernel))
+            let (err, outputs) = self.validate(&kernel)?;
+            Ok((err, outputs, kernel))
         });
         self.kernels = kernels;
         out

@@ -47,6 +47,7 @@ impl Evaluator<u32> for Replay {
                 _ => Ok(Prepared {
                     max_rel_err: 1e-3,
                     registers: Some(64),
+                    ..Default::default()
                 }),
             })
             .collect()
