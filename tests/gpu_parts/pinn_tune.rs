@@ -3,7 +3,8 @@
 //!
 //! * `pinn_tune_end_to_end`: `tune_pinn` for `mlp_jet` and `mlp_jet_backward` on small nets (odd point
 //!   counts) into a fresh folder with a short search: every entry written, its winner validated
-//!   (error within the families' tolerances, no baseline, the peer note), the saved artifacts
+//!   (error within the families' tolerances, each output's error recorded within its bound, no
+//!   baseline, the peer note), the saved artifacts
 //!   hold every problem, a second run skips them, and dispatch serves each tuned config for its
 //!   exact problem.
 
@@ -42,8 +43,14 @@ fn check<F: Family>(
             .candidates
             .iter()
             .any(|c| c.config == e.config && c.outcome == "ok");
+        // Each output's error is recorded with its bound, and the entry's error is their worst.
+        let worst_output = e.outputs.iter().map(|o| o.max_rel_err).fold(0.0, f64::max);
+        let outputs_ok = !e.outputs.is_empty()
+            && e.outputs.iter().all(|o| o.max_rel_err <= o.bound)
+            && worst_output == e.max_rel_err;
         if !(e.max_rel_err <= tol)
             || !winner_ok
+            || !outputs_ok
             || e.baseline.is_some()
             || !r.notes.iter().any(|n| n == PEER_NOTE)
         {
