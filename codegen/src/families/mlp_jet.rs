@@ -97,9 +97,10 @@ pub enum Math {
     Tf32x3,
     /// Tensor cores on 16-deep `mma.sync` steps: x = hi + lo with hi = fp16(x) (TF32's bits
     /// where x is in fp16's range), hi*hi on one fp16 m16n8k16 product and the cross terms
-    /// x*lo + lo*x of each 8-deep half on one bf16 m16n8k16, so half of tf32x3's tensor time.
-    /// The bf16 cross terms leave ~2^-20 of each product (tf32x3: ~2^-22). Lane grid and
-    /// stream pairs as for tf32x3.
+    /// x*lo + lo*x of each 8-deep half on one more, x scaled by 2^-6 and lo by 2^6 so that both
+    /// stay normal fp16; so half of tf32x3's tensor time. The cross terms keep 11 bits, ~2^-23
+    /// of each product (tf32x3: ~2^-22; bf16 cross terms, the first version: ~2^-20). Lane
+    /// grid and stream pairs as for tf32x3.
     Split16,
     /// split16's operands on warpgroup `wgmma` (sm_90a): a warpgroup takes 32 points, every
     /// layer's input stays in registers as the wgmma A operand (rows = point x stream,
@@ -365,7 +366,7 @@ pub fn presplit(c: &MlpJetConfig, row_warps: u32) -> bool {
 }
 
 /// 4-byte words of one activation column when pre-split (see [`presplit`]): per 16 neurons, 8 fp16 pairs and 16
-/// bf16 cross-term pairs (the B fragments, split once by the layer that writes them), padded to
+/// scaled fp16 cross-term pairs (the B fragments, split once by the layer that writes them), padded to
 /// 8 mod 32 words so that the 64-bit fragment loads of a half-warp (4 columns x 4 lanes) hit 32
 /// distinct banks.
 pub fn split16_column_words(width: u32) -> u32 {
@@ -402,7 +403,7 @@ pub fn wgmma_out_chunk(p: &MlpJetProblem) -> (u32, u32) {
     (n, p.p.div_ceil(n) * n)
 }
 
-/// wgmma: bytes of the packed weights, three operand tiles (fp16 hi, two bf16 cross-term halves)
+/// wgmma: bytes of the packed weights, three fp16 operand tiles (hi, two cross-term halves)
 /// of 2 bytes per weight for each hidden layer and for the output layer padded to whole chunks.
 pub fn wgmma_pack_bytes(p: &MlpJetProblem) -> u32 {
     let (_, p_pad) = wgmma_out_chunk(p);
@@ -886,7 +887,7 @@ impl Family for MlpJet {
 
     fn estimate_us(p: &MlpJetProblem, c: &MlpJetConfig, limits: &DeviceLimits) -> f64 {
         if c.math == Math::Wgmma {
-            // Three fp16 / bf16 wgmma's per 16 k at ~60% of the 990 TFLOP/s dense rate, padded
+            // Three fp16 wgmma's per 16 k at ~60% of the 990 TFLOP/s dense rate, padded
             // streams included, and a jet update per neuron and point (~40 instructions)
             // overlapping them across warpgroups.
             let w = p.width as f64;

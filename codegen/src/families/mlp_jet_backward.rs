@@ -74,8 +74,9 @@
 //! fp32 throughout. The three hidden-layer products of a tile (forward `W H`, backward
 //! `W^T Zb`, weights `Zb H^T`) run as fp32 FMAs ([`Math::Fma`], the default) or on tensor cores
 //! ([`Math::Tf32x3`]: `mma.sync` TF32 with each operand split into a TF32 high part and
-//! remainder, three products, ~fp32 accuracy; [`Math::Split16`]: the same split on fp16 and
-//! bf16 `mma.sync` at half the tensor time, ~2^-20 per product); the elementwise passes are
+//! remainder, three products, ~fp32 accuracy; [`Math::Split16`]: the same split on fp16
+//! `mma.sync` at half the tensor time, the cross terms scaled to stay normal, ~2^-23 per
+//! product); the elementwise passes are
 //! the same for all.
 //! Hidden `dW` is accumulated per CTA with vector reductions whose order per address is program
 //! order, so every path is deterministic.
