@@ -12,6 +12,12 @@
 // 1e-5 on half of the random nets where fp32 itself met it: 2026-11-30, session 16.) An
 // m16n8k16 takes the tensor time of a TF32 m16n8k8, so this is half of 3xTF32's six.
 //
+// KILN_SPLIT16_BF16_CROSS = 1 (a family that defines it before this header: mlp_jet_backward)
+// keeps the bf16 cross terms: (x, lo) unscaled on one bf16 product (bf16's range holds any
+// remainder). Its outputs are held to 1e-4, which ~2^-20 per product meets with room, and the
+// scaling's two multiplies per split element cost the d = 2 training step 4.6% (session 16:
+// 4631 -> 4845 us).
+//
 // A lane loads the elements it loads for a TF32 m16n8k8 (g = lane / 4, t = lane % 4: A rows
 // g, g + 8 and B column g, each at k t and t + 4), for both 8-deep halves, and packs them by
 // slot. In the fp16 product, slots 2t, 2t + 1, 2t + 8, 2t + 9 hold k t, t + 8, t + 4, t + 12;
@@ -22,16 +28,28 @@
 //
 // Tera note: braces are never followed by a percent sign.
 
+#ifndef KILN_SPLIT16_BF16_CROSS
+#define KILN_SPLIT16_BF16_CROSS 0
+#endif
+
 namespace kiln_split16 {
 
 // ---- PTX wrappers: every inline-asm helper of the split16 math lives in this block ----
 
-// c += a * b, one m16n8k16 tile of fp16 operands.
+// c += a * b, one m16n8k16 tile of fp16 (F16) or bf16 operands.
+template <bool F16>
 __device__ __forceinline__ void mma_k16(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 { %0, %1, %2, %3 }, { %4, %5, %6, %7 }, "
-        "{ %8, %9 }, { %0, %1, %2, %3 };\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    if constexpr (F16) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 { %0, %1, %2, %3 }, { %4, %5, %6, %7 }, "
+            "{ %8, %9 }, { %0, %1, %2, %3 };\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 { %0, %1, %2, %3 }, { %4, %5, %6, %7 }, "
+            "{ %8, %9 }, { %0, %1, %2, %3 };\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
 }
 
 // h = (fp16(lo16), fp16(hi16)) as one register (lo16 in the low half), rounded to nearest,
@@ -46,17 +64,27 @@ __device__ __forceinline__ void f16_pair(float lo16, float hi16, unsigned& h, fl
         : "f"(lo16), "f"(hi16));
 }
 
+// (bf16(lo16), bf16(hi16)) as one register, lo16 in the low half.
+__device__ __forceinline__ unsigned bf16_pair(float lo16, float hi16) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %2, %1;\n" : "=r"(r) : "f"(lo16), "f"(hi16));
+    return r;
+}
+
 // ---- end of PTX wrappers ----
 
 constexpr int KSTEP = 16;  // k per product step
 
-// The cross terms' scale: x / CROSS_SCALE beside lo * CROSS_SCALE (see the header).
+// The cross terms' type (fp16 unless KILN_SPLIT16_BF16_CROSS) and their fp16 scale: x /
+// CROSS_SCALE beside lo * CROSS_SCALE (see the header).
+constexpr bool CROSS_F16 = !KILN_SPLIT16_BF16_CROSS;
 constexpr float CROSS_SCALE = 64.f;
 
-// x (A: low half) or lo (B: low half) with the other, for a half's fp16 cross-term product:
-// (x / 2^6, lo * 2^6) in A, (lo * 2^6, x / 2^6) in B.
+// x (A: low half) or lo (B: low half) with the other, for a half's cross-term product: fp16
+// (x / 2^6, lo * 2^6) in A, (lo * 2^6, x / 2^6) in B; or bf16 (x, lo) and (lo, x).
 template <bool A>
 __device__ __forceinline__ unsigned cross_pair(float x, float lo) {
+    if constexpr (!CROSS_F16) return A ? bf16_pair(x, lo) : bf16_pair(lo, x);
     const float xs = x * (1.f / CROSS_SCALE), ls = lo * CROSS_SCALE;
     unsigned h;
     float f0, f1;
@@ -77,7 +105,7 @@ __device__ __forceinline__ void split16(float x, float y, unsigned& h, unsigned&
     cy = cross_pair<A>(y, y - hy);
 }
 
-// A fragment of one step: the hi registers, and each half's cross-term ones (all fp16).
+// A fragment of one step: the fp16 hi registers, and each half's cross-term ones.
 struct FragA {
     unsigned h[4], c[2][4];
 };
@@ -106,9 +134,9 @@ __device__ __forceinline__ void load_b(const float* b, FragB& f) {
 
 // c += a * b over one step, the cross terms first.
 __device__ __forceinline__ void mma_step(float (&c)[4], const FragA& a, const FragB& b) {
-    mma_k16(c, a.c[0], b.c[0]);
-    mma_k16(c, a.c[1], b.c[1]);
-    mma_k16(c, a.h, b.h);
+    mma_k16<CROSS_F16>(c, a.c[0], b.c[0]);
+    mma_k16<CROSS_F16>(c, a.c[1], b.c[1]);
+    mma_k16<true>(c, a.h, b.h);
 }
 
 // Pre-split B columns. A k-vector that only ever serves as B can be split once, by the
