@@ -99,8 +99,9 @@ pub enum Math {
     /// where x is in fp16's range), hi*hi on one fp16 m16n8k16 product and the cross terms
     /// x*lo + lo*x of each 8-deep half on one more, x scaled by 2^-6 and lo by 2^6 so that both
     /// stay normal fp16; so half of tf32x3's tensor time. The cross terms keep 11 bits, ~2^-23
-    /// of each product (tf32x3: ~2^-22; bf16 cross terms, the first version: ~2^-20). Lane
-    /// grid and stream pairs as for tf32x3.
+    /// of each product (tf32x3: ~2^-22; bf16 cross terms, the first version: ~2^-20, which
+    /// `mlp_jet_backward` keeps: its outputs are held to 1e-4). Lane grid and stream pairs as
+    /// for tf32x3.
     Split16,
     /// split16's operands on warpgroup `wgmma` (sm_90a): a warpgroup takes 32 points, every
     /// layer's input stays in registers as the wgmma A operand (rows = point x stream,
