@@ -113,7 +113,7 @@ pub fn measure<F: PinnFamily>(
             us,
         ));
         row.max_rel_err = Some(prepared.max_rel_err);
-        row.outputs = prepared.outputs.clone();
+        row.outputs = prepared.outputs;
         if candidates {
             let timed = time(
                 &gpu.device,

@@ -141,9 +141,9 @@ pub(crate) fn compile_all<F: Family>(
 }
 
 /// An evaluator's `prepare` for the PINN families: compile `configs` in parallel, then load
-/// and validate each in order with `load` (its worst error, its per-output errors and its
-/// prepared state, kept in `kernels` under the config's key), reporting each config's errors
-/// and registers.
+/// and validate each in order with `load` (its per-output errors and its prepared state, kept
+/// in `kernels` under the config's key), reporting each config's errors (the worst of them as
+/// its `max_rel_err`) and registers.
 pub(crate) fn prepare_each<F: Family, K>(
     compiler: &Compiler,
     p: &F::Problem,
@@ -152,7 +152,7 @@ pub(crate) fn prepare_each<F: Family, K>(
     mut load: impl FnMut(
         &F::Config,
         &CompiledKernel,
-    ) -> std::result::Result<(f64, Vec<OutputError>, K), Failure>,
+    ) -> std::result::Result<(Vec<OutputError>, K), Failure>,
 ) -> Vec<std::result::Result<crate::search::Prepared, Failure>> {
     let compiled = compile_all::<F>(compiler, p, configs);
     configs
@@ -160,10 +160,10 @@ pub(crate) fn prepare_each<F: Family, K>(
         .zip(compiled)
         .map(|(c, compiled)| {
             let compiled = compiled?;
-            let (err, outputs, state) = load(c, &compiled)?;
+            let (outputs, state) = load(c, &compiled)?;
             kernels.insert(config_key(c), state);
             Ok(crate::search::Prepared {
-                max_rel_err: err,
+                max_rel_err: outputs.iter().map(|o| o.max_rel_err).fold(0.0, f64::max),
                 registers: Some(compiled.resources.registers),
                 outputs,
             })
