@@ -8,15 +8,15 @@
 // both stay normal: x / 2^6 beside lo * 2^6 (their product unchanged). lo is at most 2^-12 of
 // |x|, so both factors are about 2^-6 of |x| and stay normal fp16 down to |x| = 2^-8, and the
 // cross terms keep 11 bits: about 2^-23 of a product, near fp32's 2^-24. (bf16 cross terms,
-// the first version, kept 8: 2^-20, and the gradient stream of the d = 1 target net missed
-// 1e-5 on half of the random nets where fp32 itself met it: 2026-11-30, session 16.) An
+// the first version, kept 8: 2^-20, and the gradient streams of the target nets missed 1e-5
+// on 5 of 24 random nets, 3 of 8 at d = 1, where fp32 itself met it: 2026-11-30, session 16.) An
 // m16n8k16 takes the tensor time of a TF32 m16n8k8, so this is half of 3xTF32's six.
 //
 // KILN_SPLIT16_BF16_CROSS = 1 (a family that defines it before this header: mlp_jet_backward)
 // keeps the bf16 cross terms: (x, lo) unscaled on one bf16 product (bf16's range holds any
 // remainder). Its outputs are held to 1e-4, which ~2^-20 per product meets with room, and the
-// scaling's two multiplies per split element cost the d = 2 training step 4.6% (session 16:
-// 4631 -> 4845 us).
+// scaling's two multiplies per split element cost the d = 2 training step 4.8% (session 16:
+// 4623 -> 4845 us).
 //
 // A lane loads the elements it loads for a TF32 m16n8k8 (g = lane / 4, t = lane % 4: A rows
 // g, g + 8 and B column g, each at k t and t + 4), for both 8-deep halves, and packs them by

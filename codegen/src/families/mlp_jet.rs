@@ -184,6 +184,11 @@ pub const WGMMA_FRAG_REGS: u32 = 160;
 /// wgmma: points of a warpgroup tile (the 64 rows of the A operand are 32 points x a stream
 /// pair).
 pub const WGMMA_TILE: u32 = 32;
+/// The tensor-core paths compute the output layer on the CUDA cores, fused into the last
+/// hidden layer's jet update ([`fused_output`]), where a lane's output partial sums (points x
+/// padded streams x p) number at most this: p = 1 with up to 24 streams, which a PINN's
+/// scalar u is.
+pub const FUSED_OUT_PARTIALS: u32 = 24;
 
 impl Streams {
     /// Tangent streams (one per input dimension, or none).
@@ -306,6 +311,19 @@ fn acc_streams(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
     }
 }
 
+/// Whether the output layer runs on the CUDA cores, fused into the last hidden layer's jet
+/// update (the tensor-core paths with at most [`FUSED_OUT_PARTIALS`] partial sums per lane),
+/// instead of as tensor-core passes of at least 8 (wgmma) or 16 (mma.sync) output rows, all
+/// but p of them zero. The FMA path keeps its output passes.
+pub fn fused_output(p: &MlpJetProblem, c: &MlpJetConfig) -> bool {
+    c.math != Math::Fma && c.points_per_lane * acc_streams(p, c) * p.p <= FUSED_OUT_PARTIALS
+}
+
+/// wgmma (one point per lane): [`fused_output`].
+fn wgmma_fused(p: &MlpJetProblem) -> bool {
+    p.streams_per_point().div_ceil(2) * 2 * p.p <= FUSED_OUT_PARTIALS
+}
+
 /// wgmma: registers of one layer's A fragments and accumulators per lane (see
 /// [`WGMMA_FRAG_REGS`]).
 pub fn wgmma_frag_regs(p: &MlpJetProblem) -> u32 {
@@ -356,6 +374,9 @@ struct Shape {
     group_floats: u32,
     act_floats: u32,
     slab_floats: u32,
+    /// The fused output layer's partial sums ([`fused_output`]): warps down x tile points x
+    /// streams x p floats; 0 without.
+    red_floats: u32,
     smem_bytes: u32,
 }
 
@@ -398,21 +419,30 @@ pub fn packed_floats_max(p: &MlpJetProblem) -> usize {
 }
 
 /// wgmma: output neurons per output chunk (one wgmma N: p rounded up to 8, at most 32), and p
-/// rounded up to whole chunks.
+/// rounded up to whole chunks: the output rows on tensor cores, 0 when the output layer is
+/// fused ([`fused_output`]).
 pub fn wgmma_out_chunk(p: &MlpJetProblem) -> (u32, u32) {
     let n = p.p.div_ceil(8).min(4) * 8;
-    (n, p.p.div_ceil(n) * n)
+    (
+        n,
+        if wgmma_fused(p) {
+            0
+        } else {
+            p.p.div_ceil(n) * n
+        },
+    )
 }
 
 /// wgmma: bytes of the packed weights, three fp16 operand tiles (hi, two cross-term halves)
-/// of 2 bytes per weight for each hidden layer and for the output layer padded to whole chunks.
+/// of 2 bytes per weight for each hidden layer and, unless fused, for the output layer padded
+/// to whole chunks.
 pub fn wgmma_pack_bytes(p: &MlpJetProblem) -> u32 {
     let (_, p_pad) = wgmma_out_chunk(p);
     6 * p.width * ((p.depth - 1) * p.width + p_pad)
 }
 
-/// wgmma: dynamic shared memory, the packed weights then the biases (hidden and padded output)
-/// and layer 0 (`W_0` and `b_0`) in fp32.
+/// wgmma: dynamic shared memory, the packed weights then the biases (hidden and padded output
+/// chunks) and layer 0 (`W_0` and `b_0`) in fp32.
 pub fn wgmma_smem_bytes(p: &MlpJetProblem) -> u32 {
     let (_, p_pad) = wgmma_out_chunk(p);
     wgmma_pack_bytes(p) + 4 * ((p.depth - 1) * p.width + p_pad) + 4 * p.width * (p.d + 1)
@@ -490,14 +520,17 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
         }
     };
     let pass_rows = span * out_rows;
-    let passes = p.p.div_ceil(pass_rows);
+    let fused = fused_output(p, c);
+    let passes = if fused { 0 } else { p.p.div_ceil(pass_rows) };
     // A packed hidden slab: 16-deep steps x 16-row tiles x 32 lanes x 12 words.
     let slab_floats = if packs_weights(c) {
         (p.width * SLAB_LD).max(SLAB_K * p.width * 3 / 2)
     } else {
         p.width * SLAB_LD
     };
-    let smem_bytes = 4 * (act_floats + SLAB_STAGES * slab_floats);
+    let tile = groups * c.points_per_lane;
+    let red_floats = if fused { row_warps * tile * s * p.p } else { 0 };
+    let smem_bytes = 4 * (act_floats + SLAB_STAGES * slab_floats + red_floats);
     Shape {
         s,
         row_warps,
@@ -505,10 +538,11 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
         out_rows,
         pass_rows,
         passes,
-        tile: groups * c.points_per_lane,
+        tile,
         group_floats,
         act_floats,
         slab_floats,
+        red_floats,
         smem_bytes,
     }
 }
@@ -532,6 +566,7 @@ fn wgmma_render_vars(p: &MlpJetProblem, c: &MlpJetConfig) -> RenderVars {
         "split16": false,
         "presplit": false,
         "packed": true,
+        "fused_out": wgmma_fused(p),
         "streams": p.streams_per_point(),
         "threads": c.threads(),
         "warpgroups": c.warps / 4,
@@ -761,6 +796,7 @@ impl Family for MlpJet {
             "split16": c.math == Math::Split16,
             "presplit": presplit(c, sh.row_warps),
             "packed": packs_weights(c),
+            "fused_out": fused_output(p, c),
             "streams": sh.s,
             "warps": c.warps,
             "threads": c.threads(),
@@ -777,6 +813,7 @@ impl Family for MlpJet {
             "slab_k": SLAB_K,
             "slab_ld": SLAB_LD,
             "slab_floats": sh.slab_floats,
+            "red_floats": sh.red_floats,
             "smem_bytes": sh.smem_bytes,
         });
         with_net_vars(p, c, vars)
@@ -937,7 +974,12 @@ impl Family for MlpJet {
         };
         // Few warps per sub-partition hide latency poorly; padded output rows are wasted.
         let latency = (warps_sm / 8.0).min(1.0) * 0.3 + 0.6;
-        let out_waste = (sh.passes * sh.pass_rows) as f64 / p.p as f64;
+        // (A fused output layer: a few FMAs per neuron, no padded rows.)
+        let out_waste = if sh.passes == 0 {
+            1.0
+        } else {
+            (sh.passes * sh.pass_rows) as f64 / p.p as f64
+        };
         let w = p.width as f64;
         let useful = (p.depth as f64 - 1.0) * w * w + p.p as f64 * w;
         let done = (p.depth as f64 - 1.0) * w * w + p.p as f64 * w * out_waste;
@@ -971,8 +1013,8 @@ impl Family for MlpJet {
     /// One problem per kind of stream set that changes the source: value only, Laplacian
     /// (tangents and one second-order stream), Hessian diagonal (d second-order streams);
     /// value + gradient compiles the tangent code of the Laplacian without its second-order
-    /// line. p past one output pass for some configs, and a partial last pass. Then the PINN
-    /// target nets.
+    /// line. p past one output pass for some configs, and a partial last pass; p > 1 with the
+    /// output layer fused. Then the PINN target nets.
     fn branch_problems() -> Vec<MlpJetProblem> {
         let prob = |d, width, depth, p, streams| MlpJetProblem {
             d,
@@ -989,6 +1031,8 @@ impl Family for MlpJet {
             // wgmma: two streams at width 128, and width 64 deep, over several output chunks.
             prob(1, 128, 2, 40, Streams::ValueGrad),
             prob(1, 64, 6, 100, Streams::ValueD2),
+            // The output layer fused on the CUDA cores with p > 1 (4 streams x 5 outputs).
+            prob(2, 64, 3, 5, Streams::ValueGrad),
         ];
         // The three PINN target nets, so compiling every variant covers every config the
         // benchmarks and the tuned artifact run.

@@ -60,7 +60,7 @@ fn space_and_variants_stay_modest() {
     let entries: HashSet<_> = variants.iter().map(|v| v.entry.clone()).collect();
     assert_eq!(entries.len(), variants.len());
     assert!(
-        (130..=300).contains(&variants.len()),
+        (130..=330).contains(&variants.len()),
         "{} variants to compile",
         variants.len()
     );
@@ -319,8 +319,19 @@ fn shapes_cover_the_outputs_and_fit() {
             let sh = shape(&p, &c);
             assert_eq!(sh.rows * c.lane_rows * sh.row_warps, p.width);
             assert_eq!(sh.tile, tile_points(&p, &c));
-            assert!(sh.out_rows <= sh.rows && sh.passes * sh.pass_rows >= p.p);
-            assert!((sh.passes - 1) * sh.pass_rows < p.p, "an empty pass");
+            assert!(sh.out_rows <= sh.rows);
+            if fused_output(&p, &c) {
+                assert_eq!(sh.passes, 0);
+                assert_eq!(sh.red_floats, sh.row_warps * sh.tile * sh.s * p.p);
+            } else {
+                assert!(sh.passes * sh.pass_rows >= p.p);
+                assert!((sh.passes - 1) * sh.pass_rows < p.p, "an empty pass");
+                assert_eq!(sh.red_floats, 0);
+            }
+            assert_eq!(
+                sh.smem_bytes,
+                4 * (sh.act_floats + SLAB_STAGES * sh.slab_floats + sh.red_floats)
+            );
             assert!(sh.rows * c.points_per_lane * sh.s <= MAX_ACC);
             match c.math {
                 Math::Fma => assert_eq!((sh.group_floats / 4) % 2, 1),
@@ -499,11 +510,13 @@ fn wgmma_fits_registers_and_shared_memory() {
         packed_weights: false,
     };
     // d = 1: 2 stream pairs x (4 x 12 fragment words + 32 accumulators) = 160 registers; three
-    // 64 x 64 hidden layers and 8 padded output rows at 6 bytes a weight.
+    // 64 x 64 hidden layers at 6 bytes a weight, and the output layer (p = 1) fused: no output
+    // rows on tensor cores.
     assert!(MlpJet::check_problem(&t[0], &c).is_ok());
     assert_eq!(wgmma_frag_regs(&t[0]), 160);
-    assert_eq!(wgmma_out_chunk(&t[0]), (8, 8));
-    assert_eq!(wgmma_pack_bytes(&t[0]), 6 * 64 * (3 * 64 + 8));
+    assert!(fused_output(&t[0], &c));
+    assert_eq!(wgmma_out_chunk(&t[0]), (8, 0));
+    assert_eq!(wgmma_pack_bytes(&t[0]), 6 * 64 * 3 * 64);
     assert_eq!(
         packed_floats(&t[0], &c) * 4,
         wgmma_pack_bytes(&t[0]) as usize
@@ -511,7 +524,7 @@ fn wgmma_fits_registers_and_shared_memory() {
     assert!(packed_floats_max(&t[0]) >= packed_floats(&t[0], &c));
     assert_eq!(
         wgmma_smem_bytes(&t[0]),
-        wgmma_pack_bytes(&t[0]) + 4 * (3 * 64 + 8) + 4 * 64 * 2
+        wgmma_pack_bytes(&t[0]) + 4 * 3 * 64 + 4 * 64 * 2
     );
     assert!(packs_weights(&c) && MlpJet::entry(&t[0], &c).ends_with("_wgmma_w8_lr8_q1_pk"));
     assert_eq!(
@@ -534,7 +547,9 @@ fn wgmma_fits_registers_and_shared_memory() {
         ..t[1]
     };
     assert!(MlpJet::check_problem(&one, &c).is_ok());
+    assert!(!fused_output(&one, &c));
     assert_eq!(wgmma_out_chunk(&one), (32, 96));
+    assert_eq!(wgmma_pack_bytes(&one), 6 * 128 * (128 + 96));
     // Three 128 x 128 hidden layers do not fit shared memory.
     let deep = MlpJetProblem { depth: 4, ..one };
     assert!(MlpJet::check_problem(&deep, &c)
@@ -563,4 +578,48 @@ fn wgmma_fits_registers_and_shared_memory() {
     assert_eq!(v["hid_desc_operand"], "%36");
     assert_eq!(v["out_desc_operand"], "%8");
     assert_eq!(v["warpgroups"], 2);
+}
+
+#[test]
+fn small_outputs_are_fused_on_the_tensor_core_paths() {
+    let cfg = |math, q| MlpJetConfig {
+        warps: 8,
+        lane_rows: 8,
+        points_per_lane: q,
+        math,
+        packed_weights: false,
+    };
+    let t = targets();
+    // Every target net (p = 1) on every tensor-core path: d = 20 has 22 streams, 22 partials.
+    for p in &t {
+        for math in [Math::Tf32x3, Math::Split16, Math::Wgmma] {
+            assert!(fused_output(p, &cfg(math, 1)), "{p:?} {math:?}");
+        }
+        assert!(!fused_output(p, &cfg(Math::Fma, 1)));
+    }
+    // d = 20 split16 (4 warps down, 8-point tiles): red holds 4 x 8 x 22 partials, no passes.
+    let c = cfg(Math::Split16, 1);
+    let sh = shape(&t[2], &c);
+    assert_eq!((sh.row_warps, sh.tile, sh.passes), (4, 8, 0));
+    assert_eq!(sh.red_floats, 4 * 8 * 22);
+    // Partials = points x padded streams x p: 2 points of the d = 20 net, or p = 2, are past 24.
+    assert!(!fused_output(&t[2], &cfg(Math::Split16, 2)));
+    let two = MlpJetProblem { p: 2, ..t[2] };
+    assert!(!fused_output(&two, &c) && shape(&two, &c).passes == 1);
+    // 4 streams (d = 2) x p = 6 = 24 fuse; p = 7 does not.
+    let six = MlpJetProblem { p: 6, ..t[1] };
+    assert!(fused_output(&six, &c));
+    assert!(!fused_output(&MlpJetProblem { p: 7, ..six }, &c));
+    // Some branch problem of the compile-all set fuses with p > 1, and some does not fuse.
+    let fused: Vec<bool> = MlpJet::branch_problems()
+        .iter()
+        .flat_map(|p| {
+            MlpJet::candidates(p, &limits())
+                .into_iter()
+                .map(move |c| (p.p > 1, fused_output(p, &c)))
+        })
+        .filter(|&(many, _)| many)
+        .map(|(_, f)| f)
+        .collect();
+    assert!(fused.contains(&true) && fused.contains(&false));
 }
