@@ -111,6 +111,14 @@ pub enum Math {
     /// fragments within [`WGMMA_FRAG_REGS`] registers (width 64: up to 4 streams; 128: 2),
     /// and every weight in shared memory ([`wgmma_smem_bytes`]).
     Wgmma,
+    /// wgmma with two warpgroups per 32-point tile, one per stream pair (3 or 4 streams), for
+    /// width 128, where one warpgroup cannot hold both pairs' fragments and 6-byte weights do
+    /// not fit shared memory: weights at 4 bytes (fp16 hi and the 2^11-scaled fp16 remainder,
+    /// a second accumulator for the cross terms), pair 1's jet update fed pair 0's tanh and
+    /// squared tangent through shared memory. 8 warps, the output layer fused; legal where the
+    /// weights, the exchange buffer, the biases and layer 0 fit shared memory
+    /// ([`duo_smem_bytes`]).
+    WgmmaDuo,
 }
 
 impl Math {
@@ -120,6 +128,7 @@ impl Math {
             Math::Tf32x3 => "tf32x3",
             Math::Split16 => "split16",
             Math::Wgmma => "wgmma",
+            Math::WgmmaDuo => "wgmma_duo",
         }
     }
 
@@ -130,7 +139,7 @@ impl Math {
         match self {
             Math::Fma => 0.0,
             Math::Tf32x3 => 3.0,
-            Math::Split16 | Math::Wgmma => 1.5,
+            Math::Split16 | Math::Wgmma | Math::WgmmaDuo => 1.5,
         }
     }
 }
@@ -307,7 +316,7 @@ fn acc_streams(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
     let s = p.streams_per_point();
     match c.math {
         Math::Fma => s,
-        Math::Tf32x3 | Math::Split16 | Math::Wgmma => s.div_ceil(2) * 2,
+        Math::Tf32x3 | Math::Split16 | Math::Wgmma | Math::WgmmaDuo => s.div_ceil(2) * 2,
     }
 }
 
@@ -333,8 +342,10 @@ pub fn wgmma_frag_regs(p: &MlpJetProblem) -> u32 {
 
 /// Points of one CTA tile of `p` under `c` (1 when the config cannot serve `p`).
 pub fn tile_points(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
-    if c.math == Math::Wgmma {
-        return WGMMA_TILE * c.warps / 4;
+    match c.math {
+        Math::Wgmma => return WGMMA_TILE * c.warps / 4,
+        Math::WgmmaDuo => return WGMMA_TILE,
+        _ => {}
     }
     let wr = row_warps(p, c).unwrap_or(c.warps);
     (c.warps / wr) * c.lane_cols() * c.points_per_lane
@@ -398,7 +409,7 @@ pub fn split16_column_words(width: u32) -> u32 {
 
 /// Whether launches of `c` run the `_pack` entry first.
 pub fn packs_weights(c: &MlpJetConfig) -> bool {
-    (c.packed_weights && c.math == Math::Split16) || c.math == Math::Wgmma
+    (c.packed_weights && c.math == Math::Split16) || matches!(c.math, Math::Wgmma | Math::WgmmaDuo)
 }
 
 /// Floats of the `packed` scratch of `p` under `c`: 1.5 words per weight, the hidden slabs
@@ -407,15 +418,29 @@ pub fn packs_weights(c: &MlpJetConfig) -> bool {
 pub fn packed_floats(p: &MlpJetProblem, c: &MlpJetConfig) -> usize {
     match c.math {
         Math::Wgmma => wgmma_pack_bytes(p) as usize / 4,
+        Math::WgmmaDuo => duo_pack_bytes(p) as usize / 4,
         _ if packs_weights(c) => (p.depth as usize - 1) * (p.width as usize).pow(2) * 3 / 2,
         _ => 0,
     }
 }
 
 /// The most floats of `packed` scratch any config of `p`'s net needs (wgmma's, which holds the
-/// hidden slabs' count and the output layer).
+/// hidden slabs' count and the output layer; wgmma_duo's 4 bytes a weight are less).
 pub fn packed_floats_max(p: &MlpJetProblem) -> usize {
     wgmma_pack_bytes(p) as usize / 4
+}
+
+/// wgmma_duo: bytes of the packed weights, two fp16 operand tiles (hi, scaled remainder) per
+/// hidden layer.
+pub fn duo_pack_bytes(p: &MlpJetProblem) -> u32 {
+    4 * p.width * p.width * (p.depth - 1)
+}
+
+/// wgmma_duo: dynamic shared memory, the packed weights, the exchange buffer (a float2 per
+/// neuron of each of 128 threads), the hidden biases and layer 0 (`W_0`, `b_0`) in fp32.
+/// The d = 2 target net takes all of it: 196608 + 32768 + 1536 + 1536 = 227 KB.
+pub fn duo_smem_bytes(p: &MlpJetProblem) -> u32 {
+    duo_pack_bytes(p) + 8 * 128 * p.width / 4 + 4 * (p.depth - 1) * p.width + 4 * p.width * (p.d + 1)
 }
 
 /// wgmma: output neurons per output chunk (one wgmma N: p rounded up to 8, at most 32), and p
@@ -452,6 +477,14 @@ pub fn wgmma_smem_bytes(p: &MlpJetProblem) -> u32 {
 /// lane), which is 32 lanes per 16 x 16 block of each hidden matrix; wgmma: one thread per
 /// 16-byte chunk of the packed weights.
 pub fn pack_geometry(p: &MlpJetProblem, c: &MlpJetConfig) -> LaunchGeometry {
+    if c.math == Math::WgmmaDuo {
+        return LaunchGeometry {
+            grid: [(duo_pack_bytes(p) / 16).div_ceil(256), 1, 1],
+            block: [256, 1, 1],
+            dynamic_smem_bytes: 0,
+            cluster: [1, 1, 1],
+        };
+    }
     if c.math == Math::Wgmma {
         LaunchGeometry {
             grid: [(wgmma_pack_bytes(p) / 16).div_ceil(256), 1, 1],
@@ -505,7 +538,7 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
             let g = c.points_per_lane * s * p.width + 4;
             (g, groups * g)
         }
-        Math::Tf32x3 | Math::Split16 | Math::Wgmma => {
+        Math::Tf32x3 | Math::Split16 | Math::Wgmma | Math::WgmmaDuo => {
             // Whole 16-row tiles; a warp's columns (points x paired streams), each a k-vector
             // padded by 4 floats so the 8 columns of a fragment fall on distinct banks
             // (split16: the column's pre-split words, see `split16_column_words`).
@@ -560,8 +593,10 @@ fn wgmma_render_vars(p: &MlpJetProblem, c: &MlpJetConfig) -> RenderVars {
     };
     let (hid_d, hid_c, hid_a, hid_desc) = operands(p.width / 2);
     let (out_d, out_c, out_a, out_desc) = operands(out_n / 2);
+    let duo = c.math == Math::WgmmaDuo;
     let vars = json!({
         "wgmma": true,
+        "duo": duo,
         "tf32x3": false,
         "split16": false,
         "presplit": false,
@@ -572,7 +607,7 @@ fn wgmma_render_vars(p: &MlpJetProblem, c: &MlpJetConfig) -> RenderVars {
         "warpgroups": c.warps / 4,
         "out_n": out_n,
         "p_pad": p_pad,
-        "smem_bytes": wgmma_smem_bytes(p),
+        "smem_bytes": if duo { duo_smem_bytes(p) } else { wgmma_smem_bytes(p) },
         "hid_d_operands": hid_d,
         "hid_d_constraints": hid_c,
         "hid_a_operands": hid_a,
@@ -668,6 +703,14 @@ impl Family for MlpJet {
                 packed_weights: false,
             });
         }
+        // Two warpgroups on one 32-point tile, a stream pair each.
+        out.push(MlpJetConfig {
+            warps: 8,
+            lane_rows: 8,
+            points_per_lane: 1,
+            math: Math::WgmmaDuo,
+            packed_weights: false,
+        });
         out
     }
 
@@ -696,6 +739,16 @@ impl Family for MlpJet {
         illegal(c.math == Math::Wgmma && c.points_per_lane != 1, || {
             format!("wgmma takes 1 point per lane, got {}", c.points_per_lane)
         })?;
+        // wgmma_duo: two warpgroups (one per stream pair) on one tile, one point per lane.
+        illegal(
+            c.math == Math::WgmmaDuo && (c.warps != 8 || c.points_per_lane != 1),
+            || {
+                format!(
+                    "wgmma_duo takes 8 warps and 1 point per lane, got {} and {}",
+                    c.warps, c.points_per_lane
+                )
+            },
+        )?;
         // 1, 2 or 4 points per lane (more only multiplies registers).
         illegal(![1, 2, 4].contains(&c.points_per_lane), || {
             format!("{} points per lane is not 1, 2 or 4", c.points_per_lane)
@@ -706,6 +759,26 @@ impl Family for MlpJet {
     // is_multiple_of is newer than the workspace's rust-version.
     #[allow(clippy::manual_is_multiple_of)]
     fn check_problem(p: &MlpJetProblem, c: &MlpJetConfig) -> Result<(), Illegal> {
+        if c.math == Math::WgmmaDuo {
+            // Two stream pairs (3 or 4 streams), 128-byte K blocks, the output layer fused, a
+            // pair's fragments and both accumulators in registers (width 128: 64 + 128), and
+            // everything in shared memory.
+            let s = p.streams_per_point();
+            illegal(!(3..=4).contains(&s), || {
+                format!("wgmma_duo carries 3 or 4 streams, got {s}")
+            })?;
+            illegal(p.width % 64 != 0 || p.width > 128, || {
+                format!("wgmma_duo needs width 64 or 128, got {}", p.width)
+            })?;
+            illegal(!fused_output(p, c), || {
+                format!("wgmma_duo fuses the output layer: p = {} is past it", p.p)
+            })?;
+            let limit = DeviceLimits::HOPPER.max_dynamic_smem_per_block;
+            let smem = duo_smem_bytes(p);
+            return illegal(smem > limit, || {
+                format!("{smem} B of weights, exchange and layer 0 in shared memory exceed {limit}")
+            });
+        }
         if c.math == Math::Wgmma {
             // 128-byte K blocks of the operand tiles; a layer's fragments in registers; every
             // weight in shared memory.
@@ -786,12 +859,13 @@ impl Family for MlpJet {
     }
 
     fn render_vars(p: &MlpJetProblem, c: &MlpJetConfig) -> RenderVars {
-        if c.math == Math::Wgmma {
+        if matches!(c.math, Math::Wgmma | Math::WgmmaDuo) {
             return wgmma_render_vars(p, c);
         }
         let sh = shape(p, c);
         let vars = json!({
             "wgmma": false,
+            "duo": false,
             "tf32x3": c.math == Math::Tf32x3,
             "split16": c.math == Math::Split16,
             "presplit": presplit(c, sh.row_warps),
@@ -855,6 +929,18 @@ impl Family for MlpJet {
     }
 
     fn geometry(p: &MlpJetProblem, c: &MlpJetConfig) -> LaunchGeometry {
+        if c.math == Math::WgmmaDuo {
+            // One 32-point tile per CTA at a time; one CTA per SM (its shared memory).
+            let smem = duo_smem_bytes(p);
+            let tiles = p.points.div_ceil(WGMMA_TILE);
+            let resident = SMS * ctas_per_sm(smem, c.threads());
+            return LaunchGeometry {
+                grid: [tiles.min(resident).max(1), 1, 1],
+                block: [c.threads(), 1, 1],
+                dynamic_smem_bytes: smem,
+                cluster: [1, 1, 1],
+            };
+        }
         if c.math == Math::Wgmma {
             // One warpgroup per 32-point tile; as many CTAs as are resident, at most one per
             // `warps / 4` tiles.
@@ -924,7 +1010,7 @@ impl Family for MlpJet {
     }
 
     fn estimate_us(p: &MlpJetProblem, c: &MlpJetConfig, limits: &DeviceLimits) -> f64 {
-        if c.math == Math::Wgmma {
+        if matches!(c.math, Math::Wgmma | Math::WgmmaDuo) {
             // Three fp16 wgmma's per 16 k at ~60% of the 990 TFLOP/s dense rate, padded
             // streams included, and a jet update per neuron and point (~40 instructions)
             // overlapping them across warpgroups.
@@ -955,7 +1041,7 @@ impl Family for MlpJet {
                 let smem_cycles = wavefronts * warps_sm;
                 fma * warps_sm / 4.0 / issue_cycles.max(smem_cycles)
             }
-            Math::Tf32x3 | Math::Split16 | Math::Wgmma => {
+            Math::Tf32x3 | Math::Split16 | Math::Wgmma | Math::WgmmaDuo => {
                 // Per 8-deep k step a warp issues 3 mma per (16-row tile, 8-column tile),
                 // plus a load and a split (2 cvt, 1 sub) per fragment element. Relative to the
                 // FMA rate: mma.sync TF32 at ~60% of 495 TFLOP/s is ~4.4x the fp32 FMA rate,

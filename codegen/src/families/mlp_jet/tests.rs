@@ -48,7 +48,8 @@ fn every_problem() -> Vec<MlpJetProblem> {
 #[test]
 fn space_and_variants_stay_modest() {
     let legal = MlpJet::legal_space(&limits());
-    assert_eq!(legal.len(), 38);
+    assert_eq!(legal.len(), 39);
+    assert_eq!(legal.iter().filter(|c| c.math == Math::WgmmaDuo).count(), 1);
     assert_eq!(legal.iter().filter(|c| c.math == Math::Tf32x3).count(), 6);
     assert_eq!(legal.iter().filter(|c| c.math == Math::Split16).count(), 12);
     assert_eq!(legal.iter().filter(|c| c.math == Math::Wgmma).count(), 2);
@@ -214,12 +215,12 @@ fn every_variant_renders() {
 
 #[test]
 fn args_match_the_template_signature() {
-    // Two of each: the wgmma path's and the other paths'.
+    // Three of each: the wgmma_duo path's, the wgmma path's and the other paths'.
     let names = |open| crate::families::template_tags::signatures(MlpJet::TEMPLATE, open);
     let want: Vec<&str> = MlpJet::args().iter().map(|a| a.name).collect();
-    assert_eq!(names("{{ entry }}("), vec![want.clone(), want]);
+    assert_eq!(names("{{ entry }}("), vec![want.clone(), want.clone(), want]);
     let want: Vec<&str> = PACK_ARGS.iter().map(|a| a.name).collect();
-    assert_eq!(names("{{ entry }}_pack("), vec![want.clone(), want]);
+    assert_eq!(names("{{ entry }}_pack("), vec![want.clone(), want.clone(), want]);
 }
 
 #[test]
@@ -313,7 +314,7 @@ fn unsupported_problems_say_why() {
 fn shapes_cover_the_outputs_and_fit() {
     for p in every_problem() {
         for c in MlpJet::candidates(&p, &limits()) {
-            if c.math == Math::Wgmma {
+            if matches!(c.math, Math::Wgmma | Math::WgmmaDuo) {
                 continue; // no lane grid or slabs (`wgmma_fits_registers_and_shared_memory`)
             }
             let sh = shape(&p, &c);
@@ -335,7 +336,7 @@ fn shapes_cover_the_outputs_and_fit() {
             assert!(sh.rows * c.points_per_lane * sh.s <= MAX_ACC);
             match c.math {
                 Math::Fma => assert_eq!((sh.group_floats / 4) % 2, 1),
-                Math::Tf32x3 | Math::Split16 | Math::Wgmma => {
+                Math::Tf32x3 | Math::Split16 | Math::Wgmma | Math::WgmmaDuo => {
                     assert_eq!(sh.rows % 2, 0);
                     assert_eq!(sh.out_rows % 2, 0);
                     assert!(sh.rows * c.points_per_lane * acc_streams(&p, &c) <= MAX_ACC);
@@ -622,4 +623,44 @@ fn small_outputs_are_fused_on_the_tensor_core_paths() {
         .map(|(_, f)| f)
         .collect();
     assert!(fused.contains(&true) && fused.contains(&false));
+}
+
+#[test]
+fn wgmma_duo_serves_the_d2_target_in_all_of_shared_memory() {
+    let c = MlpJetConfig {
+        warps: 8,
+        lane_rows: 8,
+        points_per_lane: 1,
+        math: Math::WgmmaDuo,
+        packed_weights: false,
+    };
+    let t = targets();
+    // d = 2, width 128, depth 4: three 128 x 128 layers at 4 bytes a weight, the exchange
+    // buffer (16 blocks x 2 neurons x 128 threads x 8 bytes), biases and layer 0: 227 KB.
+    assert!(MlpJet::check_problem(&t[1], &c).is_ok());
+    assert_eq!(duo_pack_bytes(&t[1]), 3 * 128 * 128 * 4);
+    assert_eq!(duo_smem_bytes(&t[1]), 196608 + 32768 + 1536 + 1536);
+    assert_eq!(duo_smem_bytes(&t[1]), limits().max_dynamic_smem_per_block);
+    assert_eq!(packed_floats(&t[1], &c) * 4, duo_pack_bytes(&t[1]) as usize);
+    assert!(packed_floats_max(&t[1]) >= packed_floats(&t[1], &c));
+    assert_eq!(tile_points(&t[1], &c), 32);
+    let g = MlpJet::geometry(&t[1], &c);
+    assert_eq!((g.block[0], g.dynamic_smem_bytes), (256, duo_smem_bytes(&t[1])));
+    assert_eq!(
+        pack_geometry(&t[1], &c).grid[0],
+        (duo_pack_bytes(&t[1]) / 16).div_ceil(256)
+    );
+    assert!(MlpJet::entry(&t[1], &c).ends_with("_wgmma_duo_w8_lr8_q1_pk"));
+    // One more hidden layer, or d = 3, no longer fits; d = 20 carries 22 streams.
+    let deep = MlpJetProblem { depth: 5, ..t[1] };
+    assert!(MlpJet::check_problem(&deep, &c).unwrap_err().0.contains("shared memory"));
+    let d3 = MlpJetProblem { d: 3, ..t[1] };
+    assert!(MlpJet::check_problem(&d3, &c).is_err());
+    assert!(MlpJet::check_problem(&t[2], &c).unwrap_err().0.contains("3 or 4 streams"));
+    // The d = 1 target (width 64) fits too; p = 7 would not fuse.
+    assert!(MlpJet::check_problem(&t[0], &c).is_ok());
+    let p7 = MlpJetProblem { p: 7, ..t[0] };
+    assert!(MlpJet::check_problem(&p7, &c).is_err());
+    // Only 8 warps, one point per lane.
+    assert!(MlpJet::check_config(&MlpJetConfig { warps: 4, ..c }, &limits()).is_err());
 }
