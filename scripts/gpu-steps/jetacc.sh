@@ -4,8 +4,8 @@
 # draws new weights and points for the three target nets and validates every legal config
 # against the f64 reference at 600 points, recording each output's error (u, grad, second),
 # its bound and the net's fp32 floor. The step writes, per seed, net and math (fma, tf32x3,
-# split16, wgmma), the worst error of each output over that math's configs, and the served
-# config's, to $KILN_GPU_REPORT/jet_accuracy.json.
+# split16, wgmma, wgmma_duo), the worst error of each output over that math's configs, and the
+# served config's, to $KILN_GPU_REPORT/jet_accuracy.json.
 set -uo pipefail
 seeds="${KILN_JETACC_SEEDS:-1 2 3 4 5 6 7 8}"
 rc=0
