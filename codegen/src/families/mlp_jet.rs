@@ -111,9 +111,9 @@ pub enum Math {
     /// fragments within [`WGMMA_FRAG_REGS`] registers (width 64: up to 4 streams; 128: 2),
     /// and every weight in shared memory ([`wgmma_smem_bytes`]).
     Wgmma,
-    /// wgmma with two warpgroups per 32-point tile, one per stream pair (3 or 4 streams), for
-    /// width 128, where one warpgroup cannot hold both pairs' fragments and 6-byte weights do
-    /// not fit shared memory: weights at 4 bytes (fp16 hi and the 2^11-scaled fp16 remainder,
+    /// wgmma with two warpgroups per 32-point tile, one per stream pair (3 or 4 streams; width
+    /// 64 or 128), built for width 128, where one warpgroup cannot hold both pairs' fragments
+    /// and 6-byte weights do not fit shared memory: weights at 4 bytes (fp16 hi and the 2^11-scaled fp16 remainder,
     /// a second accumulator for the cross terms), pair 1's jet update fed pair 0's tanh and
     /// squared tangent through shared memory. 8 warps, the output layer fused; legal where the
     /// weights, the exchange buffer, the biases and layer 0 fit shared memory
