@@ -440,7 +440,10 @@ pub fn duo_pack_bytes(p: &MlpJetProblem) -> u32 {
 /// neuron of each of 128 threads), the hidden biases and layer 0 (`W_0`, `b_0`) in fp32.
 /// The d = 2 target net takes all of it: 196608 + 32768 + 1536 + 1536 = 227 KB.
 pub fn duo_smem_bytes(p: &MlpJetProblem) -> u32 {
-    duo_pack_bytes(p) + 8 * 128 * p.width / 4 + 4 * (p.depth - 1) * p.width + 4 * p.width * (p.d + 1)
+    duo_pack_bytes(p)
+        + 8 * 128 * p.width / 4
+        + 4 * (p.depth - 1) * p.width
+        + 4 * p.width * (p.d + 1)
 }
 
 /// wgmma: output neurons per output chunk (one wgmma N: p rounded up to 8, at most 32), and p

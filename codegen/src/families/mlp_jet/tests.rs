@@ -218,9 +218,15 @@ fn args_match_the_template_signature() {
     // Three of each: the wgmma_duo path's, the wgmma path's and the other paths'.
     let names = |open| crate::families::template_tags::signatures(MlpJet::TEMPLATE, open);
     let want: Vec<&str> = MlpJet::args().iter().map(|a| a.name).collect();
-    assert_eq!(names("{{ entry }}("), vec![want.clone(), want.clone(), want]);
+    assert_eq!(
+        names("{{ entry }}("),
+        vec![want.clone(), want.clone(), want]
+    );
     let want: Vec<&str> = PACK_ARGS.iter().map(|a| a.name).collect();
-    assert_eq!(names("{{ entry }}_pack("), vec![want.clone(), want.clone(), want]);
+    assert_eq!(
+        names("{{ entry }}_pack("),
+        vec![want.clone(), want.clone(), want]
+    );
 }
 
 #[test]
@@ -645,7 +651,10 @@ fn wgmma_duo_serves_the_d2_target_in_all_of_shared_memory() {
     assert!(packed_floats_max(&t[1]) >= packed_floats(&t[1], &c));
     assert_eq!(tile_points(&t[1], &c), 32);
     let g = MlpJet::geometry(&t[1], &c);
-    assert_eq!((g.block[0], g.dynamic_smem_bytes), (256, duo_smem_bytes(&t[1])));
+    assert_eq!(
+        (g.block[0], g.dynamic_smem_bytes),
+        (256, duo_smem_bytes(&t[1]))
+    );
     assert_eq!(
         pack_geometry(&t[1], &c).grid[0],
         (duo_pack_bytes(&t[1]) / 16).div_ceil(256)
@@ -653,10 +662,16 @@ fn wgmma_duo_serves_the_d2_target_in_all_of_shared_memory() {
     assert!(MlpJet::entry(&t[1], &c).ends_with("_wgmma_duo_w8_lr8_q1_pk"));
     // One more hidden layer, or d = 3, no longer fits; d = 20 carries 22 streams.
     let deep = MlpJetProblem { depth: 5, ..t[1] };
-    assert!(MlpJet::check_problem(&deep, &c).unwrap_err().0.contains("shared memory"));
+    assert!(MlpJet::check_problem(&deep, &c)
+        .unwrap_err()
+        .0
+        .contains("shared memory"));
     let d3 = MlpJetProblem { d: 3, ..t[1] };
     assert!(MlpJet::check_problem(&d3, &c).is_err());
-    assert!(MlpJet::check_problem(&t[2], &c).unwrap_err().0.contains("3 or 4 streams"));
+    assert!(MlpJet::check_problem(&t[2], &c)
+        .unwrap_err()
+        .0
+        .contains("3 or 4 streams"));
     // The d = 1 target (width 64) fits too; p = 7 would not fuse.
     assert!(MlpJet::check_problem(&t[0], &c).is_ok());
     let p7 = MlpJetProblem { p: 7, ..t[0] };
