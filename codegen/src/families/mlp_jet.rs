@@ -119,6 +119,15 @@ pub enum Math {
     /// weights, the exchange buffer, the biases and layer 0 fit shared memory
     /// ([`duo_smem_bytes`]).
     WgmmaDuo,
+    /// split16's operands on `wgmma` the other way round, for nets with many streams (the d =
+    /// 20 target: 22), whose per-point fragments no warpgroup's registers hold: the weights
+    /// are the A operand (M = neurons, 64 per warpgroup, one warp per 16), streamed through
+    /// shared memory one 128-byte K block at a time; the tile's activations are the B operand
+    /// in shared memory (N = [`cols_n`], points x padded streams, at most 256). The lane layout,
+    /// the jet update and the fused output layer are split16's (one point group, 16 neurons a
+    /// warp: `warps = width / 16`). Width 64 or 128, the output layer fused, and the
+    /// activations plus at least [`COLS_MIN_STAGES`] slabs in shared memory ([`cols_stages`]).
+    WgmmaCols,
 }
 
 impl Math {
@@ -129,6 +138,7 @@ impl Math {
             Math::Split16 => "split16",
             Math::Wgmma => "wgmma",
             Math::WgmmaDuo => "wgmma_duo",
+            Math::WgmmaCols => "wgmma_cols",
         }
     }
 
@@ -139,7 +149,7 @@ impl Math {
         match self {
             Math::Fma => 0.0,
             Math::Tf32x3 => 3.0,
-            Math::Split16 | Math::Wgmma | Math::WgmmaDuo => 1.5,
+            Math::Split16 | Math::Wgmma | Math::WgmmaDuo | Math::WgmmaCols => 1.5,
         }
     }
 }
@@ -198,6 +208,11 @@ pub const WGMMA_TILE: u32 = 32;
 /// padded streams x p) number at most this: p = 1 with up to 24 streams, which a PINN's
 /// scalar u is.
 pub const FUSED_OUT_PARTIALS: u32 = 24;
+/// wgmma_cols: fewest weight slabs in flight (the one in use, the one its refill waits out,
+/// one landing).
+pub const COLS_MIN_STAGES: u32 = 3;
+/// wgmma_cols: most weight slabs (deeper buys nothing once a copy's latency is covered).
+pub const COLS_MAX_STAGES: u32 = 6;
 
 impl Streams {
     /// Tangent streams (one per input dimension, or none).
@@ -293,6 +308,11 @@ impl MlpJetConfig {
 #[allow(clippy::manual_is_multiple_of)]
 pub fn row_warps(p: &MlpJetProblem, c: &MlpJetConfig) -> Option<u32> {
     let s = acc_streams(p, c);
+    if c.math == Math::WgmmaCols {
+        // A warp per 16 neurons (a warpgroup per 64), all points in one group.
+        return (16 * c.warps == p.width && 2 * c.points_per_lane * s <= MAX_ACC)
+            .then_some(c.warps);
+    }
     // tf32x3, split16: a lane holds rows g and g + 8 of each 16-row tile, so an even number of
     // rows.
     let unit = if c.math == Math::Fma { 1 } else { 2 };
@@ -316,7 +336,9 @@ fn acc_streams(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
     let s = p.streams_per_point();
     match c.math {
         Math::Fma => s,
-        Math::Tf32x3 | Math::Split16 | Math::Wgmma | Math::WgmmaDuo => s.div_ceil(2) * 2,
+        Math::Tf32x3 | Math::Split16 | Math::Wgmma | Math::WgmmaDuo | Math::WgmmaCols => {
+            s.div_ceil(2) * 2
+        }
     }
 }
 
@@ -324,8 +346,37 @@ fn acc_streams(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
 /// update (the tensor-core paths with at most [`FUSED_OUT_PARTIALS`] partial sums per lane),
 /// instead of as tensor-core passes of at least 8 (wgmma) or 16 (mma.sync) output rows, all
 /// but p of them zero. The FMA path keeps its output passes.
+/// wgmma_cols counts one point's partial sums (its lanes hold more points and streams than
+/// any mma.sync lane, and it has no output passes).
 pub fn fused_output(p: &MlpJetProblem, c: &MlpJetConfig) -> bool {
-    c.math != Math::Fma && c.points_per_lane * acc_streams(p, c) * p.p <= FUSED_OUT_PARTIALS
+    let points = if c.math == Math::WgmmaCols {
+        1
+    } else {
+        c.points_per_lane
+    };
+    c.math != Math::Fma && points * acc_streams(p, c) * p.p <= FUSED_OUT_PARTIALS
+}
+
+/// wgmma_cols: the tile's activation columns, the wgmma N (4 points per lane slot x padded
+/// streams).
+pub fn cols_n(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
+    4 * c.points_per_lane * acc_streams(p, c)
+}
+
+/// wgmma_cols: bytes of the tile's activations (hi and cross operand tiles, 6 bytes per
+/// neuron and column) and of one weight slab (a 128-byte K block of every neuron).
+pub fn cols_bytes(p: &MlpJetProblem, c: &MlpJetConfig) -> (u32, u32) {
+    (6 * cols_n(p, c) * p.width, 128 * p.width)
+}
+
+/// wgmma_cols: the weight slabs that fit shared memory beside the activations and the fused
+/// output's partial sums, at most [`COLS_MAX_STAGES`] (fewer than [`COLS_MIN_STAGES`]: the
+/// config cannot serve `p`).
+pub fn cols_stages(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
+    let (act, slab) = cols_bytes(p, c);
+    let red = 4 * c.warps * 4 * c.points_per_lane * p.streams_per_point() * p.p;
+    let limit = DeviceLimits::HOPPER.max_dynamic_smem_per_block;
+    (limit.saturating_sub(act + red) / slab).min(COLS_MAX_STAGES)
 }
 
 /// wgmma (one point per lane): [`fused_output`].
@@ -345,6 +396,7 @@ pub fn tile_points(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
     match c.math {
         Math::Wgmma => return WGMMA_TILE * c.warps / 4,
         Math::WgmmaDuo => return WGMMA_TILE,
+        Math::WgmmaCols => return 4 * c.points_per_lane,
         _ => {}
     }
     let wr = row_warps(p, c).unwrap_or(c.warps);
@@ -385,6 +437,8 @@ struct Shape {
     group_floats: u32,
     act_floats: u32,
     slab_floats: u32,
+    /// Weight slab buffers.
+    slab_stages: u32,
     /// The fused output layer's partial sums ([`fused_output`]): warps down x tile points x
     /// streams x p floats; 0 without.
     red_floats: u32,
@@ -409,12 +463,13 @@ pub fn split16_column_words(width: u32) -> u32 {
 
 /// Whether launches of `c` run the `_pack` entry first.
 pub fn packs_weights(c: &MlpJetConfig) -> bool {
-    (c.packed_weights && c.math == Math::Split16) || matches!(c.math, Math::Wgmma | Math::WgmmaDuo)
+    (c.packed_weights && c.math == Math::Split16)
+        || matches!(c.math, Math::Wgmma | Math::WgmmaDuo | Math::WgmmaCols)
 }
 
 /// Floats of the `packed` scratch of `p` under `c`: 1.5 words per weight, the hidden slabs
-/// (split16) or every weight past layer 0 (wgmma, [`wgmma_pack_bytes`]); 0 without packed
-/// weights.
+/// (split16, wgmma_cols) or every weight past layer 0 (wgmma, [`wgmma_pack_bytes`]); 0 without
+/// packed weights.
 pub fn packed_floats(p: &MlpJetProblem, c: &MlpJetConfig) -> usize {
     match c.math {
         Math::Wgmma => wgmma_pack_bytes(p) as usize / 4,
@@ -477,26 +532,20 @@ pub fn wgmma_smem_bytes(p: &MlpJetProblem) -> u32 {
 }
 
 /// The pack entry's grid. split16: one thread per (hidden slab, 16-deep step, 16-row tile,
-/// lane), which is 32 lanes per 16 x 16 block of each hidden matrix; wgmma: one thread per
-/// 16-byte chunk of the packed weights.
+/// lane), which is 32 lanes per 16 x 16 block of each hidden matrix; the wgmma paths: one
+/// thread per 16-byte chunk of the packed weights.
 pub fn pack_geometry(p: &MlpJetProblem, c: &MlpJetConfig) -> LaunchGeometry {
-    if c.math == Math::WgmmaDuo {
-        return LaunchGeometry {
-            grid: [(duo_pack_bytes(p) / 16).div_ceil(256), 1, 1],
-            block: [256, 1, 1],
-            dynamic_smem_bytes: 0,
-            cluster: [1, 1, 1],
-        };
-    }
-    if c.math == Math::Wgmma {
-        LaunchGeometry {
-            grid: [(wgmma_pack_bytes(p) / 16).div_ceil(256), 1, 1],
-            block: [256, 1, 1],
-            dynamic_smem_bytes: 0,
-            cluster: [1, 1, 1],
-        }
-    } else {
-        packed_fragment_grid(p.depth - 1, p.width)
+    let bytes = match c.math {
+        Math::WgmmaDuo => duo_pack_bytes(p),
+        Math::Wgmma => wgmma_pack_bytes(p),
+        Math::WgmmaCols => 4 * packed_floats(p, c) as u32,
+        _ => return packed_fragment_grid(p.depth - 1, p.width),
+    };
+    LaunchGeometry {
+        grid: [(bytes / 16).div_ceil(256), 1, 1],
+        block: [256, 1, 1],
+        dynamic_smem_bytes: 0,
+        cluster: [1, 1, 1],
     }
 }
 
@@ -541,6 +590,12 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
             let g = c.points_per_lane * s * p.width + 4;
             (g, groups * g)
         }
+        Math::WgmmaCols => {
+            // The hi and cross operand tiles of one point group.
+            out_rows = out_rows.div_ceil(2) * 2;
+            let act = cols_bytes(p, c).0 / 4;
+            (act, act)
+        }
         Math::Tf32x3 | Math::Split16 | Math::Wgmma | Math::WgmmaDuo => {
             // Whole 16-row tiles; a warp's columns (points x paired streams), each a k-vector
             // padded by 4 floats so the 8 columns of a fragment fall on distinct banks
@@ -558,15 +613,21 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
     let pass_rows = span * out_rows;
     let fused = fused_output(p, c);
     let passes = if fused { 0 } else { p.p.div_ceil(pass_rows) };
-    // A packed hidden slab: 16-deep steps x 16-row tiles x 32 lanes x 12 words.
-    let slab_floats = if packs_weights(c) {
-        (p.width * SLAB_LD).max(SLAB_K * p.width * 3 / 2)
+    // A packed hidden slab: 16-deep steps x 16-row tiles x 32 lanes x 12 words (wgmma_cols:
+    // a 128-byte K block of every neuron).
+    let (slab_floats, slab_stages) = if c.math == Math::WgmmaCols {
+        (cols_bytes(p, c).1 / 4, cols_stages(p, c))
+    } else if packs_weights(c) {
+        (
+            (p.width * SLAB_LD).max(SLAB_K * p.width * 3 / 2),
+            SLAB_STAGES,
+        )
     } else {
-        p.width * SLAB_LD
+        (p.width * SLAB_LD, SLAB_STAGES)
     };
     let tile = groups * c.points_per_lane;
     let red_floats = if fused { row_warps * tile * s * p.p } else { 0 };
-    let smem_bytes = 4 * (act_floats + SLAB_STAGES * slab_floats + red_floats);
+    let smem_bytes = 4 * (act_floats + slab_stages * slab_floats + red_floats);
     Shape {
         s,
         row_warps,
@@ -578,6 +639,7 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
         group_floats,
         act_floats,
         slab_floats,
+        slab_stages,
         red_floats,
         smem_bytes,
     }
@@ -599,6 +661,8 @@ fn wgmma_render_vars(p: &MlpJetProblem, c: &MlpJetConfig) -> RenderVars {
     let duo = c.math == Math::WgmmaDuo;
     let vars = json!({
         "wgmma": true,
+        "wgcols": false,
+        "warpgroups_any": true,
         "duo": duo,
         "tf32x3": false,
         "split16": false,
@@ -714,6 +778,18 @@ impl Family for MlpJet {
             math: Math::WgmmaDuo,
             packed_weights: false,
         });
+        // Weights as A, activation columns as B: a warp per 16 neurons (width 64 or 128).
+        for warps in [4, 8] {
+            for points_per_lane in [1, 2, 4] {
+                out.push(MlpJetConfig {
+                    warps,
+                    lane_rows: 8,
+                    points_per_lane,
+                    math: Math::WgmmaCols,
+                    packed_weights: false,
+                });
+            }
+        }
         out
     }
 
@@ -802,6 +878,30 @@ impl Family for MlpJet {
                 format!("{smem} B of weights in shared memory exceed {limit}")
             });
         }
+        if c.math == Math::WgmmaCols {
+            // A warp per 16 neurons; one wgmma N for the tile's columns; the output layer
+            // fused; at least COLS_MIN_STAGES weight slabs beside the activations.
+            illegal(16 * c.warps != p.width, || {
+                format!(
+                    "wgmma_cols takes a warp per 16 neurons: width {} with {} warps",
+                    p.width, c.warps
+                )
+            })?;
+            let n = cols_n(p, c);
+            illegal(n > 256, || {
+                format!("wgmma_cols: {n} activation columns exceed wgmma's N of 256")
+            })?;
+            illegal(!fused_output(p, c), || {
+                format!("wgmma_cols fuses the output layer: p = {} is past it", p.p)
+            })?;
+            let stages = cols_stages(p, c);
+            illegal(stages < COLS_MIN_STAGES, || {
+                format!(
+                    "wgmma_cols: {} B of activations leave room for {stages} weight slabs, fewer than {COLS_MIN_STAGES}",
+                    cols_bytes(p, c).0
+                )
+            })?;
+        }
         // Every lane owns whole neurons of every hidden layer, and its accumulators
         // (neurons x points x streams) fit MAX_ACC registers once warps split the neurons.
         illegal(row_warps(p, c).is_none(), || {
@@ -866,8 +966,20 @@ impl Family for MlpJet {
             return wgmma_render_vars(p, c);
         }
         let sh = shape(p, c);
+        let wgcols = c.math == Math::WgmmaCols;
+        // wgmma_cols: the accumulator operands of m64nNk16, then the two descriptors.
+        let n = cols_n(p, c);
+        let (cols_d, cols_c) =
+            crate::families::wgmma_accumulator_operands(if wgcols { n / 2 } else { 0 });
         let vars = json!({
             "wgmma": false,
+            "wgcols": wgcols,
+            "warpgroups_any": wgcols,
+            "cols_n": n,
+            "cols_d_operands": cols_d,
+            "cols_d_constraints": cols_c,
+            "cols_a_operand": format!("%{}", n / 2),
+            "cols_b_operand": format!("%{}", n / 2 + 1),
             "duo": false,
             "tf32x3": c.math == Math::Tf32x3,
             "split16": c.math == Math::Split16,
@@ -890,6 +1002,7 @@ impl Family for MlpJet {
             "slab_k": SLAB_K,
             "slab_ld": SLAB_LD,
             "slab_floats": sh.slab_floats,
+            "slab_stages": sh.slab_stages,
             "red_floats": sh.red_floats,
             "smem_bytes": sh.smem_bytes,
         });
@@ -1026,6 +1139,17 @@ impl Family for MlpJet {
             let _ = limits;
             return (tensor_s.max(jet_s) + 0.3 * tensor_s.min(jet_s) + 6e-6) * 1e6;
         }
+        if c.math == Math::WgmmaCols {
+            // The same tensor work, with the weights streamed from L2 once per tile and the
+            // jet update not overlapping the products (a barrier per layer).
+            let w = p.width as f64;
+            let sp = acc_streams(p, c) as f64;
+            let macs = p.points as f64 * sp * w * w * (p.depth as f64 - 1.0);
+            let tensor_s = 3.0 * 2.0 * macs / (0.6 * 990e12);
+            let jet_s = p.points as f64 * w * p.depth as f64 * sp * 10.0 / (132.0 * 128.0 * 1.7e9);
+            let _ = limits;
+            return (tensor_s + jet_s + 6e-6) * 1e6;
+        }
         let sh = shape(p, c);
         let q = c.points_per_lane as f64;
         let s = sh.s as f64;
@@ -1044,7 +1168,7 @@ impl Family for MlpJet {
                 let smem_cycles = wavefronts * warps_sm;
                 fma * warps_sm / 4.0 / issue_cycles.max(smem_cycles)
             }
-            Math::Tf32x3 | Math::Split16 | Math::Wgmma | Math::WgmmaDuo => {
+            Math::Tf32x3 | Math::Split16 | Math::Wgmma | Math::WgmmaDuo | Math::WgmmaCols => {
                 // Per 8-deep k step a warp issues 3 mma per (16-row tile, 8-column tile),
                 // plus a load and a split (2 cvt, 1 sub) per fragment element. Relative to the
                 // FMA rate: mma.sync TF32 at ~60% of 495 TFLOP/s is ~4.4x the fp32 FMA rate,

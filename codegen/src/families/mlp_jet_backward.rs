@@ -294,8 +294,8 @@ pub fn slots(depth: u32, share: bool) -> u32 {
 fn col_unit(c: &MlpJetBackwardConfig, row_warps: u32) -> u32 {
     let lanes = match c.math {
         Math::Fma => 4,
-        // wgmma and wgmma_duo are the jets' only (`check_config` rejects them here).
-        Math::Tf32x3 | Math::Split16 | Math::Wgmma | Math::WgmmaDuo => 8,
+        // The wgmma paths are the jets' only (`check_config` rejects them here).
+        Math::Tf32x3 | Math::Split16 | Math::Wgmma | Math::WgmmaDuo | Math::WgmmaCols => 8,
     };
     lanes * (8 / row_warps)
 }
@@ -434,9 +434,10 @@ impl Family for MlpJetBackward {
         illegal(c.packed_weights && c.math != Math::Split16, || {
             format!("packed weights are split16's, not {}'s", c.math.tag())
         })?;
-        illegal(matches!(c.math, Math::Wgmma | Math::WgmmaDuo), || {
-            "wgmma is the jets' math (mlp_jet); the training step has no wgmma path".into()
-        })?;
+        illegal(
+            matches!(c.math, Math::Wgmma | Math::WgmmaDuo | Math::WgmmaCols),
+            || "wgmma is the jets' math (mlp_jet); the training step has no wgmma path".into(),
+        )?;
         illegal(THREADS > limits.max_threads_per_block, || {
             "256 threads exceed the device's block".into()
         })?;
@@ -705,7 +706,7 @@ impl Family for MlpJetBackward {
                     depth * w * w * ts / (fma_rate * dw_eff),
                 )
             }
-            Math::Tf32x3 | Math::Split16 | Math::Wgmma | Math::WgmmaDuo => {
+            Math::Tf32x3 | Math::Split16 | Math::Wgmma | Math::WgmmaDuo | Math::WgmmaCols => {
                 // Per 8-deep k step a warp issues 3 mma per (16-row, 8-column) tile and, per
                 // fragment element, a load and a split (~4 instructions). mma.sync TF32 at ~60%
                 // of 495 TFLOP/s is ~6.3 cycles per mma on a sub-partition; three per product.

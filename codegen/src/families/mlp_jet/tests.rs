@@ -48,8 +48,12 @@ fn every_problem() -> Vec<MlpJetProblem> {
 #[test]
 fn space_and_variants_stay_modest() {
     let legal = MlpJet::legal_space(&limits());
-    assert_eq!(legal.len(), 39);
+    assert_eq!(legal.len(), 45);
     assert_eq!(legal.iter().filter(|c| c.math == Math::WgmmaDuo).count(), 1);
+    assert_eq!(
+        legal.iter().filter(|c| c.math == Math::WgmmaCols).count(),
+        6
+    );
     assert_eq!(legal.iter().filter(|c| c.math == Math::Tf32x3).count(), 6);
     assert_eq!(legal.iter().filter(|c| c.math == Math::Split16).count(), 12);
     assert_eq!(legal.iter().filter(|c| c.math == Math::Wgmma).count(), 2);
@@ -215,18 +219,13 @@ fn every_variant_renders() {
 
 #[test]
 fn args_match_the_template_signature() {
-    // Three of each: the wgmma_duo path's, the wgmma path's and the other paths'.
+    // Four of each: the wgmma_duo path's, the wgmma path's, the wgmma_cols path's and the
+    // other paths'.
     let names = |open| crate::families::template_tags::signatures(MlpJet::TEMPLATE, open);
     let want: Vec<&str> = MlpJet::args().iter().map(|a| a.name).collect();
-    assert_eq!(
-        names("{{ entry }}("),
-        vec![want.clone(), want.clone(), want]
-    );
+    assert_eq!(names("{{ entry }}("), vec![want.clone(); 4]);
     let want: Vec<&str> = PACK_ARGS.iter().map(|a| a.name).collect();
-    assert_eq!(
-        names("{{ entry }}_pack("),
-        vec![want.clone(), want.clone(), want]
-    );
+    assert_eq!(names("{{ entry }}_pack("), vec![want.clone(); 4]);
 }
 
 #[test]
@@ -337,12 +336,22 @@ fn shapes_cover_the_outputs_and_fit() {
             }
             assert_eq!(
                 sh.smem_bytes,
-                4 * (sh.act_floats + SLAB_STAGES * sh.slab_floats + sh.red_floats)
+                4 * (sh.act_floats + sh.slab_stages * sh.slab_floats + sh.red_floats)
             );
+            assert!(sh.smem_bytes <= limits().max_dynamic_smem_per_block);
+            if c.math == Math::WgmmaCols {
+                assert!((COLS_MIN_STAGES..=COLS_MAX_STAGES).contains(&sh.slab_stages));
+                assert_eq!(
+                    (sh.rows, sh.row_warps, sh.tile),
+                    (2, c.warps, 4 * c.points_per_lane)
+                );
+            } else {
+                assert_eq!(sh.slab_stages, SLAB_STAGES);
+            }
             assert!(sh.rows * c.points_per_lane * sh.s <= MAX_ACC);
             match c.math {
                 Math::Fma => assert_eq!((sh.group_floats / 4) % 2, 1),
-                Math::Tf32x3 | Math::Split16 | Math::Wgmma | Math::WgmmaDuo => {
+                Math::Tf32x3 | Math::Split16 | Math::Wgmma | Math::WgmmaDuo | Math::WgmmaCols => {
                     assert_eq!(sh.rows % 2, 0);
                     assert_eq!(sh.out_rows % 2, 0);
                     assert!(sh.rows * c.points_per_lane * acc_streams(&p, &c) <= MAX_ACC);
@@ -629,6 +638,55 @@ fn small_outputs_are_fused_on_the_tensor_core_paths() {
         .map(|(_, f)| f)
         .collect();
     assert!(fused.contains(&true) && fused.contains(&false));
+}
+
+#[test]
+fn wgmma_cols_serves_the_d20_target() {
+    let c = MlpJetConfig {
+        warps: 8,
+        lane_rows: 8,
+        points_per_lane: 2,
+        math: Math::WgmmaCols,
+        packed_weights: false,
+    };
+    let t = targets();
+    // d = 20: 22 streams x 8 points = 176 columns; act 176 x 128 x 6 bytes, slabs of 128 rows x
+    // 128 bytes, 5 of them beside act and the fused output's 8 warps x 8 points x 22 partials.
+    assert!(MlpJet::check_problem(&t[2], &c).is_ok());
+    assert_eq!(cols_n(&t[2], &c), 176);
+    assert_eq!(cols_bytes(&t[2], &c), (135168, 16384));
+    assert_eq!(cols_stages(&t[2], &c), 5);
+    let sh = shape(&t[2], &c);
+    assert_eq!((sh.row_warps, sh.rows, sh.tile, sh.passes), (8, 2, 8, 0));
+    assert_eq!(sh.smem_bytes, 135168 + 5 * 16384 + 4 * 8 * 8 * 22);
+    assert_eq!(tile_points(&t[2], &c), 8);
+    // 1.5 words a hidden weight, packed by one thread per 16 bytes.
+    assert_eq!(packed_floats(&t[2], &c), 3 * 128 * 128 * 3 / 2);
+    assert_eq!(
+        pack_geometry(&t[2], &c).grid[0],
+        3 * 128 * 128 * 6 / 16 / 256
+    );
+    let g = MlpJet::geometry(&t[2], &c);
+    assert_eq!((g.block[0], g.grid[0]), (256, 132));
+    assert!(MlpJet::entry(&t[2], &c).ends_with("_wgmma_cols_w8_lr8_q2_pk"));
+    // 4 points per lane: 352 columns, past wgmma's N; a warp per 16 neurons only.
+    let q4 = MlpJetConfig {
+        points_per_lane: 4,
+        ..c
+    };
+    assert!(MlpJet::check_problem(&t[2], &q4)
+        .unwrap_err()
+        .0
+        .contains("N of 256"));
+    let w4 = MlpJetConfig { warps: 4, ..c };
+    assert!(MlpJet::check_problem(&t[2], &w4).is_err());
+    // The d = 1 target (width 64) on one warpgroup; p = 2 at d = 20 (44 partials) does not fuse.
+    assert!(MlpJet::check_problem(&t[0], &w4).is_ok());
+    let p2 = MlpJetProblem { p: 2, ..t[2] };
+    assert!(MlpJet::check_problem(&p2, &c)
+        .unwrap_err()
+        .0
+        .contains("fuses"));
 }
 
 #[test]
