@@ -354,7 +354,13 @@ pub fn fused_output(p: &MlpJetProblem, c: &MlpJetConfig) -> bool {
     } else {
         c.points_per_lane
     };
-    c.math != Math::Fma && points * acc_streams(p, c) * p.p <= FUSED_OUT_PARTIALS
+    c.math != Math::Fma && fuses(points, p)
+}
+
+/// Whether `points` points per lane of `p` (padded streams x p partial sums each) are at most
+/// [`FUSED_OUT_PARTIALS`].
+fn fuses(points: u32, p: &MlpJetProblem) -> bool {
+    points * p.streams_per_point().div_ceil(2) * 2 * p.p <= FUSED_OUT_PARTIALS
 }
 
 /// wgmma_cols: the tile's activation columns, the wgmma N (4 points per lane slot x padded
@@ -381,7 +387,7 @@ pub fn cols_stages(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
 
 /// wgmma (one point per lane): [`fused_output`].
 fn wgmma_fused(p: &MlpJetProblem) -> bool {
-    p.streams_per_point().div_ceil(2) * 2 * p.p <= FUSED_OUT_PARTIALS
+    fuses(1, p)
 }
 
 /// wgmma: registers of one layer's A fragments and accumulators per lane (see
