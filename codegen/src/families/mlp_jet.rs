@@ -33,9 +33,9 @@
 //! buffer).
 //!
 //! The template (`templates/mlp_jet.cu.tera`) explains the work split and the pipeline.
-//! Four ways to compute each layer's product ([`Math`]): fp32 FMA (the default, exact fp32),
-//! and 3xTF32, split16 or split16 on wgmma on tensor cores (tuning candidates, validated
-//! before they may win).
+//! Several ways to compute each layer's product ([`Math`]): fp32 FMA (the default, exact
+//! fp32), and on tensor cores 3xTF32, split16, or split16 on wgmma in three layouts (`wgmma`,
+//! `wgmma_duo`, `wgmma_cols`), tuning candidates validated before they may win.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
