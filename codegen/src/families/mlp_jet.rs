@@ -380,9 +380,18 @@ pub fn cols_bytes(p: &MlpJetProblem, c: &MlpJetConfig) -> (u32, u32) {
 /// config cannot serve `p`).
 pub fn cols_stages(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
     let (act, slab) = cols_bytes(p, c);
-    let red = 4 * c.warps * 4 * c.points_per_lane * p.streams_per_point() * p.p;
     let limit = DeviceLimits::HOPPER.max_dynamic_smem_per_block;
-    (limit.saturating_sub(act + red) / slab).min(COLS_MAX_STAGES)
+    (limit.saturating_sub(act + 4 * red_floats(p, c)) / slab).min(COLS_MAX_STAGES)
+}
+
+/// The fused output layer's partial sums in shared memory, `red` [warps down][tile points]
+/// [streams][p] floats ([`fused_output`]); 0 without.
+fn red_floats(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
+    if !fused_output(p, c) {
+        return 0;
+    }
+    let row_warps = row_warps(p, c).unwrap_or(c.warps);
+    row_warps * tile_points(p, c) * p.streams_per_point() * p.p
 }
 
 /// wgmma (one point per lane): [`fused_output`].
@@ -632,7 +641,8 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
         (p.width * SLAB_LD, SLAB_STAGES)
     };
     let tile = groups * c.points_per_lane;
-    let red_floats = if fused { row_warps * tile * s * p.p } else { 0 };
+    debug_assert_eq!(tile, tile_points(p, c));
+    let red_floats = red_floats(p, c);
     let smem_bytes = 4 * (act_floats + slab_stages * slab_floats + red_floats);
     Shape {
         s,
