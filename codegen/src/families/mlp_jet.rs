@@ -385,13 +385,15 @@ pub fn cols_stages(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
 }
 
 /// The fused output layer's partial sums in shared memory, `red` [warps down][tile points]
-/// [streams][p] floats ([`fused_output`]); 0 without.
+/// [streams][p] floats ([`fused_output`]), for the lane grid's tile (the slab paths' and
+/// wgmma_cols'); 0 without.
 fn red_floats(p: &MlpJetProblem, c: &MlpJetConfig) -> u32 {
     if !fused_output(p, c) {
         return 0;
     }
     let row_warps = row_warps(p, c).unwrap_or(c.warps);
-    row_warps * tile_points(p, c) * p.streams_per_point() * p.p
+    let tile = (c.warps / row_warps) * c.lane_cols() * c.points_per_lane;
+    row_warps * tile * p.streams_per_point() * p.p
 }
 
 /// wgmma (one point per lane): [`fused_output`].
@@ -641,7 +643,6 @@ fn shape(p: &MlpJetProblem, c: &MlpJetConfig) -> Shape {
         (p.width * SLAB_LD, SLAB_STAGES)
     };
     let tile = groups * c.points_per_lane;
-    debug_assert_eq!(tile, tile_points(p, c));
     let red_floats = red_floats(p, c);
     let smem_bytes = 4 * (act_floats + slab_stages * slab_floats + red_floats);
     Shape {
